@@ -1,0 +1,6 @@
+//! Generated code of the `tessera.v1` gRPC package, shared by the coordinator, workers and CLI.
+
+/// Messages and services of `tessera.v1`.
+pub mod v1 {
+    tonic::include_proto!("tessera.v1");
+}

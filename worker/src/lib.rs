@@ -1,0 +1,3 @@
+//! The Tessera worker: the models (in libtorch through `tch`) and the tasks that run them.
+
+pub mod ncnn;
