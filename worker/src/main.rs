@@ -1,6 +1,5 @@
 fn main() {
-    println!(
-        "{:?}",
-        tch::Tensor::from_slice(&[1.0f32, 2.0]).sum(tch::Kind::Float)
-    );
+    for p in ["/tmp/sd.pth", "/tmp/nested.pth"] {
+        println!("{p}: {:?}", tch::Tensor::loadz_multi(p).map(|v| v.into_iter().map(|(n, t)| (n, t.size())).collect::<Vec<_>>()));
+    }
 }
