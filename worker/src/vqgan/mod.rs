@@ -193,8 +193,8 @@ impl VqConfig {
         if let Some((field, value)) = positive.iter().find(|(_, v)| *v <= 0) {
             return fail(format!("{field} must be positive, got {value}"));
         }
-        if self.ch_mult.is_empty() || self.num_res_blocks < 0 {
-            return fail("ddconfig needs a non-empty ch_mult and num_res_blocks >= 0".into());
+        if self.ch_mult.is_empty() || self.num_res_blocks < 1 {
+            return fail("ddconfig needs a non-empty ch_mult and num_res_blocks >= 1".into());
         }
         if let Some(m) = self.ch_mult.iter().find(|m| **m <= 0 || (self.ch * **m) % 32 != 0) {
             return fail(format!("ch * ch_mult ({} * {m}) must be a positive multiple of 32 (GroupNorm groups)", self.ch));
