@@ -12,11 +12,16 @@ use tessera_worker::vqgan::{VqConfig, VqError, VqModel};
 const TOLERANCE: f64 = 1e-4;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("worker sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("worker sits in the workspace")
+        .to_path_buf()
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vqgan").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/vqgan")
+        .join(name)
 }
 
 /// Runs scripts/convert_checkpoint.py on a fixture checkpoint, as an operator would.
@@ -29,12 +34,18 @@ fn convert(checkpoint: &str, dir: &Path) -> PathBuf {
         .arg(&out)
         .status()
         .expect("run the venv's python (scripts/setup.sh installs it)");
-    assert!(status.success(), "convert_checkpoint.py failed on {checkpoint}");
+    assert!(
+        status.success(),
+        "convert_checkpoint.py failed on {checkpoint}"
+    );
     out
 }
 
 fn goldens(name: &str) -> std::collections::HashMap<String, Tensor> {
-    Tensor::read_safetensors(fixture(&format!("{name}_golden.safetensors"))).unwrap().into_iter().collect()
+    Tensor::read_safetensors(fixture(&format!("{name}_golden.safetensors")))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 /// Max absolute difference, relative to the golden's scale when that exceeds 1.
@@ -42,7 +53,10 @@ fn assert_close(what: &str, ours: &Tensor, golden: &Tensor) {
     assert_eq!(ours.size(), golden.size(), "{what}: shape");
     let scale = golden.abs().max().double_value(&[]).max(1.0);
     let diff = (ours - golden).abs().max().double_value(&[]);
-    assert!(diff <= TOLERANCE * scale, "{what}: max |diff| {diff} > {TOLERANCE} * {scale}");
+    assert!(
+        diff <= TOLERANCE * scale,
+        "{what}: max |diff| {diff} > {TOLERANCE} * {scale}"
+    );
 }
 
 /// Checks every golden of fixture `name` against a model loaded from it.
@@ -55,12 +69,23 @@ fn check_parity(name: &str, model: &VqModel) {
     assert_eq!(indices, g["indices"], "quantiser indices");
     assert_close("z_q", &z_q, &g["z_q"]);
     assert_close("decoder output", &model.decode(&z_q), &g["decoded"]);
-    assert_close("decode_indices", &model.decode_indices(&g["indices"]), &g["decoded"]);
+    assert_close(
+        "decode_indices",
+        &model.decode_indices(&g["indices"]),
+        &g["decoded"],
+    );
 
     let z = g["z"].detach().set_requires_grad(true);
     let (z_q, _) = model.quantize(&z);
-    (model.decode(&z_q) - &g["target"]).square().sum(Kind::Float).backward();
-    assert_close("gradient of the loss with respect to z", &z.grad(), &g["grad_z"]);
+    (model.decode(&z_q) - &g["target"])
+        .square()
+        .sum(Kind::Float)
+        .backward();
+    assert_close(
+        "gradient of the loss with respect to z",
+        &z.grad(),
+        &g["grad_z"],
+    );
 }
 
 fn load_fixture(name: &str, dir: &Path) -> VqModel {
@@ -90,17 +115,25 @@ fn gumbel_model_matches_taming_transformers() {
 #[test]
 fn first_stage_of_a_transformer_checkpoint_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let mut tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(convert("vq.ckpt", dir.path()))
-        .unwrap()
-        .into_iter()
-        .map(|(name, tensor)| (format!("first_stage_model.{name}"), tensor))
-        .collect();
-    tensors.push(("transformer.tok_emb.weight".into(), Tensor::zeros([16, 4], (Kind::Float, Device::Cpu))));
+    let mut tensors: Vec<(String, Tensor)> =
+        Tensor::read_safetensors(convert("vq.ckpt", dir.path()))
+            .unwrap()
+            .into_iter()
+            .map(|(name, tensor)| (format!("first_stage_model.{name}"), tensor))
+            .collect();
+    tensors.push((
+        "transformer.tok_emb.weight".into(),
+        Tensor::zeros([16, 4], (Kind::Float, Device::Cpu)),
+    ));
     let weights = dir.path().join("transformer.safetensors");
     Tensor::write_safetensors(&tensors, &weights).unwrap();
 
     let first_stage = std::fs::read_to_string(fixture("vq.yaml")).unwrap();
-    let nested: String = first_stage.lines().skip(1).map(|line| format!("    {line}\n")).collect();
+    let nested: String = first_stage
+        .lines()
+        .skip(1)
+        .map(|line| format!("    {line}\n"))
+        .collect();
     let yaml = format!(
         "model:\n  target: taming.models.cond_transformer.Net2NetTransformer\n  params:\n    first_stage_config:\n{nested}"
     );
@@ -109,7 +142,11 @@ fn first_stage_of_a_transformer_checkpoint_loads() {
 
     let model = VqModel::load(&config, &weights, Device::Cpu).unwrap();
     let g = goldens("vq");
-    assert_close("encoder output z", &model.encode(&g["image"]).unwrap(), &g["z"]);
+    assert_close(
+        "encoder output z",
+        &model.encode(&g["image"]).unwrap(),
+        &g["z"],
+    );
 }
 
 /// Writes `vq.yaml` with one substitution applied, for configs that disagree with the checkpoint.
@@ -137,9 +174,16 @@ fn yaml_disagreeing_with_checkpoint_names_tensor_and_shapes() {
 fn checkpoint_tensors_the_config_lacks_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let weights = convert("vq.ckpt", dir.path());
-    let config = edited_config(dir.path(), "attn_resolutions:\n      - 16", "attn_resolutions: []");
+    let config = edited_config(
+        dir.path(),
+        "attn_resolutions:\n      - 16",
+        "attn_resolutions: []",
+    );
     let err = VqModel::load(&config, &weights, Device::Cpu).unwrap_err();
-    assert!(matches!(&err, VqError::UnexpectedTensor { name, .. } if name == "decoder.up.1.attn.0.k.bias"), "{err}");
+    assert!(
+        matches!(&err, VqError::UnexpectedTensor { name, .. } if name == "decoder.up.1.attn.0.k.bias"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -153,7 +197,11 @@ fn missing_tensor_is_named() {
     let weights = dir.path().join("incomplete.safetensors");
     Tensor::write_safetensors(&tensors, &weights).unwrap();
     let err = VqModel::load(&fixture("vq.yaml"), &weights, Device::Cpu).unwrap_err();
-    assert!(err.to_string().contains("lack tensor `decoder.mid.attn_1.q.weight`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("lack tensor `decoder.mid.attn_1.q.weight`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -161,7 +209,10 @@ fn unreadable_inputs_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let absent = dir.path().join("absent.safetensors");
     let err = VqModel::load(&fixture("vq.yaml"), &absent, Device::Cpu).unwrap_err();
-    assert!(matches!(&err, VqError::ReadWeights { path, .. } if *path == absent), "{err}");
+    assert!(
+        matches!(&err, VqError::ReadWeights { path, .. } if *path == absent),
+        "{err}"
+    );
     let err = VqModel::load(&dir.path().join("absent.yaml"), &absent, Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("absent.yaml"), "{err}");
 }
@@ -172,20 +223,35 @@ fn image_size_off_the_factor_is_rejected() {
     let model = load_fixture("vq", dir.path());
     let image = Tensor::zeros([1, 3, 32, 31], (Kind::Float, Device::Cpu));
     let err = model.encode(&image).unwrap_err();
-    assert!(matches!(err, VqError::SizeNotMultiple { height: 32, width: 31, factor: 2 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            VqError::SizeNotMultiple {
+                height: 32,
+                width: 31,
+                factor: 2
+            }
+        ),
+        "{err}"
+    );
 }
 
 fn published_parameter_count(model: &str) -> i64 {
     let text = std::fs::read_to_string(fixture("parameter_counts.json")).unwrap();
     let counts: serde_json::Value = serde_json::from_str(&text).unwrap();
-    counts[model].as_i64().unwrap_or_else(|| panic!("parameter_counts.json lacks {model}"))
+    counts[model]
+        .as_i64()
+        .unwrap_or_else(|| panic!("parameter_counts.json lacks {model}"))
 }
 
 #[test]
 fn full_size_f16_16384_decodes_a_31x31_latent_to_496x496() {
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let model = VqModel::new(&vs.root(), &VqConfig::imagenet_f16_16384());
-    assert_eq!(model.parameter_count(), published_parameter_count("vqgan_imagenet_f16_16384"));
+    assert_eq!(
+        model.parameter_count(),
+        published_parameter_count("vqgan_imagenet_f16_16384")
+    );
     assert_eq!(model.codebook().size(), [16384, 256]);
     let z = Tensor::randn([1, 256, 31, 31], (Kind::Float, Device::Cpu));
     let image = tch::no_grad(|| model.decode(&z));
@@ -197,6 +263,9 @@ fn full_size_f16_16384_decodes_a_31x31_latent_to_496x496() {
 fn full_size_gumbel_f8_has_the_published_parameter_count() {
     let vs = tch::nn::VarStore::new(Device::Cpu);
     let model = VqModel::new(&vs.root(), &VqConfig::gumbel_f8_8192());
-    assert_eq!(model.parameter_count(), published_parameter_count("vqgan_gumbel_f8_8192"));
+    assert_eq!(
+        model.parameter_count(),
+        published_parameter_count("vqgan_gumbel_f8_8192")
+    );
     assert_eq!(model.downsampling_factor(), 8);
 }

@@ -43,13 +43,20 @@ impl<T: ParameterCount> ParameterCount for Vec<T> {
 
 /// GroupNorm with 32 groups, eps 1e-6 and an affine part: upstream's `Normalize`.
 fn normalize(vs: nn::Path, channels: i64) -> nn::GroupNorm {
-    let config = nn::GroupNormConfig { eps: 1e-6, affine: true, ..Default::default() };
+    let config = nn::GroupNormConfig {
+        eps: 1e-6,
+        affine: true,
+        ..Default::default()
+    };
     nn::group_norm(vs, 32, channels, config)
 }
 
 /// A 3x3 convolution that keeps the spatial size (padding 1), as used throughout the networks.
 fn conv3x3(vs: nn::Path, in_channels: i64, out_channels: i64) -> nn::Conv2D {
-    let config = nn::ConvConfig { padding: 1, ..Default::default() };
+    let config = nn::ConvConfig {
+        padding: 1,
+        ..Default::default()
+    };
     nn::conv2d(vs, in_channels, out_channels, 3, config)
 }
 
@@ -159,7 +166,10 @@ impl Module for AttnBlock {
 
 impl ParameterCount for AttnBlock {
     fn parameter_count(&self) -> i64 {
-        [&self.q, &self.k, &self.v, &self.proj_out].iter().map(|c| c.parameter_count()).sum::<i64>()
+        [&self.q, &self.k, &self.v, &self.proj_out]
+            .iter()
+            .map(|c| c.parameter_count())
+            .sum::<i64>()
             + self.norm.parameter_count()
     }
 }
@@ -172,8 +182,13 @@ struct Downsample {
 
 impl Downsample {
     fn new(vs: nn::Path, channels: i64) -> Self {
-        let config = nn::ConvConfig { stride: 2, ..Default::default() };
-        Self { conv: nn::conv2d(&vs / "conv", channels, channels, 3, config) }
+        let config = nn::ConvConfig {
+            stride: 2,
+            ..Default::default()
+        };
+        Self {
+            conv: nn::conv2d(&vs / "conv", channels, channels, 3, config),
+        }
     }
 }
 
@@ -191,14 +206,17 @@ struct Upsample {
 
 impl Upsample {
     fn new(vs: nn::Path, channels: i64) -> Self {
-        Self { conv: conv3x3(&vs / "conv", channels, channels) }
+        Self {
+            conv: conv3x3(&vs / "conv", channels, channels),
+        }
     }
 }
 
 impl Module for Upsample {
     fn forward(&self, x: &Tensor) -> Tensor {
         let (height, width) = (x.size()[2], x.size()[3]);
-        self.conv.forward(&x.upsample_nearest2d([2 * height, 2 * width], 2.0, 2.0))
+        self.conv
+            .forward(&x.upsample_nearest2d([2 * height, 2 * width], 2.0, 2.0))
     }
 }
 
@@ -211,7 +229,13 @@ struct Level {
 }
 
 impl Level {
-    fn new(vs: &nn::Path, blocks: i64, in_channels: i64, out_channels: i64, with_attn: bool) -> Self {
+    fn new(
+        vs: &nn::Path,
+        blocks: i64,
+        in_channels: i64,
+        out_channels: i64,
+        with_attn: bool,
+    ) -> Self {
         let block = (0..blocks)
             .map(|i| {
                 let channels_in = if i == 0 { in_channels } else { out_channels };
@@ -219,7 +243,9 @@ impl Level {
             })
             .collect();
         let attn_count = if with_attn { blocks } else { 0 };
-        let attn = (0..attn_count).map(|i| AttnBlock::new(vs / "attn" / i, out_channels)).collect();
+        let attn = (0..attn_count)
+            .map(|i| AttnBlock::new(vs / "attn" / i, out_channels))
+            .collect();
         Self { block, attn }
     }
 
@@ -261,13 +287,16 @@ impl Mid {
 
 impl Module for Mid {
     fn forward(&self, x: &Tensor) -> Tensor {
-        self.block_2.forward(&self.attn_1.forward(&self.block_1.forward(x)))
+        self.block_2
+            .forward(&self.attn_1.forward(&self.block_1.forward(x)))
     }
 }
 
 impl ParameterCount for Mid {
     fn parameter_count(&self) -> i64 {
-        self.block_1.parameter_count() + self.attn_1.parameter_count() + self.block_2.parameter_count()
+        self.block_1.parameter_count()
+            + self.attn_1.parameter_count()
+            + self.block_2.parameter_count()
     }
 }
 
@@ -331,7 +360,11 @@ impl Module for Encoder {
 
 impl ParameterCount for Encoder {
     fn parameter_count(&self) -> i64 {
-        let down: i64 = self.down.iter().map(|(l, d)| l.parameter_count() + d.parameter_count()).sum();
+        let down: i64 = self
+            .down
+            .iter()
+            .map(|(l, d)| l.parameter_count() + d.parameter_count())
+            .sum();
         self.conv_in.parameter_count()
             + down
             + self.mid.parameter_count()
@@ -365,7 +398,13 @@ impl Decoder {
             let path = &vs / "up" / level;
             let block_out = level_channels(cfg, level);
             let with_attn = cfg.attn_resolutions.contains(&resolution);
-            let stage = Level::new(&path, cfg.num_res_blocks + 1, block_in, block_out, with_attn);
+            let stage = Level::new(
+                &path,
+                cfg.num_res_blocks + 1,
+                block_in,
+                block_out,
+                with_attn,
+            );
             block_in = block_out;
             let upsample = (level != 0).then(|| {
                 resolution *= 2;
@@ -399,7 +438,11 @@ impl Module for Decoder {
 
 impl ParameterCount for Decoder {
     fn parameter_count(&self) -> i64 {
-        let up: i64 = self.up.iter().map(|(l, u)| l.parameter_count() + u.parameter_count()).sum();
+        let up: i64 = self
+            .up
+            .iter()
+            .map(|(l, u)| l.parameter_count() + u.parameter_count())
+            .sum();
         self.conv_in.parameter_count()
             + self.mid.parameter_count()
             + up

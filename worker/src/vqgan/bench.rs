@@ -20,7 +20,8 @@ pub fn decoder_forward_backward_ms(size: i64, iters: u32) -> f64 {
     let model = VqModel::new(&vs.root(), &cfg);
     vs.freeze();
     let side = (size / cfg.downsampling_factor()).max(1);
-    let mut z = Tensor::randn([1, cfg.embed_dim, side, side], (Kind::Float, device)).set_requires_grad(true);
+    let mut z = Tensor::randn([1, cfg.embed_dim, side, side], (Kind::Float, device))
+        .set_requires_grad(true);
     let mut step = || {
         let loss = model.decode(&z).square().mean(None);
         z.zero_grad();

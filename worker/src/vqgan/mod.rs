@@ -25,7 +25,10 @@ use quantize::{lookup, GumbelQuantize, Quantizer, VectorQuantizer};
 pub enum VqError {
     /// The YAML file could not be read.
     #[error("cannot read VQGAN config {path}: {source}")]
-    ReadConfig { path: PathBuf, source: std::io::Error },
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The YAML text is not a usable taming-transformers model config.
     #[error("invalid VQGAN config: {0}")]
     Config(String),
@@ -36,17 +39,29 @@ pub enum VqError {
     #[error("VQGAN weights {path} lack tensor `{name}` that the config requires")]
     MissingTensor { path: PathBuf, name: String },
     /// The checkpoint and the config disagree on a tensor's shape.
-    #[error("tensor `{name}` has shape {checkpoint:?} in the weights but the config implies {config:?}")]
-    ShapeMismatch { name: String, checkpoint: Vec<i64>, config: Vec<i64> },
+    #[error(
+        "tensor `{name}` has shape {checkpoint:?} in the weights but the config implies {config:?}"
+    )]
+    ShapeMismatch {
+        name: String,
+        checkpoint: Vec<i64>,
+        config: Vec<i64>,
+    },
     /// The checkpoint has first-stage tensors the config's architecture has no place for.
-    #[error("VQGAN weights {path} have tensor `{name}` that the config's architecture does not contain")]
+    #[error(
+        "VQGAN weights {path} have tensor `{name}` that the config's architecture does not contain"
+    )]
     UnexpectedTensor { path: PathBuf, name: String },
     /// The image is not [N, in_channels, H, W].
     #[error("expected an image of shape [N, {channels}, H, W], got {shape:?}")]
     ImageShape { channels: i64, shape: Vec<i64> },
     /// The image size is not a positive multiple of the downsampling factor.
     #[error("image size {height}x{width} is not a positive multiple of the model's downsampling factor {factor}")]
-    SizeNotMultiple { height: i64, width: i64, factor: i64 },
+    SizeNotMultiple {
+        height: i64,
+        width: i64,
+        factor: i64,
+    },
     /// libtorch failed while copying weights.
     #[error("libtorch error: {0}")]
     Torch(#[from] TchError),
@@ -58,7 +73,13 @@ const NET2NET: &str = "taming.models.cond_transformer.Net2NetTransformer";
 /// Where a Net2NetTransformer checkpoint keeps its first stage.
 const NET2NET_PREFIX: &str = "first_stage_model.";
 /// The first stage's top-level modules; other checkpoint tensors belong to something else.
-const MODEL_MODULES: [&str; 5] = ["encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv."];
+const MODEL_MODULES: [&str; 5] = [
+    "encoder.",
+    "decoder.",
+    "quantize.",
+    "quant_conv.",
+    "post_quant_conv.",
+];
 
 /// The architecture of a VQGAN first stage: upstream's `ddconfig` plus the codebook size, and
 /// where the checkpoint keeps it. Build it with a named constructor or from the published YAML.
@@ -142,13 +163,20 @@ impl VqConfig {
 
     /// vqgan_gumbel_f8_8192: f8, attention at 32, Gumbel quantiser with 8192 codes.
     pub fn gumbel_f8_8192() -> Self {
-        Self { ch_mult: vec![1, 1, 2, 4], attn_resolutions: vec![32], n_embed: 8192, gumbel: true, ..Self::f16(0, "") }
+        Self {
+            ch_mult: vec![1, 1, 2, 4],
+            attn_resolutions: vec![32],
+            n_embed: 8192,
+            gumbel: true,
+            ..Self::f16(0, "")
+        }
     }
 
     /// Reads a published taming-transformers YAML: a `VQModel` or `GumbelVQ`, or a
     /// `Net2NetTransformer` whose `first_stage_config` is one of those.
     pub fn from_yaml(text: &str) -> Result<Self, VqError> {
-        let file: YamlFile = serde_norway::from_str(text).map_err(|e| VqError::Config(e.to_string()))?;
+        let file: YamlFile =
+            serde_norway::from_str(text).map_err(|e| VqError::Config(e.to_string()))?;
         let config = Self::from_stage(&file.model, "model")?;
         config.validate()?;
         Ok(config)
@@ -161,14 +189,19 @@ impl VqConfig {
                 let p: FirstStageParams = serde_norway::from_value(stage.params.clone())
                     .map_err(|e| VqError::Config(params(&e.to_string())))?;
                 if p.ddconfig.double_z {
-                    return Err(VqError::Config(params("ddconfig.double_z must be false for a VQ model")));
+                    return Err(VqError::Config(params(
+                        "ddconfig.double_z must be false for a VQ model",
+                    )));
                 }
                 Ok(p.into_config(stage.target == GUMBEL_VQ))
             }
             NET2NET => {
                 let p: TransformerParams = serde_norway::from_value(stage.params.clone())
                     .map_err(|e| VqError::Config(params(&e.to_string())))?;
-                let mut config = Self::from_stage(&p.first_stage_config, &format!("{at}.params.first_stage_config"))?;
+                let mut config = Self::from_stage(
+                    &p.first_stage_config,
+                    &format!("{at}.params.first_stage_config"),
+                )?;
                 config.state_dict_prefix = NET2NET_PREFIX.to_string() + &config.state_dict_prefix;
                 Ok(config)
             }
@@ -196,8 +229,15 @@ impl VqConfig {
         if self.ch_mult.is_empty() || self.num_res_blocks < 1 {
             return fail("ddconfig needs a non-empty ch_mult and num_res_blocks >= 1".into());
         }
-        if let Some(m) = self.ch_mult.iter().find(|m| **m <= 0 || (self.ch * **m) % 32 != 0) {
-            return fail(format!("ch * ch_mult ({} * {m}) must be a positive multiple of 32 (GroupNorm groups)", self.ch));
+        if let Some(m) = self
+            .ch_mult
+            .iter()
+            .find(|m| **m <= 0 || (self.ch * **m) % 32 != 0)
+        {
+            return fail(format!(
+                "ch * ch_mult ({} * {m}) must be a positive multiple of 32 (GroupNorm groups)",
+                self.ch
+            ));
         }
         if self.gumbel && self.embed_dim != self.z_channels {
             return fail(format!(
@@ -300,9 +340,18 @@ impl VqModel {
     /// valid (the named constructors and [`VqConfig::from_yaml`] are).
     pub fn new(vs: &nn::Path, cfg: &VqConfig) -> Self {
         let quantize = if cfg.gumbel {
-            Quantizer::Gumbel(GumbelQuantize::new(&(vs / "quantize"), cfg.z_channels, cfg.n_embed, cfg.embed_dim))
+            Quantizer::Gumbel(GumbelQuantize::new(
+                &(vs / "quantize"),
+                cfg.z_channels,
+                cfg.n_embed,
+                cfg.embed_dim,
+            ))
         } else {
-            Quantizer::Vector(VectorQuantizer::new(&(vs / "quantize"), cfg.n_embed, cfg.embed_dim))
+            Quantizer::Vector(VectorQuantizer::new(
+                &(vs / "quantize"),
+                cfg.n_embed,
+                cfg.embed_dim,
+            ))
         };
         Self {
             encoder: Encoder::new(vs / "encoder", cfg),
@@ -319,11 +368,15 @@ impl VqModel {
     /// flattens the Lightning `state_dict`; loss.* / discriminator tensors are ignored). The
     /// weights are frozen: gradients flow to inputs (the latent), never into the model.
     pub fn load(config_yaml: &Path, weights: &Path, device: Device) -> Result<VqModel, VqError> {
-        let text = std::fs::read_to_string(config_yaml)
-            .map_err(|source| VqError::ReadConfig { path: config_yaml.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(config_yaml).map_err(|source| VqError::ReadConfig {
+            path: config_yaml.to_path_buf(),
+            source,
+        })?;
         let cfg = VqConfig::from_yaml(&text)?;
-        let tensors = Tensor::read_safetensors(weights)
-            .map_err(|source| VqError::ReadWeights { path: weights.to_path_buf(), source })?;
+        let tensors = Tensor::read_safetensors(weights).map_err(|source| VqError::ReadWeights {
+            path: weights.to_path_buf(),
+            source,
+        })?;
         let mut vs = nn::VarStore::new(device);
         let model = VqModel::new(&vs.root(), &cfg);
         copy_weights(&vs, tensors, &cfg.state_dict_prefix, weights)?;
@@ -336,11 +389,18 @@ impl VqModel {
     pub fn encode(&self, image: &Tensor) -> Result<Tensor, VqError> {
         let shape = image.size();
         if shape.len() != 4 || shape[1] != self.in_channels {
-            return Err(VqError::ImageShape { channels: self.in_channels, shape });
+            return Err(VqError::ImageShape {
+                channels: self.in_channels,
+                shape,
+            });
         }
         let (height, width) = (shape[2], shape[3]);
         if height == 0 || width == 0 || height % self.factor != 0 || width % self.factor != 0 {
-            return Err(VqError::SizeNotMultiple { height, width, factor: self.factor });
+            return Err(VqError::SizeNotMultiple {
+                height,
+                width,
+                factor: self.factor,
+            });
         }
         Ok(self.quant_conv.forward(&self.encoder.forward(image)))
     }
@@ -390,7 +450,12 @@ impl VqModel {
 
 /// Copies every model variable from the checkpoint table (keys = `prefix` + variable name),
 /// checking presence and shape, and rejects leftover first-stage tensors the config lacks.
-fn copy_weights(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, prefix: &str, path: &Path) -> Result<(), VqError> {
+fn copy_weights(
+    vs: &nn::VarStore,
+    tensors: Vec<(String, Tensor)>,
+    prefix: &str,
+    path: &Path,
+) -> Result<(), VqError> {
     let mut table: HashMap<String, Tensor> = tensors
         .into_iter()
         .filter_map(|(name, tensor)| name.strip_prefix(prefix).map(|n| (n.to_string(), tensor)))
@@ -398,9 +463,10 @@ fn copy_weights(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, prefix: &str,
     let mut variables: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     variables.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut variable) in variables {
-        let source = table
-            .remove(&name)
-            .ok_or_else(|| VqError::MissingTensor { path: path.to_path_buf(), name: format!("{prefix}{name}") })?;
+        let source = table.remove(&name).ok_or_else(|| VqError::MissingTensor {
+            path: path.to_path_buf(),
+            name: format!("{prefix}{name}"),
+        })?;
         if source.size() != variable.size() {
             return Err(VqError::ShapeMismatch {
                 name: format!("{prefix}{name}"),
@@ -410,11 +476,16 @@ fn copy_weights(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>, prefix: &str,
         }
         tch::no_grad(|| variable.f_copy_(&source))?;
     }
-    let mut leftovers: Vec<&String> =
-        table.keys().filter(|name| MODEL_MODULES.iter().any(|module| name.starts_with(module))).collect();
+    let mut leftovers: Vec<&String> = table
+        .keys()
+        .filter(|name| MODEL_MODULES.iter().any(|module| name.starts_with(module)))
+        .collect();
     leftovers.sort();
     match leftovers.first() {
-        Some(name) => Err(VqError::UnexpectedTensor { path: path.to_path_buf(), name: format!("{prefix}{name}") }),
+        Some(name) => Err(VqError::UnexpectedTensor {
+            path: path.to_path_buf(),
+            name: format!("{prefix}{name}"),
+        }),
         None => Ok(()),
     }
 }
@@ -424,15 +495,23 @@ mod tests {
     use super::*;
 
     fn asset(name: &str) -> String {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/vqgan").join(name);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("assets/vqgan")
+            .join(name);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     #[test]
     fn named_constructors_equal_the_published_yaml() {
         let cases: [(&str, VqConfig); 7] = [
-            ("vqgan_imagenet_f16_16384.yaml", VqConfig::imagenet_f16_16384()),
-            ("vqgan_imagenet_f16_1024.yaml", VqConfig::imagenet_f16_1024()),
+            (
+                "vqgan_imagenet_f16_16384.yaml",
+                VqConfig::imagenet_f16_16384(),
+            ),
+            (
+                "vqgan_imagenet_f16_1024.yaml",
+                VqConfig::imagenet_f16_1024(),
+            ),
             ("vqgan_gumbel_f8_8192.yaml", VqConfig::gumbel_f8_8192()),
             ("wikiart_16384.yaml", VqConfig::wikiart_16384()),
             ("coco.yaml", VqConfig::coco()),
@@ -440,7 +519,11 @@ mod tests {
             ("sflckr.yaml", VqConfig::sflckr()),
         ];
         for (file, expected) in cases {
-            assert_eq!(VqConfig::from_yaml(&asset(file)).unwrap(), expected, "{file}");
+            assert_eq!(
+                VqConfig::from_yaml(&asset(file)).unwrap(),
+                expected,
+                "{file}"
+            );
         }
     }
 
@@ -452,8 +535,13 @@ mod tests {
 
     #[test]
     fn unsupported_target_is_named() {
-        let err = VqConfig::from_yaml("model:\n  target: taming.models.vqgan.Other\n  params: {}\n").unwrap_err();
-        assert!(err.to_string().contains("taming.models.vqgan.Other"), "{err}");
+        let err =
+            VqConfig::from_yaml("model:\n  target: taming.models.vqgan.Other\n  params: {}\n")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("taming.models.vqgan.Other"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -472,12 +560,35 @@ mod tests {
 
     #[test]
     fn encode_rejects_sizes_off_the_factor() {
-        let cfg = VqConfig { ch: 32, ch_mult: vec![1, 2], z_channels: 8, embed_dim: 8, n_embed: 16, ..VqConfig::imagenet_f16_1024() };
+        let cfg = VqConfig {
+            ch: 32,
+            ch_mult: vec![1, 2],
+            z_channels: 8,
+            embed_dim: 8,
+            n_embed: 16,
+            ..VqConfig::imagenet_f16_1024()
+        };
         let vs = nn::VarStore::new(Device::Cpu);
         let model = VqModel::new(&vs.root(), &cfg);
-        let err = model.encode(&Tensor::zeros([1, 3, 8, 9], (tch::Kind::Float, Device::Cpu))).unwrap_err();
-        assert_eq!(err.to_string(), "image size 8x9 is not a positive multiple of the model's downsampling factor 2");
-        let err = model.encode(&Tensor::zeros([1, 4, 8, 8], (tch::Kind::Float, Device::Cpu))).unwrap_err();
-        assert!(matches!(err, VqError::ImageShape { channels: 3, .. }), "{err}");
+        let err = model
+            .encode(&Tensor::zeros(
+                [1, 3, 8, 9],
+                (tch::Kind::Float, Device::Cpu),
+            ))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image size 8x9 is not a positive multiple of the model's downsampling factor 2"
+        );
+        let err = model
+            .encode(&Tensor::zeros(
+                [1, 4, 8, 8],
+                (tch::Kind::Float, Device::Cpu),
+            ))
+            .unwrap_err();
+        assert!(
+            matches!(err, VqError::ImageShape { channels: 3, .. }),
+            "{err}"
+        );
     }
 }

@@ -16,18 +16,28 @@ impl VectorQuantizer {
     /// Builds the codebook under `vs` (normally `quantize`), initialised like upstream.
     pub(crate) fn new(vs: &nn::Path, n_embed: i64, embed_dim: i64) -> Self {
         let bound = 1.0 / n_embed as f64;
-        let init = nn::Init::Uniform { lo: -bound, up: bound };
-        Self { embedding: (vs / "embedding").var("weight", &[n_embed, embed_dim], init) }
+        let init = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        Self {
+            embedding: (vs / "embedding").var("weight", &[n_embed, embed_dim], init),
+        }
     }
 
     /// Index of the nearest codebook vector (squared Euclidean distance) at every position of
     /// `z` [N, embed_dim, h, w]; returns [N, h, w].
     fn nearest(&self, z: &Tensor) -> Tensor {
         let (n, height, width) = (z.size()[0], z.size()[2], z.size()[3]);
-        let flat = z.permute([0, 2, 3, 1]).reshape([-1, self.embedding.size()[1]]);
+        let flat = z
+            .permute([0, 2, 3, 1])
+            .reshape([-1, self.embedding.size()[1]]);
         // |z|^2 + |e|^2 - 2 z.e, in upstream's order of operations so near-ties break alike.
         let distances: Tensor = flat.square().sum_dim_intlist(1, true, None::<Kind>)
-            + self.embedding.square().sum_dim_intlist(1, false, None::<Kind>)
+            + self
+                .embedding
+                .square()
+                .sum_dim_intlist(1, false, None::<Kind>)
             - 2.0 * flat.matmul(&self.embedding.tr());
         distances.argmin(1, false).view([n, height, width])
     }
@@ -60,7 +70,14 @@ impl GumbelQuantize {
     pub(crate) fn new(vs: &nn::Path, z_channels: i64, n_embed: i64, embed_dim: i64) -> Self {
         Self {
             proj: conv1x1(vs / "proj", z_channels, n_embed),
-            embed: (vs / "embed").var("weight", &[n_embed, embed_dim], nn::Init::Randn { mean: 0.0, stdev: 1.0 }),
+            embed: (vs / "embed").var(
+                "weight",
+                &[n_embed, embed_dim],
+                nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 1.0,
+                },
+            ),
         }
     }
 
@@ -69,7 +86,10 @@ impl GumbelQuantize {
         let logits = self.proj.forward(z);
         let indices = logits.argmax(1, false);
         let soft = logits.softmax(1, logits.kind());
-        let hard = indices.one_hot(self.embed.size()[0]).permute([0, 3, 1, 2]).to_kind(soft.kind());
+        let hard = indices
+            .one_hot(self.embed.size()[0])
+            .permute([0, 3, 1, 2])
+            .to_kind(soft.kind());
         let one_hot = hard - soft.detach() + soft;
         let z_q = Tensor::einsum("bnhw,nd->bdhw", &[&one_hot, &self.embed], None::<&[i64]>);
         (z_q, indices)
@@ -85,7 +105,9 @@ pub(crate) fn lookup(codebook: &Tensor, indices: &Tensor) -> Tensor {
     let rows = codebook.index_select(0, &indices.flatten(0, -1));
     let mut shape = indices.size();
     shape.push(codebook.size()[1]);
-    rows.view(shape.as_slice()).permute([0, 3, 1, 2]).contiguous()
+    rows.view(shape.as_slice())
+        .permute([0, 3, 1, 2])
+        .contiguous()
 }
 
 /// Either kind of bottleneck a VQModel checkpoint can carry.
