@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use tch::{Device, Kind, Tensor};
 use tessera_worker::vqgan::{VqConfig, VqError, VqModel};
@@ -24,21 +25,32 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs scripts/convert_checkpoint.py on a fixture checkpoint, as an operator would.
-fn convert(checkpoint: &str, dir: &Path) -> PathBuf {
-    let root = repo_root();
-    let out = dir.join(checkpoint.replace(".ckpt", ".safetensors"));
-    let status = Command::new(root.join(".deps/venv/bin/python"))
-        .arg(root.join("scripts/convert_checkpoint.py"))
-        .arg(fixture(checkpoint))
-        .arg(&out)
-        .status()
-        .expect("run the venv's python (scripts/setup.sh installs it)");
-    assert!(
-        status.success(),
-        "convert_checkpoint.py failed on {checkpoint}"
-    );
-    out
+/// Runs scripts/convert_checkpoint.py on fixture `NAME.ckpt`, as an operator would, once per test
+/// run (into Cargo's scratch directory for integration tests).
+fn converted(name: &str) -> PathBuf {
+    static VQ: OnceLock<PathBuf> = OnceLock::new();
+    static GUMBEL: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match name {
+        "vq" => &VQ,
+        "gumbel" => &GUMBEL,
+        other => panic!("no fixture checkpoint {other}"),
+    };
+    cell.get_or_init(|| {
+        let root = repo_root();
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("vqgan_{name}.safetensors"));
+        let status = Command::new(root.join(".deps/venv/bin/python"))
+            .arg(root.join("scripts/convert_checkpoint.py"))
+            .arg(fixture(&format!("{name}.ckpt")))
+            .arg(&out)
+            .status()
+            .expect("run the venv's python (scripts/setup.sh installs it)");
+        assert!(
+            status.success(),
+            "convert_checkpoint.py failed on {name}.ckpt"
+        );
+        out
+    })
+    .clone()
 }
 
 fn goldens(name: &str) -> std::collections::HashMap<String, Tensor> {
@@ -88,15 +100,18 @@ fn check_parity(name: &str, model: &VqModel) {
     );
 }
 
-fn load_fixture(name: &str, dir: &Path) -> VqModel {
-    let weights = convert(&format!("{name}.ckpt"), dir);
-    VqModel::load(&fixture(&format!("{name}.yaml")), &weights, Device::Cpu).unwrap()
+fn load_fixture(name: &str) -> VqModel {
+    VqModel::load(
+        &fixture(&format!("{name}.yaml")),
+        &converted(name),
+        Device::Cpu,
+    )
+    .unwrap()
 }
 
 #[test]
 fn vector_quantized_model_matches_taming_transformers() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = load_fixture("vq", dir.path());
+    let model = load_fixture("vq");
     assert_eq!(model.downsampling_factor(), 2);
     assert_eq!(model.codebook().size(), [16, 8]);
     check_parity("vq", &model);
@@ -104,8 +119,7 @@ fn vector_quantized_model_matches_taming_transformers() {
 
 #[test]
 fn gumbel_model_matches_taming_transformers() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = load_fixture("gumbel", dir.path());
+    let model = load_fixture("gumbel");
     assert_eq!(model.codebook().size(), [16, 8]);
     check_parity("gumbel", &model);
 }
@@ -115,12 +129,11 @@ fn gumbel_model_matches_taming_transformers() {
 #[test]
 fn first_stage_of_a_transformer_checkpoint_loads() {
     let dir = tempfile::tempdir().unwrap();
-    let mut tensors: Vec<(String, Tensor)> =
-        Tensor::read_safetensors(convert("vq.ckpt", dir.path()))
-            .unwrap()
-            .into_iter()
-            .map(|(name, tensor)| (format!("first_stage_model.{name}"), tensor))
-            .collect();
+    let mut tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(converted("vq"))
+        .unwrap()
+        .into_iter()
+        .map(|(name, tensor)| (format!("first_stage_model.{name}"), tensor))
+        .collect();
     tensors.push((
         "transformer.tok_emb.weight".into(),
         Tensor::zeros([16, 4], (Kind::Float, Device::Cpu)),
@@ -161,7 +174,7 @@ fn edited_config(dir: &Path, from: &str, to: &str) -> PathBuf {
 #[test]
 fn yaml_disagreeing_with_checkpoint_names_tensor_and_shapes() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = convert("vq.ckpt", dir.path());
+    let weights = converted("vq");
     let config = edited_config(dir.path(), "n_embed: 16", "n_embed: 32");
     let err = VqModel::load(&config, &weights, Device::Cpu).unwrap_err();
     assert_eq!(
@@ -173,7 +186,7 @@ fn yaml_disagreeing_with_checkpoint_names_tensor_and_shapes() {
 #[test]
 fn checkpoint_tensors_the_config_lacks_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let weights = convert("vq.ckpt", dir.path());
+    let weights = converted("vq");
     let config = edited_config(
         dir.path(),
         "attn_resolutions:\n      - 16",
@@ -189,7 +202,7 @@ fn checkpoint_tensors_the_config_lacks_are_rejected() {
 #[test]
 fn missing_tensor_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(convert("vq.ckpt", dir.path()))
+    let tensors: Vec<(String, Tensor)> = Tensor::read_safetensors(converted("vq"))
         .unwrap()
         .into_iter()
         .filter(|(name, _)| name != "decoder.mid.attn_1.q.weight")
@@ -219,8 +232,7 @@ fn unreadable_inputs_name_the_file() {
 
 #[test]
 fn image_size_off_the_factor_is_rejected() {
-    let dir = tempfile::tempdir().unwrap();
-    let model = load_fixture("vq", dir.path());
+    let model = load_fixture("vq");
     let image = Tensor::zeros([1, 3, 32, 31], (Kind::Float, Device::Cpu));
     let err = model.encode(&image).unwrap_err();
     assert!(
