@@ -68,9 +68,21 @@ install_models() {
   done
 }
 
+# Public-domain photos shipped in scikit-image's wheel, for tests and the demo: astronaut, coffee and
+# chelsea are colour, camera is greyscale.
+install_photos() {
+  mkdir -p "$DEPS/photos"
+  local data_dir
+  data_dir=$("$VENV/bin/python" -c 'import importlib.util,os; print(os.path.join(os.path.dirname(importlib.util.find_spec("skimage").origin), "data"))')
+  for name in astronaut coffee chelsea camera; do
+    cp -u "$data_dir/$name.png" "$DEPS/photos/$name.png"
+  done
+}
+
 install_apt_packages
 check_rust
 install_python_env
 link_libtorch
 install_models
+install_photos
 say "ready: libtorch at $DEPS/libtorch, models in $MODELS"

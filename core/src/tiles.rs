@@ -26,9 +26,11 @@ pub struct TileSpec {
 
 impl Default for TileSpec {
     fn default() -> Self {
+        // Measured on Real-ESRGAN x4plus (worker/tests/upscale.rs): 16 pixels of context leave
+        // seams of up to 18 levels, 32 up to 3, 48 at most 1.
         TileSpec {
             tile: 256,
-            pad: 16,
+            pad: 48,
             overlap: 16,
         }
     }
@@ -227,7 +229,7 @@ fn spans(length: u32, spec: TileSpec) -> Result<Vec<Span>, TileError> {
         .map(|k| boundary(k + 1) - boundary(k))
         .min()
         .unwrap_or(length);
-    if count > 1 && (spec.overlap % 2 != 0 || spec.overlap >= smallest_core) {
+    if count > 1 && (!spec.overlap.is_multiple_of(2) || spec.overlap >= smallest_core) {
         return Err(TileError::BadOverlap {
             overlap: spec.overlap,
             core: smallest_core,

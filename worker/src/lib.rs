@@ -1,4 +1,11 @@
 //! The Tessera worker: the models (in libtorch through `tch`) and the tasks that run them.
 
+pub mod bench;
+pub mod device;
+pub mod esrgan;
+pub mod imageio;
+pub mod malloc;
+pub mod models;
 pub mod ncnn;
+pub mod upscale;
 pub mod vqgan;
