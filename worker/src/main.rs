@@ -1,5 +1,11 @@
 fn main() {
     for p in ["/tmp/sd.pth", "/tmp/nested.pth"] {
-        println!("{p}: {:?}", tch::Tensor::loadz_multi(p).map(|v| v.into_iter().map(|(n, t)| (n, t.size())).collect::<Vec<_>>()));
+        println!(
+            "{p}: {:?}",
+            tch::Tensor::loadz_multi(p).map(|v| v
+                .into_iter()
+                .map(|(n, t)| (n, t.size()))
+                .collect::<Vec<_>>())
+        );
     }
 }
