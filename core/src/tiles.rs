@@ -227,7 +227,7 @@ fn spans(length: u32, spec: TileSpec) -> Result<Vec<Span>, TileError> {
         .map(|k| boundary(k + 1) - boundary(k))
         .min()
         .unwrap_or(length);
-    if count > 1 && (spec.overlap % 2 != 0 || spec.overlap >= smallest_core) {
+    if count > 1 && (!spec.overlap.is_multiple_of(2) || spec.overlap >= smallest_core) {
         return Err(TileError::BadOverlap {
             overlap: spec.overlap,
             core: smallest_core,

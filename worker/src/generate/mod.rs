@@ -110,7 +110,7 @@ where
     let every = run.settings()[0].checkpoint_every;
     while !run.is_done() {
         let mut report = run.step()?;
-        if every > 0 && run.iteration() % every == 0 && !run.is_done() {
+        if every > 0 && run.iteration().is_multiple_of(every) && !run.is_done() {
             report.checkpoint = Some(run.checkpoint()?);
         }
         progress(&report);

@@ -458,7 +458,7 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
 
     fn previews(&self, image: &Tensor, i: u32) -> Vec<Option<RgbImage>> {
         let every = self.shared().preview_every;
-        let due = every > 0 && i % every == 0;
+        let due = every > 0 && i.is_multiple_of(every);
         (0..self.elements.len())
             .map(|b| due.then(|| tensor_to_image(&image.get(b as i64))))
             .collect()

@@ -25,11 +25,11 @@ pub fn nearest_codes(x: &Tensor, codebook: &Tensor) -> Tensor {
 /// Replaces every latent vector of `z` `[B, C, h, w]` by its nearest codebook entry; the gradient
 /// passes straight through to `z` (`generate.py`'s `vector_quantize`).
 pub fn vector_quantize(z: &Tensor, codebook: &Tensor) -> Tensor {
-    let x = z.movedim(&[1], &[3]);
+    let x = z.movedim([1], [3]);
     let channels = codebook.size()[1];
     let indices = tch::no_grad(|| nearest_codes(&x.detach().reshape([-1, channels]), codebook));
     let x_q = codebook.index_select(0, &indices).view_as(&x);
-    straight_through(&x_q, &x).movedim(&[3], &[1])
+    straight_through(&x_q, &x).movedim([3], [1])
 }
 
 /// `forward`'s values with `backward`'s gradient (both the same shape): `generate.py`'s

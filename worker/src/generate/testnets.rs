@@ -59,7 +59,7 @@ impl Conv {
 
 /// CLIP's pixel statistics, applied inside as CLIP does.
 const MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-const STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+const STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// A CLIP stand-in: two convolutions, global mean and max pooling and a projection for images, a hashed
 /// bag-of-words embedding and a projection for texts.

@@ -283,28 +283,48 @@ fn batched_renders_match_renders_one_at_a_time() {
     for s in &mut batch {
         s.iterations = 10;
     }
-    let together = render_batch(&batch, &models.0, &models.1, &mut |_| {}).unwrap();
-    for (s, joint) in batch.iter().zip(&together) {
-        let alone = render(s, &models.0, &models.1, &mut |_| {}).unwrap();
-        assert_eq!(joint.settings, *s);
-        // See the module notes in run.rs: the networks' batched kernels may round differently,
-        // so compare the losses with a tight tolerance and the pictures within one 8-bit step.
-        for ((la, va), (lb, vb)) in alone.losses.iter().zip(&joint.losses) {
-            assert_eq!(la, lb);
-            assert!(
-                (va - vb).abs() <= 1e-5 * va.abs().max(1.0),
-                "{la}: {va} vs {vb}"
-            );
+    let mut joint = Run::start(&batch, &models.0, &models.1).unwrap();
+    let mut alone: Vec<TinyRun> = batch
+        .iter()
+        .map(|s| Run::start(std::slice::from_ref(s), &models.0, &models.1).unwrap())
+        .collect();
+    let (mut worst_latent, mut worst_loss) = (0.0f64, 0.0f64);
+    for _ in 0..10 {
+        let together = joint.step().unwrap();
+        for (b, run) in alone.iter_mut().enumerate() {
+            let single = run.step().unwrap();
+            for ((la, va), (lb, vb)) in single.renders[0]
+                .losses
+                .iter()
+                .zip(&together.renders[b].losses)
+            {
+                assert_eq!(la, lb);
+                worst_loss = worst_loss.max((va - vb).abs());
+            }
+            let diff = (&run.latents()[0] - &joint.latents()[b])
+                .abs()
+                .max()
+                .double_value(&[]);
+            worst_latent = worst_latent.max(diff);
         }
-        let worst = alone
-            .image
+    }
+    // Not bitwise: the networks' kernels block a batch of 3 (or 24 cutouts) differently from
+    // a batch of 1 (8 cutouts), so sums round differently in the last bits. Measured here:
+    // latents within 1.3e-6 and losses within 5e-7 after 10 iterations. Everything else (cutouts,
+    // augmentations, noise, losses, optimiser) is computed per render and is bitwise the same.
+    eprintln!("batched vs one at a time, 10 iterations: latents within {worst_latent:e}, losses within {worst_loss:e}");
+    assert!(worst_latent < 1e-4, "latents differ by {worst_latent}");
+    assert!(worst_loss < 1e-5, "losses differ by {worst_loss}");
+    for (b, run) in alone.iter().enumerate() {
+        let (single, together) = (run.images().remove(0), joint.images().remove(b));
+        let worst = single
             .as_raw()
             .iter()
-            .zip(joint.image.as_raw())
-            .map(|(a, b)| a.abs_diff(*b))
+            .zip(together.as_raw())
+            .map(|(x, y)| x.abs_diff(*y))
             .max()
             .unwrap();
-        assert!(worst <= 1, "pixels differ by up to {worst}");
+        assert!(worst <= 1, "render {b}: pixels differ by up to {worst}");
     }
 }
 
