@@ -459,6 +459,83 @@ mod tests {
         )
     }
 
+    fn fixture() -> std::collections::HashMap<String, Tensor> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/loop_augment.safetensors");
+        Tensor::read_safetensors(&path)
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e} (regenerate with scripts/fixtures/loop_augment.py)",
+                    path.display()
+                )
+            })
+            .into_iter()
+            .collect()
+    }
+
+    fn row(t: &Tensor, i: i64) -> Vec<f64> {
+        Vec::<f64>::try_from(t.get(i).to_kind(Kind::Double).flatten(0, -1)).unwrap()
+    }
+
+    fn assert_close(ours: &Tensor, kornia: &Tensor, what: &str) {
+        let diff = (ours - kornia).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{what}: max diff {diff} from kornia");
+    }
+
+    #[test]
+    fn warps_match_kornia() {
+        let f = fixture();
+        let x = &f["x"];
+        let [n, _, h, w] = dims(x);
+        let affine: Vec<Option<Mat3>> = (0..n)
+            .map(|i| {
+                let p = row(&f["affine"], i);
+                let params = AffineParams {
+                    angle: p[0],
+                    translate: (p[1], p[2]),
+                    shear_x: p[3],
+                    shear_y: p[4],
+                };
+                Some(affine_matrix(&params, w, h))
+            })
+            .collect();
+        assert_close(&warp(x, &affine), &f["affine_out"], "affine");
+        let perspective: Vec<Option<Mat3>> = (0..n)
+            .map(|i| {
+                let e = row(&f["perspective_end"], i);
+                let end = [(e[0], e[1]), (e[2], e[3]), (e[4], e[5]), (e[6], e[7])];
+                Some(perspective_matrix(&corners(w, h), &end))
+            })
+            .collect();
+        assert_close(&warp(x, &perspective), &f["perspective_out"], "perspective");
+    }
+
+    #[test]
+    fn jitter_matches_kornia() {
+        let f = fixture();
+        let factors: Vec<Option<JitterFactors>> = (0..f["x"].size()[0])
+            .map(|i| {
+                let v = row(&f["jitter_factors"], i);
+                Some(JitterFactors {
+                    brightness: v[0],
+                    contrast: v[1],
+                    saturation: v[2],
+                    hue: v[3],
+                })
+            })
+            .collect();
+        let order: Vec<usize> = Vec::<i64>::try_from(&f["jitter_order"])
+            .unwrap()
+            .into_iter()
+            .map(|i| i as usize)
+            .collect();
+        assert_close(
+            &jitter(&f["x"], &factors, &order),
+            &f["jitter_out"],
+            "jitter",
+        );
+    }
+
     #[test]
     fn perspective_matrix_maps_the_corners_onto_the_end_points() {
         let start = corners(32, 24);
