@@ -16,18 +16,6 @@ pub struct Target {
     pub stop: Option<f64>,
 }
 
-impl Target {
-    /// A copy for another run (tensors shared read-only: targets are never modified).
-    pub fn shallow_clone(&self) -> Target {
-        Target {
-            label: self.label.clone(),
-            embed: self.embed.shallow_clone(),
-            weight: self.weight,
-            stop: self.stop,
-        }
-    }
-}
-
 /// `x / max(||x||, 1e-12)` along `dim`, as torch's `F.normalize`.
 fn normalize(x: &Tensor, dim: i64) -> Tensor {
     let norm = x
@@ -51,8 +39,9 @@ pub fn spherical_distance(input: &Tensor, embed: &Tensor) -> Tensor {
 
 /// The prompt's loss over the cutouts' embeddings `[N, D]`: |w| · mean(sign(w) · distance), with
 /// the gradient of every (cutout, target) pair whose signed distance is below `stop` removed —
-/// `generate.py`'s `replace_grad(dists, max(dists, stop))`. The forward value is exactly the
-/// distance (`d + (m − m)` adds an exact zero); the gradient is that of `max(d, stop)`.
+/// `generate.py`'s `replace_grad(dists, maximum(dists, stop))`. The forward value is exactly the
+/// distance (`d + (m − m)` adds an exact zero); the gradient is that of `clamp_min(d, stop)`
+/// (which differs from `maximum` only on exact ties, where it passes the whole gradient).
 pub fn prompt_loss(image_embeds: &Tensor, target: &Target) -> Tensor {
     let sign = target.weight.signum() * f64::from(target.weight != 0.0);
     let dists = spherical_distance(image_embeds, &target.embed) * sign;

@@ -129,6 +129,8 @@ pub struct Progress {
 
 /// One forward pass: the graph cuts to back-propagate through and the loss terms.
 struct Forward {
+    /// All latents, concatenated (the input a recomputed decode needs).
+    z: Tensor,
     image: ClampBoundary,
     clamped_cutouts: Option<ClampBoundary>,
     terms: Vec<Vec<(String, Tensor)>>,
@@ -324,7 +326,12 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
     /// Decode, cut out, embed and score every render at iteration `i`, keeping the graph.
     fn forward(&self, i: u32) -> Forward {
         let z: Vec<&Tensor> = self.elements.iter().map(|e| &e.z).collect();
-        let image = ClampBoundary::new(self.synthesise(&Tensor::cat(&z, 0)));
+        let z = Tensor::cat(&z, 0);
+        let image = if self.shared().recompute_decoder {
+            ClampBoundary::recomputable(tch::no_grad(|| self.synthesise(&z)))
+        } else {
+            ClampBoundary::new(self.synthesise(&z))
+        };
         let cutouts = self.cutouts(image.leaf(), i);
         let clamped_cutouts = match self.shared().cut_method {
             CutMethod::Original => Some(ClampBoundary::new(cutouts.shallow_clone())),
@@ -340,6 +347,7 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         .to_kind(Kind::Float);
         let terms = self.loss_terms(&embeds, i);
         Forward {
+            z,
             image,
             clamped_cutouts,
             terms,
@@ -358,6 +366,7 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
             e.z.zero_grad();
         }
         let Forward {
+            z,
             image,
             clamped_cutouts,
             terms,
@@ -373,7 +382,11 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
             boundary.propagate();
         }
         let previews = self.previews(image.leaf(), i);
-        image.propagate();
+        if self.shared().recompute_decoder {
+            image.propagate_into(&self.synthesise(&z));
+        } else {
+            image.propagate();
+        }
         for e in &mut self.elements {
             let grad = e.z.grad();
             let grad = if grad.defined() {

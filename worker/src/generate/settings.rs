@@ -60,6 +60,10 @@ pub struct Settings {
     pub checkpoint_every: u32,
     /// Arithmetic precision of the networks.
     pub precision: Precision,
+    /// Decode twice per iteration instead of keeping VQGAN's activations while CLIP runs: peak
+    /// memory becomes the larger of the two networks' instead of their sum, for one more
+    /// decoder forward pass. The result is the same.
+    pub recompute_decoder: bool,
     /// Name of the CLIP model, recorded in the output so a render can be repeated.
     pub perceptor_model: String,
     /// Name of the VQGAN model, recorded in the output so a render can be repeated.
@@ -105,6 +109,7 @@ impl Settings {
             preview_every: 0,
             checkpoint_every: 0,
             precision: Precision::Full,
+            recompute_decoder: false,
             perceptor_model: "ViT-B/32".into(),
             codec_model: "vqgan_imagenet_f16_16384".into(),
         }
@@ -162,7 +167,7 @@ impl Settings {
     /// The first setting that two renders must share to be optimised in one batch (one
     /// forward pass decodes and judges them all), if they differ.
     pub fn batch_mismatch(&self, other: &Settings) -> Option<&'static str> {
-        let checks: [(&'static str, bool); 13] = [
+        let checks: [(&'static str, bool); 14] = [
             ("width", self.width == other.width),
             ("height", self.height == other.height),
             ("iterations", self.iterations == other.iterations),
@@ -177,6 +182,10 @@ impl Settings {
                 self.checkpoint_every == other.checkpoint_every,
             ),
             ("precision", self.precision == other.precision),
+            (
+                "recompute_decoder",
+                self.recompute_decoder == other.recompute_decoder,
+            ),
             (
                 "perceptor_model",
                 self.perceptor_model == other.perceptor_model,

@@ -42,21 +42,38 @@ pub fn straight_through(forward: &Tensor, backward: &Tensor) -> Tensor {
 ///
 /// Use [`ClampBoundary::leaf`] downstream, back-propagate the loss, then call
 /// [`ClampBoundary::propagate`]: where `x` is outside [0, 1] the gradient passes only if a
-/// descent step would move `x` back towards the range.
+/// descent step would move `x` back towards the range. A boundary made with
+/// [`ClampBoundary::recomputable`] keeps no upstream graph (saving its memory while the
+/// downstream runs); its gradient goes into a recomputation of the upstream instead.
 #[derive(Debug)]
 pub struct ClampBoundary {
-    upstream: Tensor,
+    /// The unclamped values, without graph.
+    values: Tensor,
+    /// The graph that produced them, when kept.
+    upstream: Option<Tensor>,
     leaf: Tensor,
 }
 
 impl ClampBoundary {
-    /// Cuts the graph after `upstream` (which may or may not require gradients).
+    /// Cuts the graph after `upstream`, keeping it (when it requires gradients at all).
     pub fn new(upstream: Tensor) -> ClampBoundary {
-        let leaf = upstream
-            .detach()
-            .clamp(0.0, 1.0)
-            .set_requires_grad(upstream.requires_grad());
-        ClampBoundary { upstream, leaf }
+        let kept = upstream.requires_grad().then(|| upstream.shallow_clone());
+        ClampBoundary::build(upstream.detach(), kept)
+    }
+
+    /// A cut after values computed without a graph; [`ClampBoundary::propagate_into`] takes the
+    /// recomputed upstream, which must produce the same values.
+    pub fn recomputable(values: Tensor) -> ClampBoundary {
+        ClampBoundary::build(values.detach(), None)
+    }
+
+    fn build(values: Tensor, upstream: Option<Tensor>) -> ClampBoundary {
+        let leaf = values.clamp(0.0, 1.0).set_requires_grad(true);
+        ClampBoundary {
+            values,
+            upstream,
+            leaf,
+        }
     }
 
     /// The clamped values, a leaf that collects the downstream gradient.
@@ -67,24 +84,28 @@ impl ClampBoundary {
     /// The gradient `clamp_with_grad` passes upstream, given the gradient at the leaf:
     /// `g · [g · (x − clamp(x)) ≥ 0]`.
     pub fn masked_gradient(&self, leaf_grad: &Tensor) -> Tensor {
-        let x = self.upstream.detach();
-        let overshoot = &x - x.clamp(0.0, 1.0);
+        let overshoot = &self.values - self.values.clamp(0.0, 1.0);
         let pushes_back = (leaf_grad * overshoot).ge(0.0).to_kind(leaf_grad.kind());
         leaf_grad * pushes_back
     }
 
-    /// Back-propagates the leaf's gradient, masked by the rule, into the upstream graph.
+    /// Back-propagates the leaf's gradient, masked by the rule, into the kept upstream graph.
     pub fn propagate(self) {
-        if !self.upstream.requires_grad() {
-            return;
+        if let Some(upstream) = &self.upstream {
+            self.propagate_into(upstream);
         }
+    }
+
+    /// Back-propagates the leaf's gradient, masked by the rule, into `upstream`: the kept graph
+    /// or a recomputation of it.
+    pub fn propagate_into(&self, upstream: &Tensor) {
         let grad = self.leaf.grad();
-        if !grad.defined() {
+        if !upstream.requires_grad() || !grad.defined() {
             return;
         }
         let masked = self.masked_gradient(&grad);
         // d/dx Σ x·g = g exactly: the multiplication's backward is g·1.
-        (&self.upstream * masked).sum(Kind::Float).backward();
+        (upstream * masked).sum(Kind::Float).backward();
     }
 }
 

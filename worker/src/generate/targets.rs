@@ -44,18 +44,6 @@ impl Targets {
             .flatten()
             .chain(self.fixed.iter())
     }
-
-    /// A copy sharing the (read-only) embeddings.
-    pub fn shallow_clone(&self) -> Targets {
-        Targets {
-            phases: self
-                .phases
-                .iter()
-                .map(|p| p.iter().map(Target::shallow_clone).collect())
-                .collect(),
-            fixed: self.fixed.iter().map(Target::shallow_clone).collect(),
-        }
-    }
 }
 
 /// Embeds every prompt of `spec` for a render with random source `rng`.

@@ -217,8 +217,9 @@ impl LatentCodec for TinyCodec {
     }
 }
 
-/// Both tiny networks, on the CPU. Also limits this test thread's torch to one intra-op thread:
-/// on these tiny tensors, and on a loaded machine, thread hand-offs cost more than they save.
+/// Both tiny networks, on the CPU. Also limits torch to one intra-op thread (OpenMP: this test
+/// thread; MKL: the process): on tensors this small, and on a loaded machine, thread hand-offs
+/// cost far more than they save (a 20x slowdown measured on the shared 2-core machine).
 pub fn tiny_models() -> (TinyPerceptor, TinyCodec) {
     tch::set_num_threads(1);
     (TinyPerceptor::new(101), TinyCodec::new(202))

@@ -329,6 +329,21 @@ fn batched_renders_match_renders_one_at_a_time() {
 }
 
 #[test]
+fn recomputing_the_decoder_changes_nothing() {
+    let models = tiny_models();
+    for method in [CutMethod::Latest, CutMethod::Original] {
+        let mut s = settings("a red apple|fog:-0.5", "", "", 26);
+        s.iterations = 5;
+        s.cut_method = method;
+        let kept = render(&s, &models.0, &models.1, &mut |_| {}).unwrap();
+        s.recompute_decoder = true;
+        let recomputed = render(&s, &models.0, &models.1, &mut |_| {}).unwrap();
+        assert_eq!(kept.image, recomputed.image, "{method:?}");
+        assert_eq!(kept.losses, recomputed.losses, "{method:?}");
+    }
+}
+
+#[test]
 fn progress_reports_every_iteration_with_previews_and_checkpoints_when_due() {
     let models = tiny_models();
     let mut s = settings("a red apple", "", "", 24);
