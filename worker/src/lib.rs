@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod device;
 pub mod esrgan;
+pub mod generate;
 pub mod imageio;
 pub mod malloc;
 pub mod models;

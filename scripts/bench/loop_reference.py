@@ -1,0 +1,202 @@
+"""PyTorch half of `tessera-worker bench loop`: one VQGAN+CLIP iteration as generate.py runs it
+(random codebook tokens, straight-through quantisation, decode, clamp_with_grad, pooled cutouts
+with kornia's affine/perspective/jitter/erasing augmentations and noise, CLIP ViT-B/32, spherical
+distance loss, Adam lr 0.1, per-channel clamp), with the full-size architectures and random
+weights, timed.
+
+The architectures come from the upstream module definitions on PyPI: clip-anytorch's
+clip/model.py (loaded as a file, since the package's __init__ needs torchvision) and
+taming-transformers-rom1504's Encoder/Decoder/VectorQuantizer, configured as
+vqgan_imagenet_f16_16384. The text encoder is not timed (both loops embed prompts once).
+
+    .deps/venv/bin/python scripts/bench/loop_reference.py --sizes 128 256 --iterations 3
+
+Prints one JSON object per size on stdout (what `bench::parse_reference` reads):
+    {"impl": "pytorch", "size": 128, "batch": 1, "cutn": 32, "seconds_per_iteration": ..., "peak_gpu_mib": ...}
+"""
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+
+import kornia.augmentation as K
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def load_file_module(name, relative):
+    """Imports one file of an installed package without running the package's __init__."""
+    for base in sys.path:
+        path = os.path.join(base, relative)
+        if os.path.isfile(path):
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    raise SystemExit(f"{relative} not found: install clip-anytorch (pip install --no-deps clip-anytorch)")
+
+
+def clip_vit_b_32():
+    clip_model = load_file_module("clip_model", os.path.join("clip", "model.py"))
+    # embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+    # context_length, vocab_size, transformer_width, transformer_heads, transformer_layers
+    return clip_model.CLIP(512, 224, 12, 768, 32, 77, 49408, 512, 8, 12)
+
+
+class VqganF16(nn.Module):
+    """vqgan_imagenet_f16_16384's modules, as taming's VQModel holds them."""
+
+    def __init__(self):
+        super().__init__()
+        from taming.modules.diffusionmodules.model import Decoder, Encoder
+        from taming.modules.vqvae.quantize import VectorQuantizer
+
+        dd = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
+                  ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)
+        self.encoder = Encoder(**dd)
+        self.decoder = Decoder(**dd)
+        self.quantize = VectorQuantizer(16384, 256, beta=0.25)
+        self.quant_conv = nn.Conv2d(256, 256, 1)
+        self.post_quant_conv = nn.Conv2d(256, 256, 1)
+
+    def decode(self, z_q):
+        return self.decoder(self.post_quant_conv(z_q))
+
+
+class StraightThrough(torch.autograd.Function):
+    """Values of the first input, gradient handed to the second."""
+
+    @staticmethod
+    def forward(ctx, values, gradient_target):
+        ctx.shape = gradient_target.shape
+        return values
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, grad.sum_to_size(ctx.shape)
+
+
+class ClampPushBack(torch.autograd.Function):
+    """Clamp to [lo, hi]; outside the range the gradient passes only towards the range."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        ctx.lo, ctx.hi = lo, hi
+        ctx.save_for_backward(x)
+        return x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        keep = grad * (x - x.clamp(ctx.lo, ctx.hi)) >= 0
+        return grad * keep, None, None
+
+
+def quantize(z, codebook):
+    x = z.movedim(1, 3)
+    d = x.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * x @ codebook.T
+    x_q = codebook[d.argmin(-1)]
+    return StraightThrough.apply(x_q, x).movedim(3, 1)
+
+
+def spherical_loss(image_embeds, target, weight=1.0):
+    a = F.normalize(image_embeds.unsqueeze(1), dim=2)
+    b = F.normalize(target.unsqueeze(0), dim=2)
+    d = (a - b).norm(dim=2).div(2).arcsin().pow(2).mul(2)
+    return abs(weight) * (d * math.copysign(1, weight)).mean()
+
+
+class PooledCutouts(nn.Module):
+    def __init__(self, cut_size, cutn):
+        super().__init__()
+        self.cut_size, self.cutn = cut_size, cutn
+        self.augs = nn.Sequential(
+            K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros", keepdim=True),
+            K.RandomPerspective(distortion_scale=0.7, p=0.7),
+            K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
+            K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 1 / 0.3), same_on_batch=True, p=0.7),
+        )
+
+    def forward(self, image):
+        size = (self.cut_size, self.cut_size)
+        pooled = (F.adaptive_avg_pool2d(image, size) + F.adaptive_max_pool2d(image, size)) / 2
+        batch = self.augs(pooled.repeat(self.cutn, 1, 1, 1))
+        facs = batch.new_empty([self.cutn, 1, 1, 1]).uniform_(0, 0.1)
+        return batch + facs * torch.randn_like(batch)
+
+
+def time_size(size, args, clip, vqgan, device):
+    codebook = vqgan.quantize.embedding.weight
+    tokens = size // 16
+    ids = torch.randint(codebook.shape[0], [tokens * tokens], device=device)
+    z = codebook[ids].view(1, tokens, tokens, -1).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    z_min = codebook.min(0).values[None, :, None, None]
+    z_max = codebook.max(0).values[None, :, None, None]
+    opt = torch.optim.Adam([z], lr=0.1)
+    cutouts = PooledCutouts(clip.visual.input_resolution, args.cutn)
+    mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
+    target = torch.randn(1, 512, device=device)
+    clip_dtype = clip.visual.conv1.weight.dtype
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        image = ClampPushBack.apply(vqgan.decode(quantize(z, codebook)).add(1).div(2), 0, 1)
+        pixels = (cutouts(image) - mean) / std
+        embeds = clip.encode_image(pixels.to(clip_dtype)).float()
+        spherical_loss(embeds, target).backward()
+        opt.step()
+        with torch.no_grad():
+            z.copy_(z.maximum(z_min).minimum(z_max))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.iterations):
+        step()
+    sync()
+    seconds = (time.perf_counter() - start) / args.iterations
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return {"impl": "pytorch", "size": size, "batch": 1, "cutn": args.cutn,
+            "seconds_per_iteration": seconds, "peak_gpu_mib": peak}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--cutn", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--clip-half", action="store_true", help="CLIP in float16, as generate.py on CUDA")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    clip = clip_vit_b_32().eval().requires_grad_(False).to(device)
+    if args.clip_half:
+        clip = clip.half()
+    vqgan = VqganF16().eval().requires_grad_(False).to(device)
+    for size in args.sizes:
+        print(json.dumps(time_size(size, args, clip, vqgan, device)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
