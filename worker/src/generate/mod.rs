@@ -25,6 +25,7 @@ pub mod state;
 pub mod synth;
 pub mod targets;
 pub mod traits;
+mod vqgan_codec;
 
 #[cfg(test)]
 mod testnets;
