@@ -79,10 +79,19 @@ install_photos() {
   done
 }
 
+# BasicSR's wheel, read by scripts/reference/upstream.py (the package itself does not import on a
+# CPU-only venv); downloaded, never installed.
+install_reference_sources() {
+  mkdir -p "$DEPS/reference"
+  [ -f "$DEPS/reference/basicsr-1.3.3.3-py3-none-any.whl" ] ||
+    "$VENV/bin/python" -m pip download -q --no-deps --only-binary :all: basicsr==1.3.3.3 -d "$DEPS/reference"
+}
+
 install_apt_packages
 check_rust
 install_python_env
 link_libtorch
 install_models
 install_photos
+install_reference_sources
 say "ready: libtorch at $DEPS/libtorch, models in $MODELS"

@@ -6,8 +6,10 @@ use super::{LatentCodec, ModelError};
 use crate::vqgan::VqModel;
 
 impl LatentCodec for VqModel {
+    /// Quantised latents, as taming's `VQModel.encode` returns and `generate.py` starts from.
     fn encode(&self, image: &Tensor) -> Result<Tensor, ModelError> {
-        Ok(VqModel::encode(self, image)?)
+        let z = VqModel::encode(self, image)?;
+        Ok(self.quantize(&z).0)
     }
 
     fn decode(&self, z_q: &Tensor) -> Tensor {
