@@ -4,7 +4,9 @@
 //! Renders in a batch never mix: each has its own latent, seed (hence cutouts, augmentations and
 //! noise), targets and optimiser, and the loss is a sum of per-render terms, so each latent's
 //! gradient is its own render's. The only coupling is numerical: the networks' batched kernels
-//! may round differently from single-image ones (see `tests.rs`).
+//! may round differently from single-image ones (measured on the test networks: latents within
+//! 1.3e-6 after 10 iterations; see `tests.rs`), so a batched render matches its lone render to
+//! float tolerance, not bit for bit. A resumed batch matches the uninterrupted batch bit for bit.
 
 use super::cutouts::{CutMethod, Cutter};
 use super::init::{initial_latent, tensor_to_image, Geometry, ImageError};
