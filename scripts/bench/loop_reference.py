@@ -139,7 +139,8 @@ class PooledCutouts(nn.Module):
 
 
 def timed(step, args, device):
-    """Mean seconds of `step` over args.iterations after args.warmup, and peak GPU MiB."""
+    """Seconds of the fastest of args.iterations calls of `step` after args.warmup (on a shared
+    machine the least disturbed by other load; bench.rs reports the same), and peak GPU MiB."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -149,11 +150,12 @@ def timed(step, args, device):
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
+    seconds = math.inf
     for _ in range(args.iterations):
+        start = time.perf_counter()
         step()
-    sync()
-    seconds = (time.perf_counter() - start) / args.iterations
+        sync()
+        seconds = min(seconds, time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
     return seconds, peak
 
