@@ -82,6 +82,19 @@ pub enum GenerateError {
     /// The output PNG could not be encoded.
     #[error(transparent)]
     Png(#[from] super::png::PngError),
+    /// A checkpoint made with other networks than the ones given to resume it.
+    #[error(
+        "the checkpoint does not fit these models: {what} should be {expected}, found {found} \
+         (resume with the CLIP and VQGAN it was made with)"
+    )]
+    Mismatch {
+        /// Which part does not fit.
+        what: &'static str,
+        /// What these models need.
+        expected: String,
+        /// What the checkpoint holds.
+        found: String,
+    },
     /// `step` after the last iteration.
     #[error("the run has already done all {iterations} iterations")]
     Finished {
@@ -202,6 +215,7 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         let settings: Vec<Settings> = saved.elements.iter().map(|e| e.settings.clone()).collect();
         let first = check_batch(&settings)?;
         let mut run = Run::empty(first, perceptor, codec)?;
+        run.check_fits(&saved.elements)?;
         run.iteration = saved.iteration;
         run.elapsed_before = saved.elapsed;
         run.elements = saved.elements;
@@ -236,6 +250,35 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
 
     fn device(&self) -> Device {
         self.codebook.device()
+    }
+
+    /// Rejects saved state made with other networks: latents must fit this VQGAN's codebook and
+    /// grid, target embeddings this CLIP's width.
+    fn check_fits(&self, elements: &[Element]) -> Result<(), GenerateError> {
+        let g = self.geometry;
+        let latent = vec![1, self.codebook.size()[1], g.tokens_y, g.tokens_x];
+        let width = self.perceptor.embed_dim();
+        for e in elements {
+            if e.z.size() != latent || e.z_orig.size() != latent {
+                return Err(GenerateError::Mismatch {
+                    what: "latent",
+                    expected: format!("{latent:?}"),
+                    found: format!("{:?}", e.z.size()),
+                });
+            }
+            let targets = e.targets.phases.iter().flatten().chain(&e.targets.fixed);
+            if let Some(t) = targets
+                .into_iter()
+                .find(|t| t.embed.size().last() != Some(&width))
+            {
+                return Err(GenerateError::Mismatch {
+                    what: "target embedding",
+                    expected: format!("width {width}"),
+                    found: format!("{:?} for {}", t.embed.size(), t.label),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn shared(&self) -> &Settings {
