@@ -12,7 +12,12 @@ vqgan_imagenet_f16_16384. The text encoder is not timed (both loops embed prompt
     .deps/venv/bin/python scripts/bench/loop_reference.py --sizes 128 256 --iterations 3
 
 Prints one JSON object per size on stdout (what `bench::parse_reference` reads):
-    {"impl": "pytorch", "size": 128, "batch": 1, "cutn": 32, "seconds_per_iteration": ..., "peak_gpu_mib": ...}
+    {"impl": "pytorch", "scope": "iteration", "size": 128, "batch": 1, "cutn": 32,
+     "seconds_per_iteration": ..., "peak_gpu_mib": ...}
+
+With --overhead it times only the loop's own work around the networks (scope "overhead"):
+cutouts with augmentations and noise, quantisation against a 16384x256 codebook, both backward
+passes, an Adam step and the clamp; `bench::bench_overhead` times the same in Rust.
 """
 
 import argparse
@@ -133,6 +138,51 @@ class PooledCutouts(nn.Module):
         return batch + facs * torch.randn_like(batch)
 
 
+def timed(step, args, device):
+    """Seconds of the fastest of args.iterations calls of `step` after args.warmup (on a shared
+    machine the least disturbed by other load; bench.rs reports the same), and peak GPU MiB."""
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = math.inf
+    for _ in range(args.iterations):
+        start = time.perf_counter()
+        step()
+        sync()
+        seconds = min(seconds, time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return seconds, peak
+
+
+def row(scope, size, args, seconds, peak):
+    return {"impl": "pytorch", "scope": scope, "size": size, "batch": 1, "cutn": args.cutn,
+            "seconds_per_iteration": seconds, "peak_gpu_mib": peak}
+
+
+def time_overhead(size, args, device):
+    image = torch.rand(1, 3, size, size, device=device).requires_grad_(True)
+    codebook = torch.randn(16384, 256, device=device)
+    z = torch.randn(1, 256, size // 16, size // 16, device=device).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=0.1)
+    cutouts = PooledCutouts(224, args.cutn)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        image.grad = None
+        (cutouts(image).mean() + quantize(z, codebook).mean()).backward()
+        opt.step()
+        with torch.no_grad():
+            z.copy_(z.clamp(-1, 1))
+
+    return row("overhead", size, args, *timed(step, args, device))
+
+
 def time_size(size, args, clip, vqgan, device):
     codebook = vqgan.quantize.embedding.weight
     tokens = size // 16
@@ -157,23 +207,7 @@ def time_size(size, args, clip, vqgan, device):
         with torch.no_grad():
             z.copy_(z.maximum(z_min).minimum(z_max))
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(args.warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for _ in range(args.iterations):
-        step()
-    sync()
-    seconds = (time.perf_counter() - start) / args.iterations
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return {"impl": "pytorch", "size": size, "batch": 1, "cutn": args.cutn,
-            "seconds_per_iteration": seconds, "peak_gpu_mib": peak}
+    return row("iteration", size, args, *timed(step, args, device))
 
 
 def main():
@@ -185,11 +219,16 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--clip-half", action="store_true", help="CLIP in float16, as generate.py on CUDA")
+    parser.add_argument("--overhead", action="store_true", help="time only the loop's work around the networks")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if args.overhead:
+        for size in args.sizes:
+            print(json.dumps(time_overhead(size, args, device)), flush=True)
+        return
     clip = clip_vit_b_32().eval().requires_grad_(False).to(device)
     if args.clip_half:
         clip = clip.half()

@@ -96,12 +96,27 @@ fn per_sample<T>(
         .collect()
 }
 
-/// Where to keep the augmented sample: a `[N, 1, 1, 1]` mask on `device`.
-fn applied_mask<T>(params: &[Option<T>], device: Device) -> Tensor {
-    let flags: Vec<bool> = params.iter().map(Option::is_some).collect();
-    Tensor::from_slice(&flags)
-        .view([-1, 1, 1, 1])
-        .to_device(device)
+/// Applies `f` only to the samples that have parameters (handing it their parameters) and
+/// leaves the others untouched, as kornia does with its per-sample probability; the skipped
+/// samples cost nothing.
+fn on_applied<T: Copy>(
+    x: &Tensor,
+    params: &[Option<T>],
+    f: impl FnOnce(&Tensor, &[T]) -> Tensor,
+) -> Tensor {
+    let (chosen, values): (Vec<i64>, Vec<T>) = params
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.map(|p| (i as i64, p)))
+        .unzip();
+    if chosen.is_empty() {
+        return x.shallow_clone();
+    }
+    if chosen.len() == params.len() {
+        return f(x, &values);
+    }
+    let index = Tensor::from_slice(&chosen).to_device(x.device());
+    x.index_copy(0, &index, &f(&x.index_select(0, &index), &values))
 }
 
 /// kornia's RandomAffine(degrees=15, translate=0.1, shear=5) parameters, in degrees and pixels.
@@ -233,19 +248,18 @@ fn to_normalised(w: i64, h: i64) -> Mat3 {
 /// Warps every sample by its source→destination pixel transform (`None`: left untouched), as
 /// kornia's `warp_perspective`/`warp_affine`: bilinear, zero padding.
 pub fn warp(x: &Tensor, src_to_dst: &[Option<Mat3>]) -> Tensor {
-    if src_to_dst.iter().all(Option::is_none) {
-        return x.shallow_clone();
-    }
+    on_applied(x, src_to_dst, warp_all)
+}
+
+fn warp_all(x: &Tensor, src_to_dst: &[Mat3]) -> Tensor {
     let [n, _, h, w] = dims(x);
     let norm = to_normalised(w, h);
     let norm_inv = mat_inverse(&norm);
-    let identity = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
     // For each destination pixel (normalised), where to read in the source (normalised).
     let sample_from: Vec<f32> = src_to_dst
         .iter()
         .flat_map(|m| {
-            let m = m.unwrap_or(identity);
-            let g = mat_mul(&mat_mul(&norm, &mat_inverse(&m)), &norm_inv);
+            let g = mat_mul(&mat_mul(&norm, &mat_inverse(m)), &norm_inv);
             g.into_iter()
                 .flatten()
                 .map(|v| v as f32)
@@ -257,8 +271,7 @@ pub fn warp(x: &Tensor, src_to_dst: &[Option<Mat3>]) -> Tensor {
         .view([n, 3, 3])
         .to_device(device);
     let grid = projected_grid(&g, h, w, device).to_kind(x.kind());
-    let warped = Tensor::grid_sampler(x, &grid, 0, 0, false);
-    warped.where_self(&applied_mask(src_to_dst, device), x)
+    Tensor::grid_sampler(x, &grid, 0, 0, false)
 }
 
 /// `[N, H, W, 2]` sampling grid: pixel centres pushed through each 3x3 `g` and projected.
@@ -288,13 +301,6 @@ pub struct JitterFactors {
 }
 
 impl JitterFactors {
-    const NEUTRAL: JitterFactors = JitterFactors {
-        brightness: 1.0,
-        contrast: 1.0,
-        saturation: 1.0,
-        hue: 0.0,
-    };
-
     fn sample(s: &mut Stream) -> JitterFactors {
         // kornia draws brightness, contrast, hue, saturation in that order.
         let brightness = s.uniform_in(0.9, 1.1);
@@ -313,18 +319,15 @@ impl JitterFactors {
 /// kornia's ColorJitter: clamp, then brightness (0), contrast (1), saturation (2) and hue (3)
 /// in `order`, each clamped to [0, 1]; samples without factors are left untouched.
 pub fn jitter(x: &Tensor, factors: &[Option<JitterFactors>], order: &[usize]) -> Tensor {
-    if factors.iter().all(Option::is_none) {
-        return x.shallow_clone();
-    }
-    let device = x.device();
+    on_applied(x, factors, |x, factors| jitter_all(x, factors, order))
+}
+
+fn jitter_all(x: &Tensor, factors: &[JitterFactors], order: &[usize]) -> Tensor {
     let column = |f: fn(&JitterFactors) -> f64| {
-        let values: Vec<f32> = factors
-            .iter()
-            .map(|p| f(p.as_ref().unwrap_or(&JitterFactors::NEUTRAL)) as f32)
-            .collect();
+        let values: Vec<f32> = factors.iter().map(|p| f(p) as f32).collect();
         Tensor::from_slice(&values)
             .view([-1, 1, 1, 1])
-            .to_device(device)
+            .to_device(x.device())
             .to_kind(x.kind())
     };
     let mut out = x.clamp(0.0, 1.0);
@@ -344,7 +347,6 @@ pub fn jitter(x: &Tensor, factors: &[Option<JitterFactors>], order: &[usize]) ->
         };
     }
     out.clamp(0.0, 1.0)
-        .where_self(&applied_mask(factors, device), x)
 }
 
 /// ITU-R BT.601 luma `[N, 1, H, W]`.
@@ -573,7 +575,17 @@ mod tests {
         let eye = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
         let warped = warp(&x, &[Some(eye), None]);
         assert!((&warped - &x).abs().max().double_value(&[]) < 1e-6);
-        let same = jitter(&x, &[Some(JitterFactors::NEUTRAL), None], &[3, 2, 1, 0]);
+        assert!(
+            warped.get(1).equal(&x.get(1)),
+            "skipped samples stay bit for bit"
+        );
+        let neutral = JitterFactors {
+            brightness: 1.0,
+            contrast: 1.0,
+            saturation: 1.0,
+            hue: 0.0,
+        };
+        let same = jitter(&x, &[Some(neutral), None], &[3, 2, 1, 0]);
         assert!((&same - &x).abs().max().double_value(&[]) < 1e-5);
     }
 

@@ -10,6 +10,11 @@
 //! (reproducible randomness), `run` (the iteration), `state` (checkpoints), `png` (output with
 //! settings in text chunks), `bench` (timing against PyTorch). The networks come in through the
 //! [`Perceptor`] and [`LatentCodec`] traits.
+//!
+//! Determinism: every random draw derives from (seed, iteration) (`rng`), so the same settings on
+//! the same device give the same picture bit for bit, and a run resumed from a checkpoint gives
+//! the uninterrupted run's picture bit for bit — on the CPU given the same number of torch
+//! threads (parallel reductions split their sums by thread count).
 
 pub mod augment;
 pub mod bench;

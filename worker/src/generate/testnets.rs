@@ -78,8 +78,13 @@ const VOCABULARY: i64 = 97;
 impl TinyPerceptor {
     /// Weights drawn from `seed`; images of side 16, embeddings of 16 dimensions.
     pub fn new(seed: u64) -> TinyPerceptor {
+        TinyPerceptor::with_width(seed, 16)
+    }
+
+    /// Weights drawn from `seed`; images of side 16, embeddings of `dim` dimensions.
+    pub fn with_width(seed: u64, dim: i64) -> TinyPerceptor {
         let mut s = RunRng::new(seed).stream(0, Purpose::Init);
-        let (resolution, dim) = (16, 16);
+        let resolution = 16;
         let features = 2 * 32;
         TinyPerceptor {
             conv1: Conv::new(&mut s, 3, 16, 3, 1, 1, 1.0),

@@ -23,7 +23,10 @@ pub trait Perceptor {
 
 /// The autoencoder whose latent is optimised (VQGAN).
 pub trait LatentCodec {
-    /// Latents `[N, C, H/f, W/f]` (before quantisation) of images `[N, 3, H, W]` in [-1, 1].
+    /// Latents `[N, C, H/f, W/f]` in codebook space of images `[N, 3, H, W]` in [-1, 1], H and
+    /// W multiples of f. Like taming's `VQModel.encode`, which `generate.py` uses for init
+    /// images, they may already be quantised (for Gumbel models they must be: the encoder's raw
+    /// output there is logits, not latents); the loop quantises them (again) either way.
     fn encode(&self, image: &Tensor) -> Result<Tensor, ModelError>;
     /// Images `[N, 3, H, W]`, roughly in [-1, 1], from quantised latents; differentiable.
     fn decode(&self, z_q: &Tensor) -> Tensor;
@@ -31,6 +34,7 @@ pub trait LatentCodec {
     fn codebook(&self) -> Tensor;
     /// How many pixels one latent position covers along each side (f).
     fn downsampling_factor(&self) -> i64;
-    /// Precision of the weights; the loop hands `decode` latents of this kind.
+    /// Precision of the weights (e.g. the codebook's kind); the loop hands `decode` latents of
+    /// this kind.
     fn kind(&self) -> Kind;
 }
