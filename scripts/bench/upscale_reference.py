@@ -10,8 +10,8 @@ import time
 
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "reference"))
-from upstream import rrdbnet  # noqa: E402
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "fixtures"))
+from make_esrgan_fixtures import upstream_archs  # noqa: E402
 
 
 def upscale(model, image, tile, pad, scale=4):
@@ -37,7 +37,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = rrdbnet().eval()
+    rrdbnet, _ = upstream_archs()
+    model = rrdbnet(num_in_ch=3, num_out_ch=3, scale=4, num_feat=64, num_block=23, num_grow_ch=32).eval()
     image = torch.rand(1, 3, args.size, args.size)
     times = []
     with torch.no_grad():

@@ -1,0 +1,62 @@
+//! Paths and helpers shared by the worker's integration tests.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tch::Tensor;
+
+/// The repository root (the workspace above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A file of the ESRGAN parity fixtures (made by scripts/fixtures/make_esrgan_fixtures.py).
+pub fn esrgan_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esrgan").join(name)
+}
+
+/// The project's Python (scripts/setup.sh creates it); fails loudly when set-up has not run.
+pub fn venv_python() -> PathBuf {
+    let python = workspace_root().join(".deps/venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup.sh first",
+        python.display()
+    );
+    python
+}
+
+/// Runs the venv's Python with `args` from the repository root; panics with its stderr on failure.
+pub fn run_python(args: &[&str]) -> String {
+    let output = Command::new(venv_python())
+        .args(args)
+        .current_dir(workspace_root())
+        .output()
+        .expect("cannot start the venv's python");
+    assert!(
+        output.status.success(),
+        "python {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The installed real weights: `$TESSERA_MODELS`, else `<workspace>/.deps/models`.
+pub fn models_dir() -> PathBuf {
+    let dir = std::env::var_os("TESSERA_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".deps/models"));
+    assert!(
+        dir.join("realesrgan-x4plus.param").exists(),
+        "real weights not found in {} (set TESSERA_MODELS or run scripts/setup.sh, which installs them)",
+        dir.display()
+    );
+    dir
+}
+
+/// Largest absolute element-wise difference of two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a - b).abs().max().double_value(&[])
+}
