@@ -48,7 +48,13 @@ install_python_env() {
   # The full wheel set (about 5 GB, under a minute here): libtorch for the worker, its CUDA
   # libraries for GPU workers, and an importable PyTorch for the reference scripts and benchmarks.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" "${PY_PACKAGES[@]}"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${PY_NODEPS_PACKAGES[@]}"
+  # The tests read committed fixtures, so a reference package that fails to install (basicsr is an
+  # sdist that builds) only costs fixture regeneration and benchmarks: say so and go on.
+  local pkg
+  for pkg in "${PY_NODEPS_PACKAGES[@]}"; do
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "$pkg" ||
+      say "warning: could not install reference package $pkg; scripts/fixtures and scripts/bench need it"
+  done
   echo "$STAMP_TEXT" >"$VENV/.tessera-stamp"
 }
 
