@@ -113,7 +113,9 @@ impl Layer {
         match self.params.get(&id) {
             None => Ok(default),
             Some(ParamValue::Int(v)) => Ok(*v),
-            Some(other) => Err(format!("parameter {id} should be an integer, found {other:?}")),
+            Some(other) => Err(format!(
+                "parameter {id} should be an integer, found {other:?}"
+            )),
         }
     }
 
@@ -123,7 +125,9 @@ impl Layer {
             None => Ok(default),
             Some(ParamValue::Float(v)) => Ok(*v),
             Some(ParamValue::Int(v)) => Ok(*v as f32),
-            Some(other) => Err(format!("parameter {id} should be a number, found {other:?}")),
+            Some(other) => Err(format!(
+                "parameter {id} should be a number, found {other:?}"
+            )),
         }
     }
 
@@ -132,7 +136,9 @@ impl Layer {
         match self.params.get(&id) {
             None => Ok(&[]),
             Some(ParamValue::Array(values)) => Ok(values),
-            Some(other) => Err(format!("parameter {id} should be an array, found {other:?}")),
+            Some(other) => Err(format!(
+                "parameter {id} should be an array, found {other:?}"
+            )),
         }
     }
 }
@@ -216,7 +222,9 @@ impl NcnnModel {
 /// Both paths of a model pair, from either one.
 fn pair_paths(path: &Path) -> Result<(PathBuf, PathBuf), NcnnError> {
     match path.extension().and_then(|e| e.to_str()) {
-        Some("param") | Some("bin") => Ok((path.with_extension("param"), path.with_extension("bin"))),
+        Some("param") | Some("bin") => {
+            Ok((path.with_extension("param"), path.with_extension("bin")))
+        }
         _ => Err(NcnnError::NotNcnn {
             path: path.to_path_buf(),
         }),
@@ -235,7 +243,10 @@ fn parse_param(text: &str, path: &Path) -> Result<Vec<Layer>, NcnnError> {
         Some((_, MAGIC)) => {}
         other => {
             let found = other.map_or("", |(_, l)| l);
-            return Err(syntax(1, format!("expected magic {MAGIC}, found {found:?}")));
+            return Err(syntax(
+                1,
+                format!("expected magic {MAGIC}, found {found:?}"),
+            ));
         }
     }
     let (count_line, counts) = lines
@@ -253,7 +264,10 @@ fn parse_param(text: &str, path: &Path) -> Result<Vec<Layer>, NcnnError> {
     if layers.len() != layer_count {
         return Err(syntax(
             count_line,
-            format!("header announces {layer_count} layers, file has {}", layers.len()),
+            format!(
+                "header announces {layer_count} layers, file has {}",
+                layers.len()
+            ),
         ));
     }
     Ok(layers)
@@ -273,7 +287,10 @@ fn parse_layer(line: &str) -> Result<Layer, String> {
     let (n_in, n_out) = (count(tokens[2])?, count(tokens[3])?);
     let blobs_end = 4 + n_in + n_out;
     if tokens.len() < blobs_end {
-        return Err(format!("layer {} lists fewer blobs than {n_in} in + {n_out} out", tokens[1]));
+        return Err(format!(
+            "layer {} lists fewer blobs than {n_in} in + {n_out} out",
+            tokens[1]
+        ));
     }
     let params = tokens[blobs_end..]
         .iter()
@@ -283,7 +300,10 @@ fn parse_layer(line: &str) -> Result<Layer, String> {
         kind: tokens[0].to_string(),
         name: tokens[1].to_string(),
         inputs: tokens[4..4 + n_in].iter().map(|s| s.to_string()).collect(),
-        outputs: tokens[4 + n_in..blobs_end].iter().map(|s| s.to_string()).collect(),
+        outputs: tokens[4 + n_in..blobs_end]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         params,
         weights: Vec::new(),
     })
@@ -294,9 +314,14 @@ fn parse_param_entry(token: &str) -> Result<(i32, ParamValue), String> {
     let (id, value) = token
         .split_once('=')
         .ok_or_else(|| format!("parameter {token:?} is not id=value"))?;
-    let id: i32 = id.parse().map_err(|_| format!("bad parameter id in {token:?}"))?;
+    let id: i32 = id
+        .parse()
+        .map_err(|_| format!("bad parameter id in {token:?}"))?;
     if id > ARRAY_ID_BASE {
-        return Ok((id, parse_scalar(value).ok_or_else(|| format!("bad value in {token:?}"))?));
+        return Ok((
+            id,
+            parse_scalar(value).ok_or_else(|| format!("bad value in {token:?}"))?,
+        ));
     }
     let mut items = value.split(',');
     let count: usize = items
@@ -304,10 +329,16 @@ fn parse_param_entry(token: &str) -> Result<(i32, ParamValue), String> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("bad array length in {token:?}"))?;
     let values = items
-        .map(|v| v.parse::<f32>().map_err(|_| format!("bad array value {v:?} in {token:?}")))
+        .map(|v| {
+            v.parse::<f32>()
+                .map_err(|_| format!("bad array value {v:?} in {token:?}"))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     if values.len() != count {
-        return Err(format!("array {token:?} announces {count} values, has {}", values.len()));
+        return Err(format!(
+            "array {token:?} announces {count} values, has {}",
+            values.len()
+        ));
     }
     Ok((ARRAY_ID_BASE - id, ParamValue::Array(values)))
 }
@@ -326,12 +357,13 @@ fn read_weights(layers: &mut [Layer], bytes: &[u8], path: &Path) -> Result<(), N
     let mut cursor = BinCursor { bytes, offset: 0 };
     for layer in layers.iter_mut() {
         let start = cursor.offset;
-        layer.weights = layer_weights(layer, &mut cursor).map_err(|problem| NcnnError::Weights {
-            path: path.to_path_buf(),
-            layer: layer.name.clone(),
-            offset: start,
-            problem,
-        })?;
+        layer.weights =
+            layer_weights(layer, &mut cursor).map_err(|problem| NcnnError::Weights {
+                path: path.to_path_buf(),
+                layer: layer.name.clone(),
+                offset: start,
+                problem,
+            })?;
     }
     if cursor.offset != bytes.len() {
         return Err(NcnnError::TrailingBytes {
@@ -358,7 +390,9 @@ fn layer_weights(layer: &Layer, cursor: &mut BinCursor) -> Result<Vec<Tensor>, S
             }
             Ok(weights)
         }
-        "PReLU" => Ok(vec![cursor.fp32(positive(layer.int(0, 0)?, "num_slope (0=)")?)?]),
+        "PReLU" => Ok(vec![
+            cursor.fp32(positive(layer.int(0, 0)?, "num_slope (0=)")?)?
+        ]),
         kind if WEIGHTLESS_LAYERS.contains(&kind) => Ok(Vec::new()),
         kind => Err(format!(
             "unsupported layer type {kind} (known: Convolution, PReLU, {})",
@@ -455,7 +489,10 @@ mod tests {
         let layers = parse_param(PARAM, Path::new("t.param")).unwrap();
         assert_eq!(layers.len(), 3);
         let conv = &layers[1];
-        assert_eq!((conv.kind.as_str(), conv.inputs[0].as_str()), ("Convolution", "data"));
+        assert_eq!(
+            (conv.kind.as_str(), conv.inputs[0].as_str()),
+            ("Convolution", "data")
+        );
         assert_eq!(conv.int(0, 0), Ok(2));
         assert_eq!(conv.int(4, 7), Ok(7));
         assert_eq!(conv.array(10), Ok(&[0.2f32][..]));
@@ -490,13 +527,19 @@ mod tests {
     #[test]
     fn rejects_unknown_tags_truncation_and_leftovers() {
         let error = read(&bin(0x1234_5678, &[0; 4])).unwrap_err().to_string();
-        assert!(error.contains("layer conv") && error.contains("0x12345678"), "{error}");
+        assert!(
+            error.contains("layer conv") && error.contains("0x12345678"),
+            "{error}"
+        );
         let error = read(&bin(TAG_INT8, &[0; 4])).unwrap_err().to_string();
         assert!(error.contains("int8"), "{error}");
         let mut short = bin(TAG_FP16, &[0; 4]);
         short.truncate(short.len() - 1);
         let error = read(&short).unwrap_err().to_string();
-        assert!(error.contains("layer act") && error.contains("truncated"), "{error}");
+        assert!(
+            error.contains("layer act") && error.contains("truncated"),
+            "{error}"
+        );
         let mut long = bin(TAG_FP16, &[0; 4]);
         long.extend_from_slice(&[0; 8]);
         let error = read(&long).unwrap_err().to_string();
@@ -505,19 +548,32 @@ mod tests {
 
     #[test]
     fn rejects_malformed_param_text() {
-        let error = parse_param("7767518\n", Path::new("x.param")).unwrap_err().to_string();
-        assert!(error.contains("x.param: line 1") && error.contains("magic"), "{error}");
+        let error = parse_param("7767518\n", Path::new("x.param"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("x.param: line 1") && error.contains("magic"),
+            "{error}"
+        );
         let error = parse_param("7767517\n2 2\nInput in 0 1 data\n", Path::new("x.param"))
             .unwrap_err()
             .to_string();
         assert!(error.contains("announces 2 layers, file has 1"), "{error}");
-        let error = parse_param("7767517\n1 1\nInput in 0 1 data 0=oops\n", Path::new("x.param"))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("line 3") && error.contains("0=oops"), "{error}");
+        let error = parse_param(
+            "7767517\n1 1\nInput in 0 1 data 0=oops\n",
+            Path::new("x.param"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("line 3") && error.contains("0=oops"),
+            "{error}"
+        );
         let text = "7767517\n1 1\nSoftmax s 0 1 data\n";
         let mut layers = parse_param(text, Path::new("x.param")).unwrap();
-        let error = read_weights(&mut layers, &[], Path::new("x.bin")).unwrap_err().to_string();
+        let error = read_weights(&mut layers, &[], Path::new("x.bin"))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unsupported layer type Softmax"), "{error}");
     }
 }

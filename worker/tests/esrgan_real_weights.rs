@@ -22,38 +22,34 @@ const NCNN_PREPADDING: i64 = 10;
 const MIN_PSNR_DB: f64 = 40.0;
 
 #[test]
-fn installed_models_have_the_published_parameter_counts() {
-    let cases = [
-        ("realesrgan-x4plus.param", 16_697_987, "RRDBNet 23 blocks, 64 feat, 32 grow, x4"),
-        ("realesrgan-x4plus-anime.bin", 4_467_779, "RRDBNet 6 blocks, 64 feat, 32 grow, x4"),
-        ("realesr-animevideov3-x4.param", 621_424, "SRVGGNetCompact 16 conv, 64 feat, x4"),
-    ];
-    for (file, count, description) in cases {
-        let model = SrModel::load(&models_dir().join(file), Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(model.parameter_count(), count, "{file}");
-        assert_eq!(model.description(), description, "{file}");
-        assert_eq!(model.scale(), 4, "{file}");
-    }
-}
-
-#[test]
 fn realesrgan_x4plus_matches_ncnn() {
-    compare_with_ncnn("realesrgan-x4plus");
+    let description = "RRDBNet 23 blocks, 64 feat, 32 grow, x4";
+    compare_with_ncnn("realesrgan-x4plus.param", 16_697_987, description);
 }
 
 #[test]
 fn realesrgan_x4plus_anime_matches_ncnn() {
-    compare_with_ncnn("realesrgan-x4plus-anime");
+    let description = "RRDBNet 6 blocks, 64 feat, 32 grow, x4";
+    compare_with_ncnn("realesrgan-x4plus-anime.bin", 4_467_779, description);
 }
 
 #[test]
 fn realesr_animevideov3_matches_ncnn() {
-    compare_with_ncnn("realesr-animevideov3-x4");
+    let description = "SRVGGNetCompact 16 conv, 64 feat, x4";
+    compare_with_ncnn("realesr-animevideov3-x4.param", 621_424, description);
 }
 
-/// Upscales a 4x-downscaled crop of scikit-image's astronaut photo with ours and with the ncnn
-/// engine (run as a process), asserts they agree, and prints PSNR against the original and bicubic.
-fn compare_with_ncnn(model_name: &str) {
+/// Loads an installed model from either of its files (checking the published parameter count), upscales a 4x-downscaled
+/// crop of scikit-image's astronaut photo with it and with the ncnn engine (run as a process),
+/// asserts they agree, and prints PSNR against the original photo and against bicubic.
+fn compare_with_ncnn(weights_file: &str, parameter_count: i64, description: &str) {
+    let weights = models_dir().join(weights_file);
+    let model = SrModel::load(&weights, Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+    let model_name = weights.file_stem().unwrap().to_str().unwrap();
+    assert_eq!(model.parameter_count(), parameter_count, "{model_name}");
+    assert_eq!(model.description(), description, "{model_name}");
+    assert_eq!(model.scale(), 4, "{model_name}");
+
     let dir = tempfile::tempdir().unwrap();
     let original = photo_crop();
     let small = imageops::resize(&original, CROP / 4, CROP / 4, FilterType::CatmullRom);
@@ -63,11 +59,15 @@ fn compare_with_ncnn(model_name: &str) {
     run_ncnn(&input_path, &ncnn_path, model_name);
     let ncnn = image::open(&ncnn_path).unwrap().to_rgb8();
 
-    let model = SrModel::load(&models_dir().join(format!("{model_name}.param")), Device::Cpu).unwrap();
     let ours = to_bytes(&upscale_like_ncnn(&model, &to_tensor(&small)));
     let ncnn = image_tensor(&ncnn);
     let agreement = psnr(&ours, &ncnn);
-    let bicubic = image_tensor(&imageops::resize(&small, CROP, CROP, FilterType::CatmullRom));
+    let bicubic = image_tensor(&imageops::resize(
+        &small,
+        CROP,
+        CROP,
+        FilterType::CatmullRom,
+    ));
     let original = image_tensor(&original);
     println!(
         "{model_name}: PSNR ours vs ncnn {agreement:.2} dB; vs the original photo: ours {:.2} dB, \
@@ -102,7 +102,10 @@ fn run_ncnn(input: &Path, output: &Path, model_name: &str) {
         .args(["--model", model_name])
         .status()
         .expect("cannot start scripts/ncnn_reference.py");
-    assert!(status.success(), "scripts/ncnn_reference.py failed for {model_name}");
+    assert!(
+        status.success(),
+        "scripts/ncnn_reference.py failed for {model_name}"
+    );
 }
 
 /// 3 x H x W bytes of an RGB image.
@@ -120,7 +123,9 @@ fn to_tensor(image: &RgbImage) -> Tensor {
 
 /// The network's output as 3 x H x W bytes, rounded as the ncnn engine does.
 fn to_bytes(output: &Tensor) -> Tensor {
-    (output.squeeze_dim(0).clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8)
+    (output.squeeze_dim(0).clamp(0.0, 1.0) * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
 }
 
 /// Our network on `x` framed as the ncnn engine frames its tile: reflect-padded, then cropped.
@@ -142,6 +147,8 @@ fn crop_border(image: &Tensor, border: i64) -> Tensor {
 /// Peak signal-to-noise ratio of two 8-bit images, in dB.
 fn psnr(a: &Tensor, b: &Tensor) -> f64 {
     let difference = a.to_kind(Kind::Double) - b.to_kind(Kind::Double);
-    let mse = (&difference * &difference).mean(Kind::Double).double_value(&[]);
+    let mse = (&difference * &difference)
+        .mean(Kind::Double)
+        .double_value(&[]);
     10.0 * (255.0 * 255.0 / mse).log10()
 }

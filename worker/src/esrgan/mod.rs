@@ -86,7 +86,7 @@ pub enum SrError {
 
 /// The network inside an [`SrModel`].
 enum Network {
-    Rrdb(RrdbNet),
+    Rrdb(Box<RrdbNet>),
     Srvgg(SrvggNet),
 }
 
@@ -110,7 +110,7 @@ impl SrModel {
                 let config = RrdbConfig::from_tensors(path, &table)?;
                 let network = RrdbNet::new(&vars.root(), &config);
                 copy_weights(path, &vars, table)?;
-                Network::Rrdb(network)
+                Network::Rrdb(Box::new(network))
             }
             Some(Layout::Srvgg) => {
                 let config = SrvggConfig::from_tensors(path, &table)?;
@@ -147,7 +147,11 @@ impl SrModel {
 
     /// Number of scalar parameters (checked against the published counts).
     pub fn parameter_count(&self) -> i64 {
-        self.vars.variables().values().map(|t| t.numel() as i64).sum()
+        self.vars
+            .variables()
+            .values()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 
     /// Human-readable architecture summary, e.g. "RRDBNet 23 blocks, 64 feat, 32 grow, x4".
@@ -182,7 +186,10 @@ fn detect_layout(table: &TensorTable) -> Option<Layout> {
         Some(Layout::Rrdb(RrdbLayout::Original))
     } else if has_prefix("model.1.sub.") {
         Some(Layout::Rrdb(RrdbLayout::OldArch))
-    } else if table.keys().any(|k| k.starts_with("body.") && k.contains(".rdb")) {
+    } else if table
+        .keys()
+        .any(|k| k.starts_with("body.") && k.contains(".rdb"))
+    {
         Some(Layout::Rrdb(RrdbLayout::BasicSr))
     } else if table.contains_key("body.0.weight") {
         Some(Layout::Srvgg)
@@ -197,23 +204,17 @@ fn read_tensor_table(path: &Path) -> Result<TensorTable, SrError> {
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    let reader: fn(&Path) -> Result<Vec<(String, Tensor)>, tch::TchError> =
-        match extension.as_deref() {
-            Some("param") | Some("bin") => return ncnn_tensor_table(&NcnnModel::load(path)?),
-            Some("safetensors") => |p| Tensor::read_safetensors(p),
-            Some("pth") | Some("pt") => |p| Tensor::loadz_multi(p),
-            _ => {
-                return Err(SrError::UnsupportedFormat {
-                    file: path.to_path_buf(),
-                })
-            }
-        };
-    // libtorch's own message for a missing file is a C++ backtrace; say it plainly instead.
-    std::fs::metadata(path).map_err(|source| SrError::Io {
-        file: path.to_path_buf(),
-        source,
-    })?;
-    match reader(path) {
+    let loaded = match extension.as_deref() {
+        Some("param") | Some("bin") => return ncnn_tensor_table(&NcnnModel::load(path)?),
+        Some("safetensors") => must_exist(path).map(|()| Tensor::read_safetensors(path))?,
+        Some("pth") | Some("pt") => must_exist(path).map(|()| Tensor::loadz_multi(path))?,
+        _ => {
+            return Err(SrError::UnsupportedFormat {
+                file: path.to_path_buf(),
+            })
+        }
+    };
+    match loaded {
         Ok(tensors) => Ok(tensors.into_iter().collect()),
         Err(error) => {
             let message = error.to_string();
@@ -229,6 +230,16 @@ fn read_tensor_table(path: &Path) -> Result<TensorTable, SrError> {
             }
         }
     }
+}
+
+/// Checks the file is there: libtorch's own message for a missing file is a C++ backtrace.
+fn must_exist(path: &Path) -> Result<(), SrError> {
+    std::fs::metadata(path)
+        .map(|_| ())
+        .map_err(|source| SrError::Io {
+            file: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Names every weight of an ncnn graph after its BasicSR module, using the graph's structure.
@@ -251,9 +262,14 @@ fn ncnn_tensor_table(model: &NcnnModel) -> Result<TensorTable, SrError> {
         match layer.kind.as_str() {
             "Convolution" => {
                 let out = layer.weights[0].numel() as i64 / 9;
-                let out_channels = i64::from(layer.int(0, 0).map_err(|p| graph_error(model, index, p))?);
+                let out_channels =
+                    i64::from(layer.int(0, 0).map_err(|p| graph_error(model, index, p))?);
                 if out % out_channels != 0 {
-                    return Err(graph_error(model, index, "kernel size is not out x in x 3 x 3"));
+                    return Err(graph_error(
+                        model,
+                        index,
+                        "kernel size is not out x in x 3 x 3",
+                    ));
                 }
                 let kernel = layer.weights[0].reshape([out_channels, out / out_channels, 3, 3]);
                 table.insert(format!("{module}.weight"), kernel);
@@ -277,11 +293,18 @@ enum FusedActivation {
 }
 
 /// Checks that layer `index` is a 3x3, stride-1, padding-1 convolution with the given fused activation.
-fn expect_conv3x3(model: &NcnnModel, index: usize, activation: FusedActivation) -> Result<(), SrError> {
+fn expect_conv3x3(
+    model: &NcnnModel,
+    index: usize,
+    activation: FusedActivation,
+) -> Result<(), SrError> {
     let layer = &model.layers[index];
     let problem = |p: String| graph_error(model, index, p);
     if layer.kind != "Convolution" {
-        return Err(problem(format!("expected a Convolution, found {}", layer.kind)));
+        return Err(problem(format!(
+            "expected a Convolution, found {}",
+            layer.kind
+        )));
     }
     let kernel = layer.int(1, 0).map_err(problem)?;
     let pad = layer.int(4, 0).map_err(problem)?;
@@ -300,18 +323,27 @@ fn expect_conv3x3(model: &NcnnModel, index: usize, activation: FusedActivation) 
     for (what, value, wanted) in geometry {
         let value = value.map_err(problem)?;
         if value != wanted {
-            return Err(problem(format!("{what} is {value}, the network needs {wanted}")));
+            return Err(problem(format!(
+                "{what} is {value}, the network needs {wanted}"
+            )));
         }
     }
-    let fused = match (layer.int(9, 0).map_err(problem)?, layer.array(10).map_err(problem)?) {
+    let fused = match (
+        layer.int(9, 0).map_err(problem)?,
+        layer.array(10).map_err(problem)?,
+    ) {
         (0, _) => FusedActivation::None,
         (2, [slope]) if (slope - 0.2).abs() < 1e-6 => FusedActivation::LeakyRelu02,
         (kind, params) => {
-            return Err(problem(format!("unsupported fused activation {kind} with parameters {params:?}")))
+            return Err(problem(format!(
+                "unsupported fused activation {kind} with parameters {params:?}"
+            )))
         }
     };
     if fused != activation {
-        return Err(problem(format!("expected activation {activation:?}, found {fused:?}")));
+        return Err(problem(format!(
+            "expected activation {activation:?}, found {fused:?}"
+        )));
     }
     Ok(())
 }
@@ -322,7 +354,11 @@ fn expect_kind(model: &NcnnModel, index: usize, kind: &str) -> Result<(), SrErro
     if found == kind {
         Ok(())
     } else {
-        Err(graph_error(model, index, format!("expected a {kind} layer, found {found}")))
+        Err(graph_error(
+            model,
+            index,
+            format!("expected a {kind} layer, found {found}"),
+        ))
     }
 }
 
@@ -338,7 +374,9 @@ fn expect_plain_add(model: &NcnnModel, index: usize) -> Result<[usize; 2], SrErr
     let layer = &model.layers[index];
     let problem = |p: String| graph_error(model, index, p);
     let plain = match layer.kind.as_str() {
-        "BinaryOp" => layer.int(0, 0).map_err(problem)? == 0 && layer.int(1, 0).map_err(problem)? == 0,
+        "BinaryOp" => {
+            layer.int(0, 0).map_err(problem)? == 0 && layer.int(1, 0).map_err(problem)? == 0
+        }
         "Eltwise" => {
             let coefficients = layer.array(1).map_err(problem)?;
             layer.int(0, 1).map_err(problem)? == 1 && coefficients.iter().all(|&c| c == 1.0)
@@ -346,7 +384,10 @@ fn expect_plain_add(model: &NcnnModel, index: usize) -> Result<[usize; 2], SrErr
         _ => false,
     };
     if !plain || layer.inputs.len() != 2 {
-        return Err(problem(format!("expected a plain two-input addition, found {}", layer.kind)));
+        return Err(problem(format!(
+            "expected a plain two-input addition, found {}",
+            layer.kind
+        )));
     }
     Ok([input_of(model, index, 0)?, input_of(model, index, 1)?])
 }
@@ -357,7 +398,10 @@ fn expect_nearest_upsample(model: &NcnnModel, index: usize, factor: f32) -> Resu
     let layer = &model.layers[index];
     let problem = |p: String| graph_error(model, index, p);
     let resize = layer.int(0, 0).map_err(problem)?;
-    let scales = [layer.float(1, 1.0).map_err(problem)?, layer.float(2, 1.0).map_err(problem)?];
+    let scales = [
+        layer.float(1, 1.0).map_err(problem)?,
+        layer.float(2, 1.0).map_err(problem)?,
+    ];
     if resize != 1 || scales != [factor, factor] {
         return Err(problem(format!(
             "expected nearest (0=1) upsampling by {factor}, found mode {resize} and scales {scales:?}"
@@ -370,16 +414,21 @@ fn expect_nearest_upsample(model: &NcnnModel, index: usize, factor: f32) -> Resu
 fn graph_error(model: &NcnnModel, index: usize, problem: impl Into<String>) -> SrError {
     SrError::NcnnGraph {
         file: model.param_path.clone(),
-        layer: model
-            .layers
-            .get(index)
-            .map_or_else(|| "(none)".to_string(), |l| format!("{} ({})", l.name, l.kind)),
+        layer: model.layers.get(index).map_or_else(
+            || "(none)".to_string(),
+            |l| format!("{} ({})", l.name, l.kind),
+        ),
         problem: problem.into(),
     }
 }
 
 /// Shape of a tensor the configuration is inferred from, checking its rank.
-fn inferred_shape(file: &Path, table: &TensorTable, name: &str, rank: usize) -> Result<Vec<i64>, SrError> {
+fn inferred_shape(
+    file: &Path,
+    table: &TensorTable,
+    name: &str,
+    rank: usize,
+) -> Result<Vec<i64>, SrError> {
     let tensor = table.get(name).ok_or_else(|| SrError::MissingTensor {
         file: file.to_path_buf(),
         name: name.to_string(),
@@ -398,7 +447,13 @@ fn inferred_shape(file: &Path, table: &TensorTable, name: &str, rank: usize) -> 
 fn numbered_len(table: &TensorTable, prefix: &str) -> i64 {
     table
         .keys()
-        .filter_map(|k| k.strip_prefix(prefix)?.split('.').next()?.parse::<i64>().ok())
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .split('.')
+                .next()?
+                .parse::<i64>()
+                .ok()
+        })
         .max()
         .map_or(0, |n| n + 1)
 }

@@ -12,8 +12,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::{
-    expect_conv3x3, expect_kind, expect_nearest_upsample, expect_plain_add, graph_error, inferred_shape,
-    input_of, leaky_relu_02, numbered_len, upsample_nearest, FusedActivation, SrError, TensorTable,
+    expect_conv3x3, expect_kind, expect_nearest_upsample, expect_plain_add, graph_error,
+    inferred_shape, input_of, leaky_relu_02, numbered_len, upsample_nearest, FusedActivation,
+    SrError, TensorTable,
 };
 use crate::ncnn::NcnnModel;
 
@@ -91,7 +92,10 @@ impl RrdbConfig {
         if last[0] != 3 {
             return Err(SrError::Unsupported {
                 file: file.to_path_buf(),
-                problem: format!("conv_last.weight gives {} channels, expected 3 (RGB)", last[0]),
+                problem: format!(
+                    "conv_last.weight gives {} channels, expected 3 (RGB)",
+                    last[0]
+                ),
             });
         }
         Ok(RrdbConfig {
@@ -135,7 +139,11 @@ impl ResidualDenseBlock {
         let convs = (0..5)
             .map(|i| {
                 let out = if i == 4 { num_feat } else { num_grow_ch };
-                conv3x3(&path / format!("conv{}", i + 1), num_feat + i * num_grow_ch, out)
+                conv3x3(
+                    &path / format!("conv{}", i + 1),
+                    num_feat + i * num_grow_ch,
+                    out,
+                )
             })
             .collect();
         ResidualDenseBlock { convs }
@@ -166,7 +174,10 @@ impl Rrdb {
     }
 
     fn forward(&self, x: &Tensor) -> Tensor {
-        let out = self.rdbs.iter().fold(x.shallow_clone(), |h, rdb| rdb.forward(&h));
+        let out = self
+            .rdbs
+            .iter()
+            .fold(x.shallow_clone(), |h, rdb| rdb.forward(&h));
         out * 0.2 + x
     }
 }
@@ -218,11 +229,15 @@ impl RrdbNet {
             x.pixel_unshuffle(unshuffle)
         };
         let feat = self.conv_first.forward(&input);
-        let trunk = self.body.iter().fold(feat.shallow_clone(), |h, block| block.forward(&h));
+        let trunk = self
+            .body
+            .iter()
+            .fold(feat.shallow_clone(), |h, block| block.forward(&h));
         let feat = feat + self.conv_body.forward(&trunk);
         let feat = leaky_relu_02(&self.conv_up1.forward(&upsample_nearest(&feat, 2)));
         let feat = leaky_relu_02(&self.conv_up2.forward(&upsample_nearest(&feat, 2)));
-        self.conv_last.forward(&leaky_relu_02(&self.conv_hr.forward(&feat)))
+        self.conv_last
+            .forward(&leaky_relu_02(&self.conv_hr.forward(&feat)))
     }
 }
 
@@ -292,14 +307,16 @@ fn match_template<'a>(template: &str, name: &'a str) -> Option<Vec<(char, &'a st
 
 /// Writes a template with its placeholders filled; `None` if one was not captured.
 fn fill_template(template: &str, captures: &[(char, &str)]) -> Option<String> {
-    let parts = template.split('.').map(|pattern| match pattern.split_once('{') {
-        None => Some(pattern.to_string()),
-        Some((literal, placeholder)) => {
-            let name = placeholder.chars().next()?;
-            let (_, value) = captures.iter().find(|(c, _)| *c == name)?;
-            Some(format!("{literal}{value}"))
-        }
-    });
+    let parts = template
+        .split('.')
+        .map(|pattern| match pattern.split_once('{') {
+            None => Some(pattern.to_string()),
+            Some((literal, placeholder)) => {
+                let name = placeholder.chars().next()?;
+                let (_, value) = captures.iter().find(|(c, _)| *c == name)?;
+                Some(format!("{literal}{value}"))
+            }
+        });
     parts.collect::<Option<Vec<_>>>().map(|p| p.join("."))
 }
 
@@ -314,13 +331,15 @@ pub(super) fn to_basicsr_names(
     }
     table
         .into_iter()
-        .map(|(key, tensor)| match rename(&key, layout, RrdbLayout::BasicSr) {
-            Some(name) => Ok((name, tensor)),
-            None => Err(SrError::UnexpectedTensor {
-                file: file.to_path_buf(),
-                name: key,
-            }),
-        })
+        .map(
+            |(key, tensor)| match rename(&key, layout, RrdbLayout::BasicSr) {
+                Some(name) => Ok((name, tensor)),
+                None => Err(SrError::UnexpectedTensor {
+                    file: file.to_path_buf(),
+                    name: key,
+                }),
+            },
+        )
         .collect()
 }
 
@@ -328,7 +347,9 @@ pub(super) fn to_basicsr_names(
 /// every connection, activation and residual scale against BasicSR's network on the way.
 pub(super) fn ncnn_module_names(model: &NcnnModel) -> Result<Vec<(usize, String)>, SrError> {
     let problem = |index: usize, text: String| graph_error(model, index, text);
-    let conv_last = model.output_layer().map_err(|p| problem(model.layers.len() - 1, p))?;
+    let conv_last = model
+        .output_layer()
+        .map_err(|p| problem(model.layers.len() - 1, p))?;
     expect_conv3x3(model, conv_last, FusedActivation::None)?;
     let conv_hr = input_of(model, conv_last, 0)?;
     expect_conv3x3(model, conv_hr, FusedActivation::LeakyRelu02)?;
@@ -342,7 +363,11 @@ pub(super) fn ncnn_module_names(model: &NcnnModel) -> Result<Vec<(usize, String)
     expect_nearest_upsample(model, upsample1, 2.0)?;
     let sum = input_of(model, upsample1, 0)?;
     let [a, b] = expect_plain_add(model, sum)?;
-    let is_first = |i: usize| model.input_producer(i, 0).is_some_and(|p| model.layers[p].kind == "Input");
+    let is_first = |i: usize| {
+        model
+            .input_producer(i, 0)
+            .is_some_and(|p| model.layers[p].kind == "Input")
+    };
     let (conv_first, conv_body) = if is_first(a) { (a, b) } else { (b, a) };
     expect_conv3x3(model, conv_first, FusedActivation::None)?;
     expect_kind(model, input_of(model, conv_first, 0)?, "Input")?;
@@ -352,7 +377,10 @@ pub(super) fn ncnn_module_names(model: &NcnnModel) -> Result<Vec<(usize, String)
     let mut block_out = input_of(model, conv_body, 0)?;
     while block_out != conv_first {
         if blocks.len() > model.layers.len() {
-            return Err(problem(block_out, "trunk does not lead back to conv_first".into()));
+            return Err(problem(
+                block_out,
+                "trunk does not lead back to conv_first".into(),
+            ));
         }
         let (convs, block_in) = walk_rrdb(model, block_out)?;
         blocks.push(convs);
@@ -388,7 +416,11 @@ fn walk_rrdb(model: &NcnnModel, out: usize) -> Result<([[usize; 5]; 3], usize), 
         rdb_out = rdb_in;
     }
     if rdb_out != block_in {
-        return Err(graph_error(model, out, "RRDB residual does not skip its three dense blocks"));
+        return Err(graph_error(
+            model,
+            out,
+            "RRDB residual does not skip its three dense blocks",
+        ));
     }
     Ok((rdbs, block_in))
 }
@@ -400,7 +432,11 @@ fn walk_dense_block(model: &NcnnModel, out: usize) -> Result<([usize; 5], usize)
     let concat = input_of(model, conv5, 0)?;
     let features = concat_sources(model, concat, 5)?;
     if features[0] != block_in {
-        return Err(graph_error(model, concat, "dense concatenation does not start with the block input"));
+        return Err(graph_error(
+            model,
+            concat,
+            "dense concatenation does not start with the block input",
+        ));
     }
     let convs = [features[1], features[2], features[3], features[4], conv5];
     for (j, &conv) in convs[..4].iter().enumerate() {
@@ -413,7 +449,11 @@ fn walk_dense_block(model: &NcnnModel, out: usize) -> Result<([usize; 5], usize)
             concat_sources(model, source, j + 1)?
         };
         if actual_inputs != expected_inputs {
-            return Err(graph_error(model, conv, "dense block convolution reads the wrong features"));
+            return Err(graph_error(
+                model,
+                conv,
+                "dense block convolution reads the wrong features",
+            ));
         }
     }
     Ok((convs, block_in))
@@ -453,7 +493,9 @@ fn concat_sources(model: &NcnnModel, index: usize, count: usize) -> Result<Vec<u
             format!("expected a channel concatenation of {count} inputs"),
         ));
     }
-    (0..count).map(|slot| input_of(model, index, slot)).collect()
+    (0..count)
+        .map(|slot| input_of(model, index, slot))
+        .collect()
 }
 
 #[cfg(test)]
@@ -465,14 +507,22 @@ mod tests {
     fn renames_original_and_old_layouts_to_basicsr() {
         let cases = [
             ("conv_first.weight", Original, "conv_first.weight"),
-            ("RRDB_trunk.22.RDB3.conv5.bias", Original, "body.22.rdb3.conv5.bias"),
+            (
+                "RRDB_trunk.22.RDB3.conv5.bias",
+                Original,
+                "body.22.rdb3.conv5.bias",
+            ),
             ("trunk_conv.weight", Original, "conv_body.weight"),
             ("upconv1.bias", Original, "conv_up1.bias"),
             ("upconv2.weight", Original, "conv_up2.weight"),
             ("HRconv.weight", Original, "conv_hr.weight"),
             ("conv_last.bias", Original, "conv_last.bias"),
             ("model.0.weight", OldArch, "conv_first.weight"),
-            ("model.1.sub.5.RDB2.conv1.0.weight", OldArch, "body.5.rdb2.conv1.weight"),
+            (
+                "model.1.sub.5.RDB2.conv1.0.weight",
+                OldArch,
+                "body.5.rdb2.conv1.weight",
+            ),
             ("model.1.sub.23.bias", OldArch, "conv_body.bias"),
             ("model.3.weight", OldArch, "conv_up1.weight"),
             ("model.6.bias", OldArch, "conv_up2.bias"),
@@ -480,7 +530,11 @@ mod tests {
             ("model.10.weight", OldArch, "conv_last.weight"),
         ];
         for (key, layout, expected) in cases {
-            assert_eq!(rename(key, layout, BasicSr).as_deref(), Some(expected), "{key}");
+            assert_eq!(
+                rename(key, layout, BasicSr).as_deref(),
+                Some(expected),
+                "{key}"
+            );
         }
     }
 

@@ -11,8 +11,8 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::{
-    expect_conv3x3, expect_kind, expect_plain_add, graph_error, inferred_shape, input_of, numbered_len,
-    upsample_nearest, FusedActivation, SrError, TensorTable,
+    expect_conv3x3, expect_kind, expect_plain_add, graph_error, inferred_shape, input_of,
+    numbered_len, upsample_nearest, FusedActivation, SrError, TensorTable,
 };
 use crate::ncnn::NcnnModel;
 
@@ -67,7 +67,8 @@ impl SrvggConfig {
         }
         if !table.contains_key("body.1.weight") {
             return Err(unsupported(
-                "SRVGGNetCompact without PReLU weights (act_type relu/leakyrelu) is not supported".into(),
+                "SRVGGNetCompact without PReLU weights (act_type relu/leakyrelu) is not supported"
+                    .into(),
             ));
         }
         let last_name = format!("body.{}.weight", modules - 1);
@@ -79,7 +80,10 @@ impl SrvggConfig {
             ))
         })?;
         if first[1] != 3 {
-            return Err(unsupported(format!("body.0.weight takes {} channels, expected 3 (RGB)", first[1])));
+            return Err(unsupported(format!(
+                "body.0.weight takes {} channels, expected 3 (RGB)",
+                first[1]
+            )));
         }
         Ok(SrvggConfig {
             num_in_ch: 3,
@@ -140,7 +144,8 @@ impl SrvggNet {
                 conv_config,
             )));
             if i as i64 <= config.num_conv {
-                let slopes = (&body_path / (index + 1)).var("weight", &[feat], nn::Init::Const(0.25));
+                let slopes =
+                    (&body_path / (index + 1)).var("weight", &[feat], nn::Init::Const(0.25));
                 body.push(BodyLayer::Prelu(slopes));
             }
         }
@@ -157,10 +162,13 @@ impl SrvggNet {
 
     /// N x 3 x H x W to N x 3 x uH x uW.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let features = self.body.iter().fold(x.shallow_clone(), |h, layer| match layer {
-            BodyLayer::Conv(conv) => conv.forward(&h),
-            BodyLayer::Prelu(slopes) => h.prelu(slopes),
-        });
+        let features = self
+            .body
+            .iter()
+            .fold(x.shallow_clone(), |h, layer| match layer {
+                BodyLayer::Conv(conv) => conv.forward(&h),
+                BodyLayer::Prelu(slopes) => h.prelu(slopes),
+            });
         features.pixel_shuffle(self.config.upscale) + upsample_nearest(x, self.config.upscale)
     }
 }
@@ -172,12 +180,25 @@ pub(super) fn ncnn_module_names(model: &NcnnModel) -> Result<Vec<(usize, String)
         .output_layer()
         .map_err(|p| graph_error(model, model.layers.len() - 1, p))?;
     let [a, b] = expect_plain_add(model, output)?;
-    let (shuffle, upsample) = if model.layers[a].kind == "PixelShuffle" { (a, b) } else { (b, a) };
+    let (shuffle, upsample) = if model.layers[a].kind == "PixelShuffle" {
+        (a, b)
+    } else {
+        (b, a)
+    };
     expect_kind(model, shuffle, "PixelShuffle")?;
     let problem = |index: usize, p: String| graph_error(model, index, p);
-    let factor = model.layers[shuffle].int(0, 1).map_err(|p| problem(shuffle, p))?;
-    if model.layers[shuffle].int(1, 0).map_err(|p| problem(shuffle, p))? != 0 {
-        return Err(problem(shuffle, "only PyTorch's PixelShuffle channel order (1=0) is supported".into()));
+    let factor = model.layers[shuffle]
+        .int(0, 1)
+        .map_err(|p| problem(shuffle, p))?;
+    if model.layers[shuffle]
+        .int(1, 0)
+        .map_err(|p| problem(shuffle, p))?
+        != 0
+    {
+        return Err(problem(
+            shuffle,
+            "only PyTorch's PixelShuffle channel order (1=0) is supported".into(),
+        ));
     }
     super::expect_nearest_upsample(model, upsample, factor as f32)?;
     let input = input_of(model, upsample, 0)?;

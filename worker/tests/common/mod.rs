@@ -8,12 +8,17 @@ use tch::Tensor;
 
 /// The repository root (the workspace above this crate).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A file of the ESRGAN parity fixtures (made by scripts/fixtures/make_esrgan_fixtures.py).
 pub fn esrgan_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/esrgan").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/esrgan")
+        .join(name)
 }
 
 /// The project's Python (scripts/setup.sh creates it); fails loudly when set-up has not run.
