@@ -100,40 +100,56 @@ fn srvgg_compact_safetensors_and_pth() {
     }
 }
 
-/// An official checkpoint nests its tensors under `params_ema`: loading it names the conversion
-/// command, and the converted file loads and matches the reference.
+/// Checkpoints tch cannot read (official ones nest their tensors under `params_ema`; files from
+/// before PyTorch 1.6, like the original `RRDB_ESRGAN_x4.pth`, use the legacy format): loading one
+/// names the conversion command, and the converted file loads and matches the reference.
 #[test]
-fn nested_official_checkpoint_converts_and_loads() {
-    let dir = tempfile::tempdir().unwrap();
-    let nested = dir.path().join("RealESRGAN_tiny.pth");
-    let converted = dir.path().join("RealESRGAN_tiny.safetensors");
-    let source = esrgan_fixture("rrdb_x4_basicsr.safetensors");
-    run_python(&[
-        "-c",
-        "import sys, torch; from safetensors.torch import load_file; \
-         torch.save({'params_ema': load_file(sys.argv[1]), 'iter': 5}, sys.argv[2])",
-        source.to_str().unwrap(),
-        nested.to_str().unwrap(),
-    ]);
-    let error = SrModel::load(&nested, Device::Cpu)
-        .err()
-        .expect("nested checkpoint must not load");
-    assert!(matches!(error, SrError::NestedCheckpoint { .. }), "{error}");
-    let message = error.to_string();
-    assert!(
-        message.contains("RealESRGAN_tiny.pth")
-            && message.contains("scripts/convert_checkpoint.py"),
-        "{message}"
-    );
-    run_python(&[
-        "scripts/convert_checkpoint.py",
-        nested.to_str().unwrap(),
-        converted.to_str().unwrap(),
-    ]);
-    assert_parity(
-        &converted,
-        "rrdb_x4",
-        "RRDBNet 2 blocks, 6 feat, 4 grow, x4",
-        4,
-    );
+fn nested_and_legacy_checkpoints_convert_and_load() {
+    let cases = [
+        (
+            "params_ema_nested.pth",
+            "{'params_ema': t, 'iter': 5}",
+            "True",
+            "nested checkpoint",
+        ),
+        ("legacy_format.pth", "t", "False", "legacy (before 1.6)"),
+    ];
+    for (name, saved, zip_format, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let checkpoint = dir.path().join(name);
+        let converted = dir.path().join("converted.safetensors");
+        let source = esrgan_fixture("rrdb_x4_original.pth");
+        let script = format!(
+            "import sys, torch; t = torch.load(sys.argv[1]); \
+             torch.save({saved}, sys.argv[2], _use_new_zipfile_serialization={zip_format})"
+        );
+        run_python(&[
+            "-c",
+            &script,
+            source.to_str().unwrap(),
+            checkpoint.to_str().unwrap(),
+        ]);
+        let error = SrModel::load(&checkpoint, Device::Cpu)
+            .err()
+            .expect("must not load");
+        assert!(matches!(error, SrError::NeedsConversion { .. }), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains(name)
+                && message.contains(reason)
+                && message.contains("scripts/convert_checkpoint.py"),
+            "{message}"
+        );
+        run_python(&[
+            "scripts/convert_checkpoint.py",
+            checkpoint.to_str().unwrap(),
+            converted.to_str().unwrap(),
+        ]);
+        assert_parity(
+            &converted,
+            "rrdb_x4",
+            "RRDBNet 2 blocks, 6 feat, 4 grow, x4",
+            4,
+        );
+    }
 }

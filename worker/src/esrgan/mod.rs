@@ -32,13 +32,14 @@ pub enum SrError {
     /// libtorch could not parse the file.
     #[error("cannot load tensors from {}: {message}", file.display())]
     Unreadable { file: PathBuf, message: String },
-    /// An official checkpoint that nests its tensors (`params_ema`, `params`): tch reads flat tables only.
+    /// A `.pth` tch cannot read but PyTorch can: official checkpoints nest their tensors
+    /// (`params_ema`, `params`) and files from before PyTorch 1.6 use the legacy format.
     #[error(
-        "{} is a nested checkpoint (tensors under params_ema/params), which the worker cannot read; \
-         convert it once with: .deps/venv/bin/python scripts/convert_checkpoint.py {} OUT.safetensors",
+        "{} is {reason}, which the worker cannot read; convert it once with: \
+         .deps/venv/bin/python scripts/convert_checkpoint.py {} OUT.safetensors",
         file.display(), file.display()
     )]
-    NestedCheckpoint { file: PathBuf },
+    NeedsConversion { file: PathBuf, reason: &'static str },
     /// The file extension is none of the supported formats.
     #[error(
         "{}: unsupported model file type; expected .param/.bin (ncnn), .safetensors, .pth or .pt",
@@ -214,22 +215,41 @@ fn read_tensor_table(path: &Path) -> Result<TensorTable, SrError> {
             })
         }
     };
-    match loaded {
-        Ok(tensors) => Ok(tensors.into_iter().collect()),
-        Err(error) => {
-            let message = error.to_string();
-            if message.contains("Expected Tensor but got GenericDict") {
-                Err(SrError::NestedCheckpoint {
-                    file: path.to_path_buf(),
-                })
-            } else {
-                Err(SrError::Unreadable {
-                    file: path.to_path_buf(),
-                    message: message.lines().next().unwrap_or_default().to_string(),
-                })
-            }
-        }
+    loaded
+        .map(|tensors| tensors.into_iter().collect())
+        .map_err(|error| unreadable(path, &error.to_string()))
+}
+
+/// The error for a file libtorch refused, naming the conversion when PyTorch could read it.
+fn unreadable(path: &Path, message: &str) -> SrError {
+    let reason = if message.contains("Expected Tensor but got GenericDict") {
+        Some("a nested checkpoint (tensors under params_ema/params)")
+    } else if starts_with(path, LEGACY_TORCH_MAGIC) {
+        Some("in PyTorch's legacy (before 1.6) torch.save format")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => SrError::NeedsConversion {
+            file: path.to_path_buf(),
+            reason,
+        },
+        None => SrError::Unreadable {
+            file: path.to_path_buf(),
+            message: message.lines().next().unwrap_or_default().to_string(),
+        },
     }
+}
+
+/// First bytes of a legacy `torch.save` file: pickle protocol 2, then the long `0x1950a86a20f9469cfc6c`.
+const LEGACY_TORCH_MAGIC: &[u8] = &[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20];
+
+/// Whether the file begins with `magic` (false when it cannot be read).
+fn starts_with(path: &Path, magic: &[u8]) -> bool {
+    let mut head = vec![0; magic.len()];
+    std::fs::File::open(path)
+        .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut head))
+        .is_ok_and(|()| head == magic)
 }
 
 /// Checks the file is there: libtorch's own message for a missing file is a C++ backtrace.
@@ -408,6 +428,15 @@ fn expect_nearest_upsample(model: &NcnnModel, index: usize, factor: f32) -> Resu
         )));
     }
     Ok(())
+}
+
+/// The layer computing the graph's single output.
+fn graph_output(model: &NcnnModel) -> Result<usize, SrError> {
+    model.output_layer().map_err(|problem| SrError::NcnnGraph {
+        file: model.param_path.clone(),
+        layer: "(output)".to_string(),
+        problem,
+    })
 }
 
 /// An [`SrError::NcnnGraph`] naming layer `index`.

@@ -13,8 +13,8 @@ use tch::Tensor;
 
 use super::{
     expect_conv3x3, expect_kind, expect_nearest_upsample, expect_plain_add, graph_error,
-    inferred_shape, input_of, leaky_relu_02, numbered_len, upsample_nearest, FusedActivation,
-    SrError, TensorTable,
+    graph_output, inferred_shape, input_of, leaky_relu_02, numbered_len, upsample_nearest,
+    FusedActivation, SrError, TensorTable,
 };
 use crate::ncnn::NcnnModel;
 
@@ -347,9 +347,7 @@ pub(super) fn to_basicsr_names(
 /// every connection, activation and residual scale against BasicSR's network on the way.
 pub(super) fn ncnn_module_names(model: &NcnnModel) -> Result<Vec<(usize, String)>, SrError> {
     let problem = |index: usize, text: String| graph_error(model, index, text);
-    let conv_last = model
-        .output_layer()
-        .map_err(|p| problem(model.layers.len() - 1, p))?;
+    let conv_last = graph_output(model)?;
     expect_conv3x3(model, conv_last, FusedActivation::None)?;
     let conv_hr = input_of(model, conv_last, 0)?;
     expect_conv3x3(model, conv_hr, FusedActivation::LeakyRelu02)?;

@@ -11,8 +11,9 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::{
-    expect_conv3x3, expect_kind, expect_plain_add, graph_error, inferred_shape, input_of,
-    numbered_len, upsample_nearest, FusedActivation, SrError, TensorTable,
+    expect_conv3x3, expect_kind, expect_nearest_upsample, expect_plain_add, graph_error,
+    graph_output, inferred_shape, input_of, numbered_len, upsample_nearest, FusedActivation,
+    SrError, TensorTable,
 };
 use crate::ncnn::NcnnModel;
 
@@ -176,9 +177,7 @@ impl SrvggNet {
 /// Names the layers of an ncnn SRVGGNetCompact graph by walking it back from its output:
 /// output = PixelShuffle(conv chain) + nearest-upsampled input; the chain alternates conv and PReLU.
 pub(super) fn ncnn_module_names(model: &NcnnModel) -> Result<Vec<(usize, String)>, SrError> {
-    let output = model
-        .output_layer()
-        .map_err(|p| graph_error(model, model.layers.len() - 1, p))?;
+    let output = graph_output(model)?;
     let [a, b] = expect_plain_add(model, output)?;
     let (shuffle, upsample) = if model.layers[a].kind == "PixelShuffle" {
         (a, b)
@@ -200,7 +199,7 @@ pub(super) fn ncnn_module_names(model: &NcnnModel) -> Result<Vec<(usize, String)
             "only PyTorch's PixelShuffle channel order (1=0) is supported".into(),
         ));
     }
-    super::expect_nearest_upsample(model, upsample, factor as f32)?;
+    expect_nearest_upsample(model, upsample, factor as f32)?;
     let input = input_of(model, upsample, 0)?;
     expect_kind(model, input, "Input")?;
 
