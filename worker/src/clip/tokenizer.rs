@@ -63,8 +63,11 @@ impl Tokenizer {
             return Err(ClipError::Vocabulary(format!("expected {MERGE_COUNT} merges, found {}", merges.len())));
         }
         let byte_encoder = bytes_to_unicode();
-        let mut vocab: Vec<String> = byte_encoder.iter().map(char::to_string).collect();
-        vocab.extend(byte_encoder.iter().map(|c| format!("{c}</w>")));
+        // The reference's dict order: printable bytes first, then the remapped ones.
+        let mut byte_symbols: Vec<char> = byte_encoder.to_vec();
+        byte_symbols.sort_by_key(|&c| (u32::from(c) >= 256, u32::from(c)));
+        let mut vocab: Vec<String> = byte_symbols.iter().map(char::to_string).collect();
+        vocab.extend(byte_symbols.iter().map(|c| format!("{c}</w>")));
         vocab.extend(merges.iter().map(|(a, b)| format!("{a}{b}")));
         vocab.extend([START_OF_TEXT.to_string(), END_OF_TEXT.to_string()]);
         // Later duplicates win, as in Python's `dict(zip(vocab, range(len(vocab))))`.
