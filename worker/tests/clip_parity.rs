@@ -172,14 +172,15 @@ fn fixture_script(args: &[&str]) {
 }
 
 #[test]
-fn tiny_torchscript_archives_load_like_openai_checkpoints() {
+fn tiny_torchscript_archives_and_torch_save_dicts_load() {
     let dir = tempfile::tempdir().unwrap();
+    fixture_script(&["checkpoints", dir.path().to_str().unwrap()]);
     for family in ["vit", "resnet"] {
-        let path = dir.path().join(format!("{family}.pt"));
-        fixture_script(&["torchscript", family, path.to_str().unwrap()]);
-        let clip = Clip::load(&path, Device::Cpu, Kind::Float).unwrap();
-        check_image_parity(family, &clip);
-        check_text_parity(family, &clip);
+        for extension in ["pt", "pth"] {
+            let clip = Clip::load(&dir.path().join(format!("{family}.{extension}")), Device::Cpu, Kind::Float).unwrap();
+            check_image_parity(family, &clip);
+            check_text_parity(family, &clip);
+        }
     }
 }
 

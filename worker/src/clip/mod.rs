@@ -13,6 +13,7 @@ pub mod resnet;
 pub mod text;
 mod text_fix;
 pub mod tokenizer;
+mod torchscript;
 mod transformer;
 pub mod vision;
 
@@ -389,6 +390,26 @@ fn round_half_even(x: f64) -> i64 {
     }
 }
 
+/// A `.pt`/`.pth`: a TorchScript archive or `torch.save`d dict read directly (parameters and
+/// buffers), else through libtorch's TorchScript loader (parameters only), else libtorch's loader
+/// for a flat dict of tensors.
+fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
+    let archive_error = match torchscript::read_module_tensors(path) {
+        Ok(tensors) => return Ok(tensors),
+        Err(e) => e,
+    };
+    let module = tch::CModule::load_on_device(path, Device::Cpu).and_then(|module| module.named_parameters());
+    let jit_error = match module {
+        Ok(parameters) => return Ok(parameters),
+        Err(e) => e,
+    };
+    Tensor::loadz_multi(path).map_err(|dict_error| {
+        format!(
+            "neither a TorchScript archive ({archive_error}; libtorch: {jit_error}) nor a flat state dict ({dict_error})"
+        )
+    })
+}
+
 /// Reads a checkpoint into name → tensor (on the CPU, dtype as stored).
 fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, ClipError> {
     let read_error = |message: String| ClipError::Read { path: path.to_path_buf(), message };
@@ -399,14 +420,7 @@ fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, ClipError> {
     let tensors = if is_safetensors {
         Tensor::read_safetensors(path).map_err(|e| read_error(e.to_string()))?
     } else {
-        match tch::CModule::load_on_device(path, Device::Cpu).and_then(|module| module.named_parameters()) {
-            Ok(parameters) => parameters,
-            Err(jit_error) => Tensor::loadz_multi(path).map_err(|dict_error| {
-                read_error(format!(
-                    "neither a TorchScript archive ({jit_error}) nor a flat state dict ({dict_error})"
-                ))
-            })?,
-        }
+        read_torch_file(path).map_err(read_error)?
     };
     Ok(tensors.into_iter().collect())
 }

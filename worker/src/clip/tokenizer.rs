@@ -25,8 +25,11 @@ pub const CONTEXT_LENGTH: usize = 77;
 const START_OF_TEXT: &str = "<|startoftext|>";
 const END_OF_TEXT: &str = "<|endoftext|>";
 
-/// The reference's pre-tokenising pattern (`SimpleTokenizer.pat`, compiled with IGNORECASE).
-const PATTERN: &str = r"(?i)<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+/// The reference's pre-tokenising pattern (`SimpleTokenizer.pat`), as the `regex` module runs it
+/// with IGNORECASE on lower-cased text. Case-insensitivity only matters to the contractions (`'ſ`
+/// matches `'s`); on the classes the `regex` module ignores case for the negated class alone, so
+/// U+0345 (a combining mark whose case partners are letters) matches no branch and is dropped.
+const PATTERN: &str = r"<\|startoftext\|>|<\|endoftext\|>|'(?i:s|t|re|ve|m|ll|d)|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}\x{345}]+";
 
 /// Turns prompts into CLIP token ids.
 pub struct Tokenizer {
