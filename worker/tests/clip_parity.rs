@@ -19,7 +19,10 @@ fn fixtures() -> PathBuf {
 
 fn read(name: &str) -> HashMap<String, Tensor> {
     let path = fixtures().join(name);
-    Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).into_iter().collect()
+    Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .collect()
 }
 
 fn io() -> HashMap<String, Tensor> {
@@ -56,12 +59,18 @@ fn load_tiny(family: &str, kind: Kind) -> Clip {
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size());
-    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs().max().double_value(&[])
+    (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
+        .abs()
+        .max()
+        .double_value(&[])
 }
 
 fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, tolerance: f64) {
     let diff = max_abs_diff(ours, reference);
-    assert!(diff <= tolerance, "{what}: max |ours - reference| = {diff:e} > {tolerance:e}");
+    assert!(
+        diff <= tolerance,
+        "{what}: max |ours - reference| = {diff:e} > {tolerance:e}"
+    );
 }
 
 #[derive(Deserialize)]
@@ -75,33 +84,57 @@ struct TokenizerCase {
 #[test]
 fn tokenizer_matches_reference_on_hard_strings() {
     let cases: Vec<TokenizerCase> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("tokenizer.json")).unwrap())
+            .unwrap();
     assert!(cases.len() >= 200, "only {} strings", cases.len());
     let tokenizer = Tokenizer::new().unwrap();
     let mut failures = Vec::new();
     for case in &cases {
         let ids = tokenizer.encode(&case.text);
         if ids != case.ids {
-            failures.push(format!("{:?}: ours {ids:?}, reference {:?}", case.text, case.ids));
+            failures.push(format!(
+                "{:?}: ours {ids:?}, reference {:?}",
+                case.text, case.ids
+            ));
             continue;
         }
-        let truncated = Vec::<i64>::try_from(tokenizer.tokenize(&[&case.text], true).unwrap().view([-1])).unwrap();
+        let truncated =
+            Vec::<i64>::try_from(tokenizer.tokenize(&[&case.text], true).unwrap().view([-1]))
+                .unwrap();
         if truncated != case.truncated {
             failures.push(format!("{:?}: truncated rows differ", case.text));
         }
         match (tokenizer.tokenize(&[&case.text], false), case.too_long) {
-            (Err(ClipError::PromptTooLong { tokens, .. }), true) => assert_eq!(tokens, case.ids.len() + 2),
+            (Err(ClipError::PromptTooLong { tokens, .. }), true) => {
+                assert_eq!(tokens, case.ids.len() + 2)
+            }
             (Ok(_), false) => {}
-            (result, _) => failures.push(format!("{:?}: too_long {} but got {:?}", case.text, case.too_long, result.err())),
+            (result, _) => failures.push(format!(
+                "{:?}: too_long {} but got {:?}",
+                case.text,
+                case.too_long,
+                result.err()
+            )),
         }
     }
-    assert!(failures.is_empty(), "{} of {} strings differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} strings differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn token_embedding_formula_matches_the_fixture_script() {
     let sample = token_embedding(49408, 64).slice(0, 0, None, 4096);
-    assert_close("token embedding sample", &sample, &io()["token_embedding.sample"], 1e-7);
+    assert_close(
+        "token embedding sample",
+        &sample,
+        &io()["token_embedding.sample"],
+        1e-7,
+    );
 }
 
 /// Embeddings of the fixture images and d(embedding . direction)/d(pixels) against the reference.
@@ -109,25 +142,45 @@ fn check_image_parity(family: &str, clip: &Clip) {
     let io = io();
     let pixels = io[&format!("{family}.pixels")].set_requires_grad(true);
     let features = clip.encode_image(&pixels);
-    assert_close(&format!("{family} image features"), &features, &io[&format!("{family}.image_features")], TOLERANCE);
+    assert_close(
+        &format!("{family} image features"),
+        &features,
+        &io[&format!("{family}.image_features")],
+        TOLERANCE,
+    );
     let objective = (&features * &io[&format!("{family}.direction")]).sum(Kind::Float);
     let gradient = Tensor::run_backward(&[objective], &[&pixels], false, false).remove(0);
-    assert_close(&format!("{family} pixel gradient"), &gradient, &io[&format!("{family}.pixel_grad")], TOLERANCE);
+    assert_close(
+        &format!("{family} pixel gradient"),
+        &gradient,
+        &io[&format!("{family}.pixel_grad")],
+        TOLERANCE,
+    );
 }
 
 fn check_text_parity(family: &str, clip: &Clip) {
     let prompts: Vec<String> =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("prompts.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("prompts.json")).unwrap())
+            .unwrap();
     let prompts: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let features = clip.encode_text(&prompts).unwrap();
-    assert_close(&format!("{family} text features"), &features, &io()[&format!("{family}.text_features")], TOLERANCE);
+    assert_close(
+        &format!("{family} text features"),
+        &features,
+        &io()[&format!("{family}.text_features")],
+        TOLERANCE,
+    );
 }
 
 #[test]
 fn vision_transformer_matches_reference() {
     let clip = load_tiny("vit", Kind::Float);
     assert_eq!((clip.input_resolution(), clip.embed_dim()), (32, 32));
-    assert!((clip.logit_scale() - 1.0 / 0.07).abs() < 1e-4, "logit scale {}", clip.logit_scale());
+    assert!(
+        (clip.logit_scale() - 1.0 / 0.07).abs() < 1e-4,
+        "logit scale {}",
+        clip.logit_scale()
+    );
     check_image_parity("vit", &clip);
     check_text_parity("vit", &clip);
 }
@@ -146,29 +199,57 @@ fn bfloat16_follows_fp32() {
     let io = io();
     let features = clip.encode_image(&io["vit.pixels"]);
     assert_eq!(features.kind(), Kind::BFloat16);
-    assert_close("bf16 image features", &features, &io["vit.image_features"], 0.05);
+    assert_close(
+        "bf16 image features",
+        &features,
+        &io["vit.image_features"],
+        0.05,
+    );
     let text = clip.encode_text(&["a photo of a cat"]).unwrap();
-    assert_close("bf16 text features", &text, &io["vit.text_features"].narrow(0, 0, 1), 0.05);
+    assert_close(
+        "bf16 text features",
+        &text,
+        &io["vit.text_features"].narrow(0, 0, 1),
+        0.05,
+    );
 }
 
 #[test]
 fn preprocess_matches_torchvision_resize_and_crop() {
     let io = io();
     let clip = load_tiny("vit", Kind::Float);
-    assert_close("preprocessed image", &clip.preprocess(&io["preprocess.image"]), &io["preprocess.expected"], TOLERANCE);
+    assert_close(
+        "preprocessed image",
+        &clip.preprocess(&io["preprocess.image"]),
+        &io["preprocess.expected"],
+        TOLERANCE,
+    );
 }
 
 fn venv_python() -> PathBuf {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/venv/bin/python");
-    assert!(python.exists(), "{} missing: run scripts/setup.sh", python.display());
+    assert!(
+        python.exists(),
+        "{} missing: run scripts/setup.sh",
+        python.display()
+    );
     python
 }
 
 /// Runs the fixture script with `args` in the project venv.
 fn fixture_script(args: &[&str]) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fixtures/make_clip_fixtures.py");
-    let output = Command::new(venv_python()).arg(script).args(args).output().unwrap();
-    assert!(output.status.success(), "fixture script {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fixtures/make_clip_fixtures.py");
+    let output = Command::new(venv_python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fixture script {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -177,7 +258,12 @@ fn tiny_torchscript_archives_and_torch_save_dicts_load() {
     fixture_script(&["checkpoints", dir.path().to_str().unwrap()]);
     for family in ["vit", "resnet"] {
         for extension in ["pt", "pth"] {
-            let clip = Clip::load(&dir.path().join(format!("{family}.{extension}")), Device::Cpu, Kind::Float).unwrap();
+            let clip = Clip::load(
+                &dir.path().join(format!("{family}.{extension}")),
+                Device::Cpu,
+                Kind::Float,
+            )
+            .unwrap();
             check_image_parity(family, &clip);
             check_text_parity(family, &clip);
         }
@@ -192,19 +278,34 @@ fn full_size_vit_b_32_torchscript_runs_end_to_end() {
     assert_eq!((clip.input_resolution(), clip.embed_dim()), (224, 512));
     let io = read_dir_io(dir.path());
     let image = clip.encode_image(&io["pixels"]);
-    assert_close("ViT-B/32 image features", &image, &io["image_features"], TOLERANCE);
+    assert_close(
+        "ViT-B/32 image features",
+        &image,
+        &io["image_features"],
+        TOLERANCE,
+    );
     let text = clip.encode_text(&["a photo of a cat"]).unwrap();
-    assert_close("ViT-B/32 text features", &text, &io["text_features"], TOLERANCE);
+    assert_close(
+        "ViT-B/32 text features",
+        &text,
+        &io["text_features"],
+        TOLERANCE,
+    );
 }
 
 fn read_dir_io(dir: &Path) -> HashMap<String, Tensor> {
-    Tensor::read_safetensors(dir.join("io.safetensors")).unwrap().into_iter().collect()
+    Tensor::read_safetensors(dir.join("io.safetensors"))
+        .unwrap()
+        .into_iter()
+        .collect()
 }
 
 fn load_error(state: &HashMap<String, Tensor>) -> String {
     let dir = tempfile::tempdir().unwrap();
     let path = save(state, dir.path(), "model.safetensors");
-    Clip::load(&path, Device::Cpu, Kind::Float).unwrap_err().to_string()
+    Clip::load(&path, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -212,15 +313,24 @@ fn missing_tensor_is_named() {
     let mut state = state_dict("vit");
     state.remove("visual.transformer.resblocks.1.mlp.c_fc.bias");
     let err = load_error(&state);
-    assert!(err.contains("lacks tensor `visual.transformer.resblocks.1.mlp.c_fc.bias`"), "{err}");
+    assert!(
+        err.contains("lacks tensor `visual.transformer.resblocks.1.mlp.c_fc.bias`"),
+        "{err}"
+    );
 }
 
 #[test]
 fn misshapen_tensor_is_named_with_both_shapes() {
     let mut state = state_dict("resnet");
-    state.insert("visual.layer2.0.bn2.running_var".into(), Tensor::ones([3], (Kind::Float, Device::Cpu)));
+    state.insert(
+        "visual.layer2.0.bn2.running_var".into(),
+        Tensor::ones([3], (Kind::Float, Device::Cpu)),
+    );
     let err = load_error(&state);
-    assert!(err.contains("`visual.layer2.0.bn2.running_var` has shape [3], expected [8]"), "{err}");
+    assert!(
+        err.contains("`visual.layer2.0.bn2.running_var` has shape [3], expected [8]"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -228,35 +338,66 @@ fn unrecognised_architectures_say_why() {
     let mut no_tower = state_dict("vit");
     no_tower.remove("visual.proj");
     let err = load_error(&no_tower);
-    assert!(err.contains("unrecognised CLIP architecture") && err.contains("visual.proj"), "{err}");
+    assert!(
+        err.contains("unrecognised CLIP architecture") && err.contains("visual.proj"),
+        "{err}"
+    );
 
     let mut odd_width = state_dict("vit");
-    odd_width.insert("ln_final.weight".into(), Tensor::ones([48], (Kind::Float, Device::Cpu)));
+    odd_width.insert(
+        "ln_final.weight".into(),
+        Tensor::ones([48], (Kind::Float, Device::Cpu)),
+    );
     let err = load_error(&odd_width);
-    assert!(err.contains("text transformer width 48 is not a positive multiple of 64"), "{err}");
+    assert!(
+        err.contains("text transformer width 48 is not a positive multiple of 64"),
+        "{err}"
+    );
 
     let mut odd_grid = state_dict("vit");
-    odd_grid.insert("visual.positional_embedding".into(), Tensor::zeros([20, 64], (Kind::Float, Device::Cpu)));
+    odd_grid.insert(
+        "visual.positional_embedding".into(),
+        Tensor::zeros([20, 64], (Kind::Float, Device::Cpu)),
+    );
     let err = load_error(&odd_grid);
-    assert!(err.contains("`visual.positional_embedding` has 20 rows, not a square grid plus one"), "{err}");
+    assert!(
+        err.contains("`visual.positional_embedding` has 20 rows, not a square grid plus one"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unreadable_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.pt");
-    let err = Clip::load(&missing, Device::Cpu, Kind::Float).unwrap_err().to_string();
-    assert!(err.contains("nope.pt") && err.contains("no such file"), "{err}");
+    let err = Clip::load(&missing, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nope.pt") && err.contains("no such file"),
+        "{err}"
+    );
     let garbage = dir.path().join("garbage.pt");
     std::fs::write(&garbage, b"not a checkpoint").unwrap();
-    let err = Clip::load(&garbage, Device::Cpu, Kind::Float).unwrap_err().to_string();
-    assert!(err.contains("garbage.pt") && err.contains("neither a TorchScript archive"), "{err}");
+    let err = Clip::load(&garbage, Device::Cpu, Kind::Float)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("garbage.pt") && err.contains("neither a TorchScript archive"),
+        "{err}"
+    );
 }
 
 #[test]
 fn too_long_prompt_says_by_how_many_tokens() {
     let clip = load_tiny("vit", Kind::Float);
     let prompt = "a photo of a cat ".repeat(20);
-    let err = clip.encode_text(&["fine", &prompt]).unwrap_err().to_string();
-    assert!(err.contains("102 tokens") && err.contains("25 too many for the context length 77"), "{err}");
+    let err = clip
+        .encode_text(&["fine", &prompt])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("102 tokens") && err.contains("25 too many for the context length 77"),
+        "{err}"
+    );
 }

@@ -44,7 +44,11 @@ pub enum ClipError {
     MissingTensor { name: String },
     /// A tensor has a shape the inferred architecture does not allow.
     #[error("CLIP checkpoint tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    ShapeMismatch { name: String, expected: Vec<i64>, found: Vec<i64> },
+    ShapeMismatch {
+        name: String,
+        expected: Vec<i64>,
+        found: Vec<i64>,
+    },
     /// The tensors do not describe an OpenAI CLIP model.
     #[error("unrecognised CLIP architecture: {0}")]
     UnrecognisedArchitecture(String),
@@ -53,7 +57,11 @@ pub enum ClipError {
         "prompt {prompt:?} is {tokens} tokens long with its start and end tokens, {excess} too many for the context length {context_length}",
         excess = tokens - context_length
     )]
-    PromptTooLong { prompt: String, tokens: usize, context_length: usize },
+    PromptTooLong {
+        prompt: String,
+        tokens: usize,
+        context_length: usize,
+    },
     /// The bundled BPE vocabulary is unusable (a build problem, not a user one).
     #[error("CLIP tokenizer vocabulary: {0}")]
     Vocabulary(String),
@@ -111,7 +119,9 @@ impl ClipConfig {
         };
         check_heads("text transformer", text_width)?;
         if text.layers == 0 {
-            return Err(ClipError::UnrecognisedArchitecture("no `transformer.resblocks.N` blocks in the text tower".into()));
+            return Err(ClipError::UnrecognisedArchitecture(
+                "no `transformer.resblocks.N` blocks in the text tower".into(),
+            ));
         }
         let vision = if shapes.contains_key("visual.proj") {
             VisionConfig::Transformer(infer_vision_transformer(shapes, text.output_dim)?)
@@ -127,22 +137,39 @@ impl ClipConfig {
 }
 
 fn shape<'a>(shapes: &'a HashMap<String, Vec<i64>>, name: &str) -> Result<&'a [i64], ClipError> {
-    shapes.get(name).map(Vec::as_slice).ok_or_else(|| ClipError::MissingTensor { name: name.to_string() })
+    shapes
+        .get(name)
+        .map(Vec::as_slice)
+        .ok_or_else(|| ClipError::MissingTensor {
+            name: name.to_string(),
+        })
 }
 
 /// Dimension `axis` of tensor `name` (negative counts from the end).
 fn dim(shapes: &HashMap<String, Vec<i64>>, name: &str, axis: i64) -> Result<i64, ClipError> {
     let dims = shape(shapes, name)?;
-    let index = if axis < 0 { dims.len() as i64 + axis } else { axis };
-    usize::try_from(index).ok().and_then(|i| dims.get(i).copied()).ok_or_else(|| {
-        ClipError::UnrecognisedArchitecture(format!("tensor `{name}` has shape {dims:?}, too few dimensions"))
-    })
+    let index = if axis < 0 {
+        dims.len() as i64 + axis
+    } else {
+        axis
+    };
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| dims.get(i).copied())
+        .ok_or_else(|| {
+            ClipError::UnrecognisedArchitecture(format!(
+                "tensor `{name}` has shape {dims:?}, too few dimensions"
+            ))
+        })
 }
 
 /// Distinct `N` among keys `prefix N.…`, `len(set(k.split(".")[2] ...))` in the reference.
 fn count_blocks(shapes: &HashMap<String, Vec<i64>>, prefix: &str) -> i64 {
-    let blocks: HashSet<&str> =
-        shapes.keys().filter_map(|k| k.strip_prefix(prefix)).filter_map(|rest| rest.split('.').next()).collect();
+    let blocks: HashSet<&str> = shapes
+        .keys()
+        .filter_map(|k| k.strip_prefix(prefix))
+        .filter_map(|rest| rest.split('.').next())
+        .collect();
     blocks.len() as i64
 }
 
@@ -179,13 +206,24 @@ fn infer_vision_transformer(
         .filter(|k| k.starts_with("visual.") && k.ends_with(".attn.in_proj_weight"))
         .count() as i64;
     if layers == 0 {
-        return Err(ClipError::UnrecognisedArchitecture("no `visual.transformer.resblocks.N` blocks".into()));
+        return Err(ClipError::UnrecognisedArchitecture(
+            "no `visual.transformer.resblocks.N` blocks".into(),
+        ));
     }
     let input_resolution = patch_size * grid_side(shapes, "visual.positional_embedding")?;
-    Ok(VisionTransformerConfig { input_resolution, patch_size, width, layers, output_dim })
+    Ok(VisionTransformerConfig {
+        input_resolution,
+        patch_size,
+        width,
+        layers,
+        output_dim,
+    })
 }
 
-fn infer_resnet(shapes: &HashMap<String, Vec<i64>>, output_dim: i64) -> Result<ModifiedResNetConfig, ClipError> {
+fn infer_resnet(
+    shapes: &HashMap<String, Vec<i64>>,
+    output_dim: i64,
+) -> Result<ModifiedResNetConfig, ClipError> {
     let mut layers = [0; 4];
     for (stage, count) in layers.iter_mut().enumerate() {
         *count = count_blocks(shapes, &format!("visual.layer{}.", stage + 1));
@@ -199,7 +237,12 @@ fn infer_resnet(shapes: &HashMap<String, Vec<i64>>, output_dim: i64) -> Result<M
     let width = dim(shapes, "visual.layer1.0.conv1.weight", 0)?;
     check_heads("ModifiedResNet attention pool", width * 32)?;
     let input_resolution = 32 * grid_side(shapes, "visual.attnpool.positional_embedding")?;
-    Ok(ModifiedResNetConfig { input_resolution, layers, width, output_dim })
+    Ok(ModifiedResNetConfig {
+        input_resolution,
+        layers,
+        width,
+        output_dim,
+    })
 }
 
 /// The image tower in use.
@@ -223,7 +266,10 @@ pub struct Clip {
 
 impl std::fmt::Debug for Clip {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Clip").field("config", &self.config).field("kind", &self.vs.kind()).finish()
+        f.debug_struct("Clip")
+            .field("config", &self.config)
+            .field("kind", &self.vs.kind())
+            .finish()
     }
 }
 
@@ -233,7 +279,10 @@ impl Clip {
     /// tensor is checked by name and shape, then converted to `kind` on `device`.
     pub fn load(path: &Path, device: Device, kind: Kind) -> Result<Clip, ClipError> {
         let tensors = read_tensors(path)?;
-        let shapes = tensors.iter().map(|(name, t)| (name.clone(), t.size())).collect();
+        let shapes = tensors
+            .iter()
+            .map(|(name, t)| (name.clone(), t.size()))
+            .collect();
         let config = ClipConfig::infer(&shapes)?;
         let mut clip = Clip::build(&config, device)?;
         clip.copy_weights(&tensors)?;
@@ -253,7 +302,10 @@ impl Clip {
                 } else if name.ends_with("bias") || name.ends_with("running_mean") {
                     Init::Const(0.0)
                 } else {
-                    Init::Randn { mean: 0.0, stdev: 0.02 }
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: 0.02,
+                    }
                 };
                 var.init(init);
             }
@@ -266,12 +318,20 @@ impl Clip {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let visual = match &config.vision {
-            VisionConfig::Transformer(vit) => Visual::Transformer(VisionTransformer::new(&(&root / "visual"), vit)),
-            VisionConfig::ResNet(resnet) => Visual::ResNet(ModifiedResNet::new(&(&root / "visual"), resnet)),
+            VisionConfig::Transformer(vit) => {
+                Visual::Transformer(VisionTransformer::new(&(&root / "visual"), vit))
+            }
+            VisionConfig::ResNet(resnet) => {
+                Visual::ResNet(ModifiedResNet::new(&(&root / "visual"), resnet))
+            }
         };
         let text = TextTransformer::new(&root, &config.text);
         let logit_scale = root.zeros("logit_scale", &[]);
-        let channel = |values: [f64; 3]| Tensor::from_slice(&values).view([1, 3, 1, 1]).to_device(device);
+        let channel = |values: [f64; 3]| {
+            Tensor::from_slice(&values)
+                .view([1, 3, 1, 1])
+                .to_device(device)
+        };
         Ok(Clip {
             config: *config,
             visual,
@@ -290,9 +350,15 @@ impl Clip {
         variables.sort_by(|a, b| a.0.cmp(&b.0));
         tch::no_grad(|| {
             for (name, mut var) in variables {
-                let source = tensors.get(&name).ok_or_else(|| ClipError::MissingTensor { name: name.clone() })?;
+                let source = tensors
+                    .get(&name)
+                    .ok_or_else(|| ClipError::MissingTensor { name: name.clone() })?;
                 if source.size() != var.size() {
-                    return Err(ClipError::ShapeMismatch { name, expected: var.size(), found: source.size() });
+                    return Err(ClipError::ShapeMismatch {
+                        name,
+                        expected: var.size(),
+                        found: source.size(),
+                    });
                 }
                 var.f_copy_(&source.f_to_kind(var.kind())?)?;
             }
@@ -330,7 +396,10 @@ impl Clip {
     /// encodes; returns L2-normalised `[N, embed_dim]` features in the model's dtype.
     pub fn encode_text(&self, texts: &[&str]) -> Result<Tensor, ClipError> {
         let context = self.config.text.context_length as usize;
-        let tokens = self.tokenizer.tokenize_to(texts, context, false)?.to_device(self.vs.device());
+        let tokens = self
+            .tokenizer
+            .tokenize_to(texts, context, false)?
+            .to_device(self.vs.device());
         Ok(l2_normalise(&self.text.forward(&tokens)))
     }
 
@@ -338,7 +407,9 @@ impl Clip {
     /// mean/std normalisation and returns L2-normalised `[N, embed_dim]` features, differentiable
     /// with respect to `pixels` (the weights themselves are frozen).
     pub fn encode_image(&self, pixels: &Tensor) -> Tensor {
-        let normalised = ((pixels.to_device(self.vs.device()) - &self.pixel_mean) / &self.pixel_std).to_kind(self.vs.kind());
+        let normalised = ((pixels.to_device(self.vs.device()) - &self.pixel_mean)
+            / &self.pixel_std)
+            .to_kind(self.vs.kind());
         let features = match &self.visual {
             Visual::Transformer(vit) => vit.forward(&normalised),
             Visual::ResNet(resnet) => resnet.forward(&normalised),
@@ -355,7 +426,10 @@ impl Clip {
 
     /// The learned temperature `exp(logit_scale)` that scales cosine similarities into logits.
     pub fn logit_scale(&self) -> f64 {
-        self.logit_scale.to_kind(Kind::Double).exp().double_value(&[])
+        self.logit_scale
+            .to_kind(Kind::Double)
+            .exp()
+            .double_value(&[])
     }
 }
 
@@ -369,7 +443,11 @@ pub fn preprocess(image: &Tensor, resolution: i64) -> Tensor {
     let (_, height, width) = image.size3().expect("an image is [3, H, W]");
     let (short, long) = (height.min(width), height.max(width));
     let scaled_long = resolution * long / short;
-    let (new_h, new_w) = if height <= width { (resolution, scaled_long) } else { (scaled_long, resolution) };
+    let (new_h, new_w) = if height <= width {
+        (resolution, scaled_long)
+    } else {
+        (scaled_long, resolution)
+    };
     let resized = image
         .to_kind(Kind::Float)
         .unsqueeze(0)
@@ -377,7 +455,9 @@ pub fn preprocess(image: &Tensor, resolution: i64) -> Tensor {
         .clamp(0.0, 1.0);
     let top = round_half_even((new_h - resolution) as f64 / 2.0);
     let left = round_half_even((new_w - resolution) as f64 / 2.0);
-    resized.narrow(2, top, resolution).narrow(3, left, resolution)
+    resized
+        .narrow(2, top, resolution)
+        .narrow(3, left, resolution)
 }
 
 /// Python's `round` (ties to even), which torchvision's `center_crop` uses for its offsets.
@@ -398,7 +478,8 @@ fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
         Ok(tensors) => return Ok(tensors),
         Err(e) => e,
     };
-    let module = tch::CModule::load_on_device(path, Device::Cpu).and_then(|module| module.named_parameters());
+    let module = tch::CModule::load_on_device(path, Device::Cpu)
+        .and_then(|module| module.named_parameters());
     let jit_error = match module {
         Ok(parameters) => return Ok(parameters),
         Err(e) => e,
@@ -412,7 +493,10 @@ fn read_torch_file(path: &Path) -> Result<Vec<(String, Tensor)>, String> {
 
 /// Reads a checkpoint into name → tensor (on the CPU, dtype as stored).
 fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>, ClipError> {
-    let read_error = |message: String| ClipError::Read { path: path.to_path_buf(), message };
+    let read_error = |message: String| ClipError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
     if !path.is_file() {
         return Err(read_error("no such file".into()));
     }

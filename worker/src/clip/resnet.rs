@@ -26,27 +26,52 @@ pub struct ModifiedResNetConfig {
 impl ModifiedResNetConfig {
     /// OpenAI's RN50.
     pub fn rn50() -> Self {
-        ModifiedResNetConfig { input_resolution: 224, layers: [3, 4, 6, 3], width: 64, output_dim: 1024 }
+        ModifiedResNetConfig {
+            input_resolution: 224,
+            layers: [3, 4, 6, 3],
+            width: 64,
+            output_dim: 1024,
+        }
     }
 
     /// OpenAI's RN101.
     pub fn rn101() -> Self {
-        ModifiedResNetConfig { input_resolution: 224, layers: [3, 4, 23, 3], width: 64, output_dim: 512 }
+        ModifiedResNetConfig {
+            input_resolution: 224,
+            layers: [3, 4, 23, 3],
+            width: 64,
+            output_dim: 512,
+        }
     }
 
     /// OpenAI's RN50x4.
     pub fn rn50x4() -> Self {
-        ModifiedResNetConfig { input_resolution: 288, layers: [4, 6, 10, 6], width: 80, output_dim: 640 }
+        ModifiedResNetConfig {
+            input_resolution: 288,
+            layers: [4, 6, 10, 6],
+            width: 80,
+            output_dim: 640,
+        }
     }
 
     /// OpenAI's RN50x16.
     pub fn rn50x16() -> Self {
-        ModifiedResNetConfig { input_resolution: 384, layers: [6, 8, 18, 8], width: 96, output_dim: 768 }
+        ModifiedResNetConfig {
+            input_resolution: 384,
+            layers: [6, 8, 18, 8],
+            width: 96,
+            output_dim: 768,
+        }
     }
 
     /// OpenAI's RN50x64.
     pub fn rn50x64() -> Self {
-        ModifiedResNetConfig { input_resolution: 448, layers: [3, 15, 36, 10], width: 128, output_dim: 1024 }
+        ModifiedResNetConfig {
+            input_resolution: 448,
+            layers: [3, 15, 36, 10],
+            width: 128,
+            output_dim: 1024,
+        }
     }
 
     /// Channels entering the attention pool.
@@ -61,9 +86,19 @@ impl ModifiedResNetConfig {
 }
 
 /// A bias-free convolution with "same" padding; only the stem's first one is strided.
-fn conv(path: nn::Path, in_channels: i64, out_channels: i64, (kernel, stride): (i64, i64)) -> nn::Conv2D {
-    let config =
-        nn::ConvConfig { stride, padding: kernel / 2, bias: false, ws_init: nn::Init::Const(0.0), ..Default::default() };
+fn conv(
+    path: nn::Path,
+    in_channels: i64,
+    out_channels: i64,
+    (kernel, stride): (i64, i64),
+) -> nn::Conv2D {
+    let config = nn::ConvConfig {
+        stride,
+        padding: kernel / 2,
+        bias: false,
+        ws_init: nn::Init::Const(0.0),
+        ..Default::default()
+    };
     nn::conv2d(path, in_channels, out_channels, kernel, config)
 }
 
@@ -84,7 +119,13 @@ struct ConvBn {
 
 impl ConvBn {
     /// `conv` and `bn` are the reference's attribute names (`conv1`/`bn1`, or `0`/`1` in `downsample`).
-    fn new(path: &nn::Path, (conv_name, bn_name): (&str, &str), in_ch: i64, out_ch: i64, kernel: (i64, i64)) -> ConvBn {
+    fn new(
+        path: &nn::Path,
+        (conv_name, bn_name): (&str, &str),
+        in_ch: i64,
+        out_ch: i64,
+        kernel: (i64, i64),
+    ) -> ConvBn {
         ConvBn {
             conv: conv(path / conv_name, in_ch, out_ch, kernel),
             bn: nn::batch_norm2d(path / bn_name, out_ch, Default::default()),
@@ -114,8 +155,15 @@ impl Bottleneck {
             reduce: ConvBn::new(path, ("conv1", "bn1"), in_channels, planes, (1, 1)),
             inner: ConvBn::new(path, ("conv2", "bn2"), planes, planes, (3, 1)),
             expand: ConvBn::new(path, ("conv3", "bn3"), planes, out_channels, (1, 1)),
-            downsample: needs_downsample
-                .then(|| ConvBn::new(&(path / "downsample"), ("0", "1"), in_channels, out_channels, (1, 1))),
+            downsample: needs_downsample.then(|| {
+                ConvBn::new(
+                    &(path / "downsample"),
+                    ("0", "1"),
+                    in_channels,
+                    out_channels,
+                    (1, 1),
+                )
+            }),
             stride,
         }
     }
@@ -158,11 +206,21 @@ impl AttentionPool2d {
 
     fn forward(&self, features: &Tensor) -> Tensor {
         let positions = features.flatten(2, 3).transpose(1, 2);
-        let tokens = Tensor::cat(&[positions.mean_dim(1, true, None), positions], 1) + &self.positional_embedding;
+        let tokens = Tensor::cat(&[positions.mean_dim(1, true, None), positions], 1)
+            + &self.positional_embedding;
         let query = split_heads(&self.q_proj.forward(&tokens.narrow(1, 0, 1)), self.heads);
         let key = split_heads(&self.k_proj.forward(&tokens), self.heads);
         let value = split_heads(&self.v_proj.forward(&tokens), self.heads);
-        let pooled = Tensor::scaled_dot_product_attention(&query, &key, &value, None::<Tensor>, 0.0, false, None, false);
+        let pooled = Tensor::scaled_dot_product_attention(
+            &query,
+            &key,
+            &value,
+            None::<Tensor>,
+            0.0,
+            false,
+            None,
+            false,
+        );
         self.c_proj.forward(&merge_heads(&pooled)).squeeze_dim(1)
     }
 }
@@ -170,7 +228,8 @@ impl AttentionPool2d {
 /// The ResNet image encoder, variables under `visual.`.
 #[derive(Debug)]
 pub struct ModifiedResNet {
-    stem: [ConvBn; 3],
+    /// The three stem convolutions, each followed by ReLU.
+    stem: Vec<ConvBn>,
     stages: Vec<Vec<Bottleneck>>,
     attnpool: AttentionPool2d,
 }
@@ -179,7 +238,7 @@ impl ModifiedResNet {
     /// Creates the variables with the reference's names and shapes under `path` (`visual`).
     pub fn new(path: &nn::Path, config: &ModifiedResNetConfig) -> ModifiedResNet {
         let width = config.width;
-        let stem = [
+        let stem = vec![
             ConvBn::new(path, ("conv1", "bn1"), 3, width / 2, (3, 2)),
             ConvBn::new(path, ("conv2", "bn2"), width / 2, width / 2, (3, 1)),
             ConvBn::new(path, ("conv3", "bn3"), width / 2, width, (3, 1)),
@@ -192,21 +251,32 @@ impl ModifiedResNet {
             let first_stride = if stage == 0 { 1 } else { 2 };
             let stage_blocks = (0..blocks)
                 .map(|i| {
-                    let block = Bottleneck::new(&(&stage_path / i), in_channels, planes, if i == 0 { first_stride } else { 1 });
+                    let block = Bottleneck::new(
+                        &(&stage_path / i),
+                        in_channels,
+                        planes,
+                        if i == 0 { first_stride } else { 1 },
+                    );
                     in_channels = planes * EXPANSION;
                     block
                 })
                 .collect();
             stages.push(stage_blocks);
         }
-        ModifiedResNet { stem, stages, attnpool: AttentionPool2d::new(&(path / "attnpool"), config) }
+        ModifiedResNet {
+            stem,
+            stages,
+            attnpool: AttentionPool2d::new(&(path / "attnpool"), config),
+        }
     }
 
     /// Normalised pixels `[N, 3, R, R]` to unnormalised image features `[N, output_dim]`.
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
-        let stem_input = self.stem[0].forward(pixels).relu();
-        let stem_input = self.stem[1].forward(&stem_input).relu();
-        let mut x = avg_pool(&self.stem[2].forward(&stem_input).relu(), 2);
+        let stem = self
+            .stem
+            .iter()
+            .fold(pixels.shallow_clone(), |x, layer| layer.forward(&x).relu());
+        let mut x = avg_pool(&stem, 2);
         for block in self.stages.iter().flatten() {
             x = block.forward(&x);
         }

@@ -25,7 +25,13 @@ pub struct TextTransformerConfig {
 impl TextTransformerConfig {
     /// The text tower of ViT-B/32, ViT-B/16 and RN101.
     pub fn base() -> Self {
-        TextTransformerConfig { context_length: 77, vocab_size: 49408, width: 512, layers: 12, output_dim: 512 }
+        TextTransformerConfig {
+            context_length: 77,
+            vocab_size: 49408,
+            width: 512,
+            layers: 12,
+            output_dim: 512,
+        }
     }
 
     /// Attention heads, `transformer_width // 64` as in `build_model`.
@@ -49,9 +55,17 @@ impl TextTransformer {
     pub fn new(path: &nn::Path, config: &TextTransformerConfig) -> TextTransformer {
         let width = config.width;
         TextTransformer {
-            token_embedding: (path / "token_embedding").zeros("weight", &[config.vocab_size, width]),
-            positional_embedding: path.zeros("positional_embedding", &[config.context_length, width]),
-            transformer: Transformer::new(&(path / "transformer"), width, config.layers, config.heads(), true),
+            token_embedding: (path / "token_embedding")
+                .zeros("weight", &[config.vocab_size, width]),
+            positional_embedding: path
+                .zeros("positional_embedding", &[config.context_length, width]),
+            transformer: Transformer::new(
+                &(path / "transformer"),
+                width,
+                config.layers,
+                config.heads(),
+                true,
+            ),
             ln_final: LayerNorm::new(&(path / "ln_final"), width),
             text_projection: path.zeros("text_projection", &[width, config.output_dim]),
         }
@@ -60,7 +74,8 @@ impl TextTransformer {
     /// Token ids `[N, context_length]` (int64) to unnormalised text features `[N, output_dim]`,
     /// taken at each row's end-of-text token (its highest id).
     pub fn forward(&self, tokens: &Tensor) -> Tensor {
-        let embedded = Tensor::embedding(&self.token_embedding, tokens, -1, false, false) + &self.positional_embedding;
+        let embedded = Tensor::embedding(&self.token_embedding, tokens, -1, false, false)
+            + &self.positional_embedding;
         let encoded = self.ln_final.forward(&self.transformer.forward(&embedded));
         let end_of_text = tokens.argmax(-1, false);
         let rows = Tensor::arange(tokens.size()[0], (Kind::Int64, tokens.device()));

@@ -106,7 +106,10 @@ impl HtmlEntities {
                 Some((name.to_string(), text))
             })
             .collect();
-        let mut entities = HtmlEntities { html5, ftfy: HashMap::new() };
+        let mut entities = HtmlEntities {
+            html5,
+            ftfy: HashMap::new(),
+        };
         entities.ftfy = entities.ftfy_table();
         entities
     }
@@ -156,7 +159,9 @@ impl HtmlEntities {
     /// Python's `html._replace_charref` for the text after `&`.
     fn replace_charref(&self, reference: &str) -> String {
         if let Some(number) = reference.strip_prefix('#') {
-            return numeric_charref(number).map(String::from).unwrap_or_default();
+            return numeric_charref(number)
+                .map(String::from)
+                .unwrap_or_default();
         }
         if let Some(text) = self.html5.get(reference) {
             return text.clone();
@@ -223,8 +228,15 @@ fn charref_len(after: &str) -> Option<usize> {
             Some(b'x' | b'X') => (2, u8::is_ascii_hexdigit),
             _ => (1, u8::is_ascii_digit),
         };
-        let digits = bytes[skip.min(bytes.len())..].iter().take_while(|b| is_digit(b)).count();
-        return if digits == 0 { None } else { with_semicolon(skip + digits) };
+        let digits = bytes[skip.min(bytes.len())..]
+            .iter()
+            .take_while(|b| is_digit(b))
+            .count();
+        return if digits == 0 {
+            None
+        } else {
+            with_semicolon(skip + digits)
+        };
     }
     let name_len: usize = after
         .chars()
@@ -243,8 +255,13 @@ fn charref_len(after: &str) -> Option<usize> {
 fn numeric_charref(number: &str) -> Option<char> {
     let digits = number.trim_end_matches(';');
     let parsed = match digits.strip_prefix(['x', 'X']) {
-        Some(hex) => u64::from_str_radix(hex.trim_start_matches('0'), 16).or_else(|_| zero_or_huge(hex)),
-        None => digits.trim_start_matches('0').parse::<u64>().or_else(|_| zero_or_huge(digits)),
+        Some(hex) => {
+            u64::from_str_radix(hex.trim_start_matches('0'), 16).or_else(|_| zero_or_huge(hex))
+        }
+        None => digits
+            .trim_start_matches('0')
+            .parse::<u64>()
+            .or_else(|_| zero_or_huge(digits)),
     };
     let code = parsed.unwrap_or(u64::MAX);
     if let Some(&(_, replacement)) = INVALID_CHARREFS.iter().find(|(c, _)| u64::from(*c) == code) {
@@ -276,7 +293,10 @@ fn zero_or_huge(digits: &str) -> Result<u64, ()> {
 fn ftfy_entity_len(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     let start = if bytes.get(1) == Some(&b'#') { 2 } else { 1 };
-    let name = bytes[start..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+    let name = bytes[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric())
+        .count();
     // The regex backtracks over shorter names, but a shorter name cannot be followed by `;`.
     ((1..=24).contains(&name) && bytes.get(start + name) == Some(&b';')).then_some(start + name + 1)
 }
@@ -347,7 +367,8 @@ fn uncurl_quote(c: char) -> char {
 
 /// ftfy's `fix_line_breaks`.
 fn fix_line_breaks(text: &str) -> String {
-    text.replace("\r\n", "\n").replace(['\r', '\u{2028}', '\u{2029}', '\u{85}'], "\n")
+    text.replace("\r\n", "\n")
+        .replace(['\r', '\u{2028}', '\u{2029}', '\u{85}'], "\n")
 }
 
 /// ftfy's `remove_terminal_escapes`: `ESC [ [0-9;]* [A-Za-z]`.
@@ -357,7 +378,10 @@ fn remove_terminal_escapes(text: &str) -> String {
     while let Some(esc) = rest.find("\u{1b}[") {
         out.push_str(&rest[..esc]);
         let after = &rest[esc + 2..];
-        let params = after.bytes().take_while(|b| b.is_ascii_digit() || *b == b';').count();
+        let params = after
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b';')
+            .count();
         match after.as_bytes().get(params) {
             Some(b) if b.is_ascii_alphabetic() => rest = &after[params + 1..],
             _ => {
@@ -382,15 +406,27 @@ mod tests {
     #[test]
     fn unescapes_like_python() {
         let entities = HtmlEntities::new();
-        assert_eq!(entities.unescape("&amp;&lt;&gt;&#39;&#x41;&notit;"), "&<>'A¬it;");
-        assert_eq!(entities.unescape("&#0;&#128;&#x110000;&#1;x"), "\u{fffd}€\u{fffd}x");
+        assert_eq!(
+            entities.unescape("&amp;&lt;&gt;&#39;&#x41;&notit;"),
+            "&<>'A¬it;"
+        );
+        assert_eq!(
+            entities.unescape("&#0;&#128;&#x110000;&#1;x"),
+            "\u{fffd}€\u{fffd}x"
+        );
         assert_eq!(entities.unescape("a & b &unknown;"), "a & b &unknown;");
     }
 
     #[test]
     fn ftfy_fixes_what_prompts_contain() {
         let entities = HtmlEntities::new();
-        assert_eq!(fix_text("ﬁne “quotes” ＬＯＵＤ &NTILDE; \u{1b}[36mblue\u{1b}[0m", &entities), "fine \"quotes\" LOUD Ñ blue");
+        assert_eq!(
+            fix_text(
+                "ﬁne “quotes” ＬＯＵＤ &NTILDE; \u{1b}[36mblue\u{1b}[0m",
+                &entities
+            ),
+            "fine \"quotes\" LOUD Ñ blue"
+        );
         assert_eq!(fix_text("&amp; <b>\n&amp;", &entities), "&amp; <b>\n&amp;");
         assert_eq!(fix_text("\u{93}hi\u{94}\r\n", &entities), "\"hi\"\n");
     }

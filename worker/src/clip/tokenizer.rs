@@ -49,7 +49,9 @@ impl Tokenizer {
         let mut text = String::new();
         GzDecoder::new(VOCAB_GZ)
             .read_to_string(&mut text)
-            .map_err(|e| ClipError::Vocabulary(format!("cannot decompress the bundled BPE merges: {e}")))?;
+            .map_err(|e| {
+                ClipError::Vocabulary(format!("cannot decompress the bundled BPE merges: {e}"))
+            })?;
         let merges: Vec<(String, String)> = text
             .split('\n')
             .skip(1)
@@ -58,12 +60,17 @@ impl Tokenizer {
                 let mut parts = line.split_whitespace();
                 match (parts.next(), parts.next()) {
                     (Some(a), Some(b)) => Ok((a.to_string(), b.to_string())),
-                    _ => Err(ClipError::Vocabulary(format!("malformed merge line {line:?}"))),
+                    _ => Err(ClipError::Vocabulary(format!(
+                        "malformed merge line {line:?}"
+                    ))),
                 }
             })
             .collect::<Result<_, _>>()?;
         if merges.len() != MERGE_COUNT {
-            return Err(ClipError::Vocabulary(format!("expected {MERGE_COUNT} merges, found {}", merges.len())));
+            return Err(ClipError::Vocabulary(format!(
+                "expected {MERGE_COUNT} merges, found {}",
+                merges.len()
+            )));
         }
         let byte_encoder = bytes_to_unicode();
         // The reference's dict order: printable bytes first, then the remapped ones.
@@ -76,7 +83,8 @@ impl Tokenizer {
         // Later duplicates win, as in Python's `dict(zip(vocab, range(len(vocab))))`.
         let encoder: HashMap<String, i64> = vocab.into_iter().zip(0..).collect();
         let bpe_ranks = merges.into_iter().zip(0..).collect();
-        let pattern = Regex::new(PATTERN).map_err(|e| ClipError::Vocabulary(format!("bad pattern: {e}")))?;
+        let pattern =
+            Regex::new(PATTERN).map_err(|e| ClipError::Vocabulary(format!("bad pattern: {e}")))?;
         Ok(Tokenizer {
             byte_encoder,
             start_of_text: encoder[START_OF_TEXT],
@@ -102,7 +110,10 @@ impl Tokenizer {
     pub fn clean(&self, text: &str) -> String {
         let fixed = fix_text(text, &self.entities);
         let unescaped = self.entities.unescape(&self.entities.unescape(&fixed));
-        let words: Vec<&str> = unescaped.split(char::is_whitespace).filter(|w| !w.is_empty()).collect();
+        let words: Vec<&str> = unescaped
+            .split(char::is_whitespace)
+            .filter(|w| !w.is_empty())
+            .collect();
         words.join(" ").to_lowercase()
     }
 
@@ -116,7 +127,10 @@ impl Tokenizer {
                 ids.push(self.encoder[piece]);
                 continue;
             }
-            let encoded: String = piece.bytes().map(|b| self.byte_encoder[usize::from(b)]).collect();
+            let encoded: String = piece
+                .bytes()
+                .map(|b| self.byte_encoder[usize::from(b)])
+                .collect();
             ids.extend(self.bpe(&encoded).iter().map(|symbol| self.encoder[symbol]));
         }
         ids
@@ -130,7 +144,12 @@ impl Tokenizer {
     }
 
     /// [`Tokenizer::tokenize`] for a model with another context length.
-    pub fn tokenize_to(&self, texts: &[&str], context_length: usize, truncate: bool) -> Result<Tensor, ClipError> {
+    pub fn tokenize_to(
+        &self,
+        texts: &[&str],
+        context_length: usize,
+        truncate: bool,
+    ) -> Result<Tensor, ClipError> {
         let mut rows = vec![0i64; texts.len() * context_length];
         for (row, text) in rows.chunks_mut(context_length.max(1)).zip(texts) {
             let mut ids = vec![self.start_of_text];
@@ -163,7 +182,11 @@ impl Tokenizer {
         while word.len() > 1 {
             let best = word
                 .windows(2)
-                .filter_map(|pair| self.bpe_ranks.get(&(pair[0].clone(), pair[1].clone())).map(|&rank| (rank, pair)))
+                .filter_map(|pair| {
+                    self.bpe_ranks
+                        .get(&(pair[0].clone(), pair[1].clone()))
+                        .map(|&rank| (rank, pair))
+                })
                 .min_by_key(|(rank, _)| *rank);
             let Some((_, pair)) = best else { break };
             let (first, second) = (pair[0].clone(), pair[1].clone());
@@ -192,7 +215,9 @@ fn merge_pair(word: &[String], first: &str, second: &str) -> Vec<String> {
 /// The reference's `bytes_to_unicode`: printable Latin-1 bytes map to themselves, the others to
 /// code points from 256 on, in byte order.
 fn bytes_to_unicode() -> [char; 256] {
-    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b)
+    };
     let mut table = ['\0'; 256];
     let mut next_free = 256;
     for (b, slot) in (0u32..).zip(table.iter_mut()) {
@@ -215,15 +240,24 @@ mod tests {
     fn encodes_a_plain_prompt() {
         let tokenizer = Tokenizer::new().unwrap();
         // Ids from the reference: `SimpleTokenizer().encode("a photo of a cat")`.
-        assert_eq!(tokenizer.encode("a photo of a cat"), vec![320, 1125, 539, 320, 2368]);
+        assert_eq!(
+            tokenizer.encode("a photo of a cat"),
+            vec![320, 1125, 539, 320, 2368]
+        );
     }
 
     #[test]
     fn too_long_prompt_says_by_how_much() {
         let tokenizer = Tokenizer::new().unwrap();
         let prompt = "cat ".repeat(80);
-        let err = tokenizer.tokenize(&[&prompt], false).unwrap_err().to_string();
-        assert!(err.contains("82 tokens") && err.contains("5 too many"), "{err}");
+        let err = tokenizer
+            .tokenize(&[&prompt], false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("82 tokens") && err.contains("5 too many"),
+            "{err}"
+        );
         let ids = tokenizer.tokenize(&[&prompt], true).unwrap();
         assert_eq!(ids.size(), [1, 77]);
         assert_eq!(ids.int64_value(&[0, 76]), tokenizer.end_of_text());

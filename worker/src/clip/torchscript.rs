@@ -46,7 +46,11 @@ pub fn read_module_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String>
         .ok_or("no `<name>/data.pkl` in the archive")?;
     let prefix = data_pkl.trim_end_matches("data.pkl").to_string();
     let pickle = read_entry(&mut archive, &data_pkl)?;
-    let mut unpickler = Unpickler { archive: &mut archive, prefix, storages: HashMap::new() };
+    let mut unpickler = Unpickler {
+        archive: &mut archive,
+        prefix,
+        storages: HashMap::new(),
+    };
     let root = unpickler.load(&pickle)?;
     let mut tensors = Vec::new();
     collect_tensors(&root, "", &mut tensors);
@@ -59,7 +63,9 @@ pub fn read_module_tensors(path: &Path) -> Result<Vec<(String, Tensor)>, String>
 fn read_entry(archive: &mut zip::ZipArchive<File>, name: &str) -> Result<Vec<u8>, String> {
     let mut entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
     let mut bytes = Vec::with_capacity(entry.size() as usize);
-    entry.read_to_end(&mut bytes).map_err(|e| format!("{name}: {e}"))?;
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{name}: {e}"))?;
     Ok(bytes)
 }
 
@@ -78,7 +84,9 @@ fn collect_tensors(value: &Value, prefix: &str, out: &mut Vec<(String, Tensor)>)
         let Value::Str(key) = key else { continue };
         match item {
             Value::Tensor(tensor) => out.push((format!("{prefix}{key}"), tensor.shallow_clone())),
-            Value::Object(_) | Value::Dict(_) => collect_tensors(item, &format!("{prefix}{key}."), out),
+            Value::Object(_) | Value::Dict(_) => {
+                collect_tensors(item, &format!("{prefix}{key}."), out)
+            }
             _ => {}
         }
     }
@@ -114,7 +122,11 @@ struct Cursor<'b> {
 
 impl<'b> Cursor<'b> {
     fn take(&mut self, n: usize) -> Result<&'b [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.bytes.len()).ok_or("truncated pickle")?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or("truncated pickle")?;
         let slice = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(slice)
@@ -125,15 +137,22 @@ impl<'b> Cursor<'b> {
     }
 
     fn u16(&mut self) -> Result<u16, String> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| "truncated pickle")?))
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().map_err(|_| "truncated pickle")?,
+        ))
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| "truncated pickle")?))
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().map_err(|_| "truncated pickle")?,
+        ))
     }
 
     fn line(&mut self) -> Result<String, String> {
-        let len = self.bytes[self.pos..].iter().position(|&b| b == b'\n').ok_or("unterminated pickle line")?;
+        let len = self.bytes[self.pos..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or("unterminated pickle line")?;
         let line = String::from_utf8_lossy(self.take(len)?).into_owned();
         self.pos += 1;
         Ok(line)
@@ -195,7 +214,11 @@ impl Unpickler<'_> {
                     stack.push(Value::Tuple(items));
                 }
                 b'a' | b'e' => {
-                    let items = if opcode == b'a' { vec![pop(&mut stack)?] } else { pop_to_mark(&mut stack)? };
+                    let items = if opcode == b'a' {
+                        vec![pop(&mut stack)?]
+                    } else {
+                        pop_to_mark(&mut stack)?
+                    };
                     match stack.last_mut() {
                         Some(Value::List(list)) => list.extend(items),
                         _ => return Err("APPEND to a non-list".into()),
@@ -236,8 +259,16 @@ impl Unpickler<'_> {
                     memo.insert(key, stack.last().ok_or("stack underflow")?.clone());
                 }
                 b'h' | b'j' => {
-                    let key = if opcode == b'h' { u32::from(cursor.u8()?) } else { cursor.u32()? };
-                    stack.push(memo.get(&key).cloned().ok_or_else(|| format!("memo {key} unset"))?);
+                    let key = if opcode == b'h' {
+                        u32::from(cursor.u8()?)
+                    } else {
+                        cursor.u32()?
+                    };
+                    stack.push(
+                        memo.get(&key)
+                            .cloned()
+                            .ok_or_else(|| format!("memo {key} unset"))?,
+                    );
                 }
                 0x81 => {
                     pop(&mut stack)?; // constructor arguments
@@ -259,24 +290,35 @@ impl Unpickler<'_> {
                     let pid = pop(&mut stack)?;
                     stack.push(self.persistent_load(pid)?);
                 }
-                other => return Err(format!("unsupported pickle opcode 0x{other:02x} at byte {}", cursor.pos - 1)),
+                other => {
+                    return Err(format!(
+                        "unsupported pickle opcode 0x{other:02x} at byte {}",
+                        cursor.pos - 1
+                    ))
+                }
             }
         }
     }
 
     /// `('storage', torch.<Kind>Storage, key, location, numel)`: the raw bytes of `data/<key>`.
     fn persistent_load(&mut self, pid: Value) -> Result<Value, String> {
-        let Value::Tuple(fields) = pid else { return Err("persistent id is not a tuple".into()) };
-        let (Some(Value::Global(_, class)), Some(Value::Str(key))) = (fields.get(1), fields.get(2)) else {
+        let Value::Tuple(fields) = pid else {
+            return Err("persistent id is not a tuple".into());
+        };
+        let (Some(Value::Global(_, class)), Some(Value::Str(key))) = (fields.get(1), fields.get(2))
+        else {
             return Err(format!("unexpected persistent id {fields:?}"));
         };
         if let Some(storage) = self.storages.get(key) {
             return Ok(Value::Storage(storage.clone()));
         }
-        let kind = storage_kind(class).ok_or_else(|| format!("unsupported storage type {class}"))?;
+        let kind =
+            storage_kind(class).ok_or_else(|| format!("unsupported storage type {class}"))?;
         let bytes = read_entry(self.archive, &format!("{}data/{key}", self.prefix))?;
         let numel = bytes.len() / kind.elt_size_in_bytes();
-        let storage = Rc::new(Tensor::f_from_data_size(&bytes, &[numel as i64], kind).map_err(|e| e.to_string())?);
+        let storage = Rc::new(
+            Tensor::f_from_data_size(&bytes, &[numel as i64], kind).map_err(|e| e.to_string())?,
+        );
         self.storages.insert(key.clone(), storage.clone());
         Ok(Value::Storage(storage))
     }
@@ -284,8 +326,12 @@ impl Unpickler<'_> {
 
 /// The few callables a module tree's pickle uses.
 fn reduce(callable: Value, args: Value) -> Result<Value, String> {
-    let Value::Global(module, name) = callable else { return Ok(Value::Opaque) };
-    let Value::Tuple(mut args) = args else { return Ok(Value::Opaque) };
+    let Value::Global(module, name) = callable else {
+        return Ok(Value::Opaque);
+    };
+    let Value::Tuple(mut args) = args else {
+        return Ok(Value::Opaque);
+    };
     Ok(match (module.as_str(), name.as_str()) {
         ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor") => rebuild_tensor(&args)?,
         ("collections", "OrderedDict") => Value::Dict(Vec::new()),
@@ -308,11 +354,14 @@ fn rebuild_tensor(args: &[Value]) -> Result<Value, String> {
             other => Err(format!("expected a size tuple, found {other:?}")),
         }
     };
-    let (Some(Value::Storage(storage)), Some(Value::Int(offset))) = (args.first(), args.get(1)) else {
+    let (Some(Value::Storage(storage)), Some(Value::Int(offset))) = (args.first(), args.get(1))
+    else {
         return Err("malformed _rebuild_tensor_v2 arguments".into());
     };
     let (size, stride) = (ints(args.get(2))?, ints(args.get(3))?);
-    let tensor = storage.f_as_strided(&size, &stride, *offset).map_err(|e| e.to_string())?;
+    let tensor = storage
+        .f_as_strided(&size, &stride, *offset)
+        .map_err(|e| e.to_string())?;
     Ok(Value::Tensor(Rc::new(tensor.contiguous())))
 }
 
@@ -321,7 +370,10 @@ fn pop(stack: &mut Vec<Value>) -> Result<Value, String> {
 }
 
 fn pop_to_mark(stack: &mut Vec<Value>) -> Result<Vec<Value>, String> {
-    let mark = stack.iter().rposition(|v| matches!(v, Value::Mark)).ok_or("MARK missing")?;
+    let mark = stack
+        .iter()
+        .rposition(|v| matches!(v, Value::Mark))
+        .ok_or("MARK missing")?;
     let items = stack.split_off(mark + 1);
     stack.pop();
     Ok(items)
@@ -332,7 +384,11 @@ fn long1(bytes: &[u8]) -> Result<i64, String> {
     if bytes.len() > 8 {
         return Err("integer too large".into());
     }
-    let fill = if bytes.last().is_some_and(|b| b & 0x80 != 0) { 0xff } else { 0 };
+    let fill = if bytes.last().is_some_and(|b| b & 0x80 != 0) {
+        0xff
+    } else {
+        0
+    };
     let mut raw = [fill; 8];
     raw[..bytes.len()].copy_from_slice(bytes);
     Ok(i64::from_le_bytes(raw))

@@ -17,14 +17,23 @@ pub struct LayerNorm {
 impl LayerNorm {
     /// Creates `weight` and `bias` under `path`, as `nn.LayerNorm(width)` names them.
     pub fn new(path: &nn::Path, width: i64) -> LayerNorm {
-        LayerNorm { weight: path.ones("weight", &[width]), bias: path.zeros("bias", &[width]) }
+        LayerNorm {
+            weight: path.ones("weight", &[width]),
+            bias: path.zeros("bias", &[width]),
+        }
     }
 
     /// Normalises over the last dimension with PyTorch's default epsilon.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let width = self.weight.size()[0];
         x.to_kind(Kind::Float)
-            .layer_norm([width], Some(self.weight.to_kind(Kind::Float)), Some(self.bias.to_kind(Kind::Float)), 1e-5, true)
+            .layer_norm(
+                [width],
+                Some(self.weight.to_kind(Kind::Float)),
+                Some(self.bias.to_kind(Kind::Float)),
+                1e-5,
+                true,
+            )
             .to_kind(x.kind())
     }
 }
@@ -32,7 +41,11 @@ impl LayerNorm {
 /// `nn.Linear(in_dim, out_dim)` under `path`, zero-initialised: every CLIP weight comes from a
 /// checkpoint (or [`super::Clip::random`]), so paying for a random init would be wasted time.
 pub fn linear(path: nn::Path, in_dim: i64, out_dim: i64) -> nn::Linear {
-    let config = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: Some(nn::Init::Const(0.0)), bias: true };
+    let config = nn::LinearConfig {
+        ws_init: nn::Init::Const(0.0),
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
     nn::linear(path, in_dim, out_dim, config)
 }
 
@@ -76,7 +89,16 @@ impl SelfAttention {
         let qkv = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias));
         let parts = qkv.chunk(3, -1);
         let [q, k, v] = [&parts[0], &parts[1], &parts[2]].map(|t| split_heads(t, self.heads));
-        let attended = Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, 0.0, causal, None, false);
+        let attended = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            causal,
+            None,
+            false,
+        );
         merge_heads(&attended).apply(&self.out_proj)
     }
 }
@@ -121,12 +143,16 @@ impl Transformer {
     /// `causal` masks attention to earlier positions (the text tower's mask).
     pub fn new(path: &nn::Path, width: i64, layers: i64, heads: i64, causal: bool) -> Transformer {
         let blocks = path / "resblocks";
-        let resblocks = (0..layers).map(|i| ResidualAttentionBlock::new(&(&blocks / i), width, heads)).collect();
+        let resblocks = (0..layers)
+            .map(|i| ResidualAttentionBlock::new(&(&blocks / i), width, heads))
+            .collect();
         Transformer { resblocks, causal }
     }
 
     /// Runs the blocks on batch-first `[N, L, width]` activations.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.resblocks.iter().fold(x.shallow_clone(), |x, block| block.forward(&x, self.causal))
+        self.resblocks
+            .iter()
+            .fold(x.shallow_clone(), |x, block| block.forward(&x, self.causal))
     }
 }

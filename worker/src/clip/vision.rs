@@ -25,22 +25,40 @@ pub struct VisionTransformerConfig {
 impl VisionTransformerConfig {
     /// OpenAI's ViT-B/32.
     pub fn vit_b_32() -> Self {
-        VisionTransformerConfig { input_resolution: 224, patch_size: 32, width: 768, layers: 12, output_dim: 512 }
+        VisionTransformerConfig {
+            input_resolution: 224,
+            patch_size: 32,
+            width: 768,
+            layers: 12,
+            output_dim: 512,
+        }
     }
 
     /// OpenAI's ViT-B/16.
     pub fn vit_b_16() -> Self {
-        VisionTransformerConfig { patch_size: 16, ..Self::vit_b_32() }
+        VisionTransformerConfig {
+            patch_size: 16,
+            ..Self::vit_b_32()
+        }
     }
 
     /// OpenAI's ViT-L/14.
     pub fn vit_l_14() -> Self {
-        VisionTransformerConfig { input_resolution: 224, patch_size: 14, width: 1024, layers: 24, output_dim: 768 }
+        VisionTransformerConfig {
+            input_resolution: 224,
+            patch_size: 14,
+            width: 1024,
+            layers: 24,
+            output_dim: 768,
+        }
     }
 
     /// OpenAI's ViT-L/14@336px.
     pub fn vit_l_14_336() -> Self {
-        VisionTransformerConfig { input_resolution: 336, ..Self::vit_l_14() }
+        VisionTransformerConfig {
+            input_resolution: 336,
+            ..Self::vit_l_14()
+        }
     }
 
     /// Attention heads: CLIP's are always 64 wide.
@@ -70,13 +88,27 @@ impl VisionTransformer {
     /// Creates the variables with the reference's names and shapes under `path` (`visual`).
     pub fn new(path: &nn::Path, config: &VisionTransformerConfig) -> VisionTransformer {
         let width = config.width;
-        let conv = nn::ConvConfig { stride: config.patch_size, bias: false, ws_init: nn::Init::Const(0.0), ..Default::default() };
+        let conv = nn::ConvConfig {
+            stride: config.patch_size,
+            bias: false,
+            ws_init: nn::Init::Const(0.0),
+            ..Default::default()
+        };
         VisionTransformer {
             conv1: nn::conv2d(path / "conv1", 3, width, config.patch_size, conv),
             class_embedding: path.zeros("class_embedding", &[width]),
-            positional_embedding: path.zeros("positional_embedding", &[config.grid() * config.grid() + 1, width]),
+            positional_embedding: path.zeros(
+                "positional_embedding",
+                &[config.grid() * config.grid() + 1, width],
+            ),
             ln_pre: LayerNorm::new(&(path / "ln_pre"), width),
-            transformer: Transformer::new(&(path / "transformer"), width, config.layers, config.heads(), false),
+            transformer: Transformer::new(
+                &(path / "transformer"),
+                width,
+                config.layers,
+                config.heads(),
+                false,
+            ),
             ln_post: LayerNorm::new(&(path / "ln_post"), width),
             proj: path.zeros("proj", &[width, config.output_dim]),
         }
@@ -86,9 +118,14 @@ impl VisionTransformer {
     pub fn forward(&self, pixels: &Tensor) -> Tensor {
         let patches = self.conv1.forward(pixels).flatten(2, 3).transpose(1, 2);
         let (n, _, width) = patches.size3().expect("patch embeddings are [N, L, D]");
-        let class_token = self.class_embedding.view([1, 1, width]).expand([n, 1, width], false);
+        let class_token = self
+            .class_embedding
+            .view([1, 1, width])
+            .expand([n, 1, width], false);
         let tokens = Tensor::cat(&[class_token, patches], 1) + &self.positional_embedding;
         let encoded = self.transformer.forward(&self.ln_pre.forward(&tokens));
-        self.ln_post.forward(&encoded.select(1, 0)).matmul(&self.proj)
+        self.ln_post
+            .forward(&encoded.select(1, 0))
+            .matmul(&self.proj)
     }
 }
