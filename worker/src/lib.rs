@@ -9,5 +9,6 @@ pub mod imageio;
 pub mod malloc;
 pub mod models;
 pub mod ncnn;
+pub mod render_cmd;
 pub mod upscale;
 pub mod vqgan;

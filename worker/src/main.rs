@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Upscale one picture with a super-resolution model.
     Upscale(UpscaleArgs),
+    /// Render one prompt to a picture with CLIP and VQGAN on this machine.
+    Render(tessera_worker::render_cmd::RenderArgs),
     /// Inspect the installed models.
     Models {
         #[command(subcommand)]
@@ -76,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     let models = ModelDir::resolve(cli.models);
     match cli.command {
         Command::Upscale(args) => upscale(&models, args),
+        Command::Render(args) => tessera_worker::render_cmd::run(&models, args),
         Command::Models {
             command: ModelsCommand::List,
         } => list_models(&models),

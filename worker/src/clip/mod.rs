@@ -424,6 +424,11 @@ impl Clip {
         preprocess(image, self.input_resolution())
     }
 
+    /// Precision of the weights, so callers can hand `encode_image` pixels of the same kind.
+    pub fn kind(&self) -> Kind {
+        self.vs.kind()
+    }
+
     /// The learned temperature `exp(logit_scale)` that scales cosine similarities into logits.
     pub fn logit_scale(&self) -> f64 {
         self.logit_scale

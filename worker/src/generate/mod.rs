@@ -18,6 +18,7 @@
 
 pub mod augment;
 pub mod bench;
+mod clip_perceptor;
 pub mod cutouts;
 pub mod init;
 pub mod loss;
