@@ -220,7 +220,7 @@ fn check_side(field: &'static str, value: u32, limits: &Limits) -> Result<(), Jo
             format!("between {SIZE_MULTIPLE} and {} pixels", limits.max_side),
         ));
     }
-    if value % SIZE_MULTIPLE != 0 {
+    if !value.is_multiple_of(SIZE_MULTIPLE) {
         let below = value / SIZE_MULTIPLE * SIZE_MULTIPLE;
         return Err(JobError::NotMultiple {
             field,
@@ -530,7 +530,7 @@ pub fn parse_prompts_jsonl(text: &str) -> Result<Vec<PromptEntry>, JobError> {
         };
         let seeds = map
             .remove("seeds")
-            .map(|v| serde_json::from_value::<Vec<u64>>(v))
+            .map(serde_json::from_value::<Vec<u64>>)
             .transpose()
             .map_err(|e| bad(format!("\"seeds\" must be a list of whole numbers: {e}")))?;
         let settings: SettingsPatch = serde_json::from_value(serde_json::Value::Object(map))
