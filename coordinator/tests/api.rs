@@ -59,7 +59,10 @@ async fn a_job_runs_to_its_pictures_and_they_can_be_fetched() {
     let resumed = fetch(&mut client, &job, result.index, whole[..1000].to_vec()).await;
     assert_eq!(resumed, whole);
     assert_eq!(
-        image::load_from_memory(&whole).unwrap().to_rgb8().dimensions(),
+        image::load_from_memory(&whole)
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
         (256, 256)
     );
 }
@@ -100,7 +103,10 @@ async fn bad_submissions_are_refused_whole_with_a_clear_message() {
     };
     use v1::job_spec::Source;
     let cases: Vec<(v1::JobSpec, &str)> = vec![
-        (with_source(Source::PromptsText("\n# nothing\n".into())), "no prompts"),
+        (
+            with_source(Source::PromptsText("\n# nothing\n".into())),
+            "no prompts",
+        ),
         (
             with_source(Source::PromptsJsonl(
                 "{\"prompt\": \"a cat\"}\n{\"prompt\": \"a dog\", \"iterations\": }\n".into(),
@@ -207,7 +213,10 @@ async fn a_lost_worker_s_task_resumes_from_its_checkpoint_elsewhere() {
         .unwrap()
         .into_inner();
     assert_eq!((info.expiries, info.worker_id), (1, next.id.clone()));
-    assert_eq!(status(&mut client, &job).await.state(), v1::JobState::Succeeded);
+    assert_eq!(
+        status(&mut client, &job).await.state(),
+        v1::JobState::Succeeded
+    );
 }
 
 #[tokio::test]
@@ -219,7 +228,9 @@ async fn cancelling_stops_running_work_and_watchers_see_it() {
     let mut worker = ProtocolWorker::register(&service, "w").await;
     let task = worker.lease(0).await.unwrap();
     let cancelled = client
-        .cancel_job(v1::CancelJobRequest { job_id: job.clone() })
+        .cancel_job(v1::CancelJobRequest {
+            job_id: job.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -269,7 +280,10 @@ async fn a_killed_coordinator_restarts_and_the_job_goes_on() {
         client: common::workers_client(&second).await,
         id: worker.id.clone(),
     };
-    assert_eq!(again.finish(&running).await, v1::CompletionVerdict::Accepted);
+    assert_eq!(
+        again.finish(&running).await,
+        v1::CompletionVerdict::Accepted
+    );
     again.drain(0).await;
     let after = status(&mut client, &job).await;
     assert_eq!(after.state(), v1::JobState::Succeeded);
@@ -306,7 +320,10 @@ async fn two_coordinators_on_one_redis_hand_each_task_out_once() {
     assert_eq!((all.len(), distinct.len()), (60, 60));
     assert!(all.iter().all(|(_, attempt)| *attempt == 1));
     let mut other = jobs(&b).await;
-    assert_eq!(status(&mut other, &job).await.state(), v1::JobState::Succeeded);
+    assert_eq!(
+        status(&mut other, &job).await.state(),
+        v1::JobState::Succeeded
+    );
 }
 
 #[tokio::test]

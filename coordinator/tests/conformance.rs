@@ -331,7 +331,13 @@ async fn a_job_runs_from_generate_through_tiles_to_stitch(mut s: Store) {
         assert_eq!((output.width, output.height), (4 * SIDE, 4 * SIDE));
     }
     let events = s.events("j1").await;
-    assert!(matches!(events.last(), Some(EventKind::JobDone { state: JobState::Succeeded, .. })));
+    assert!(matches!(
+        events.last(),
+        Some(EventKind::JobDone {
+            state: JobState::Succeeded,
+            ..
+        })
+    ));
     let started = events
         .iter()
         .filter(|e| matches!(e, EventKind::TaskStarted { .. }))
@@ -357,7 +363,10 @@ async fn higher_priority_goes_first(mut s: Store) {
     s.tick(1);
     s.submit(&job("high", 2, 5, false)).await;
     let low = s.backend.job("low").await.unwrap().unwrap();
-    assert_eq!(low.queue_position, 2, "two tasks of a higher priority wait before it");
+    assert_eq!(
+        low.queue_position, 2,
+        "two tasks of a higher priority wait before it"
+    );
     let order: Vec<String> = s.drain("w").await.into_iter().map(|t| t.job).collect();
     assert_eq!(order, ["high", "high", "low", "low", "low"]);
 }
@@ -428,18 +437,23 @@ async fn an_expired_lease_resumes_from_the_checkpoint(mut s: Store) {
     ));
     // The heartbeat renewed the lease: nothing expires at the first deadline.
     let now = s.tick(LEASE_MS / 2 + 1);
-    assert!(s.backend.expire(&s.policy, now, 10).await.unwrap().is_empty());
+    assert!(s
+        .backend
+        .expire(&s.policy, now, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let now = s.tick(LEASE_MS);
     let expired = s.backend.expire(&s.policy, now, 10).await.unwrap();
-    assert_eq!(expired, [first.id.clone()]);
+    assert_eq!(expired, std::slice::from_ref(&first.id));
 
     let second = s.lease("w2").await.expect("the task is queued again");
     assert_eq!((second.id.as_str(), second.attempt), (first.id.as_str(), 2));
     assert_eq!(second.checkpoint, Some(checkpoint));
     assert_eq!(second.checkpoint_iteration, 10);
-    let requeued = s.events("j").await.into_iter().any(|e| {
-        matches!(e, EventKind::TaskRequeued { ref worker, attempt: 1, .. } if worker == "w1")
-    });
+    let requeued = s.events("j").await.into_iter().any(
+        |e| matches!(e, EventKind::TaskRequeued { ref worker, attempt: 1, .. } if worker == "w1"),
+    );
     assert!(requeued, "the expiry is an event");
 }
 
@@ -488,11 +502,16 @@ async fn retries_are_bounded_and_keep_every_error(s: Store) {
     for attempt in 1..=2 {
         let task = s.lease(&format!("w{attempt}")).await.unwrap();
         assert_eq!(task.attempt, attempt);
-        let verdict = s.fail(&task, &format!("out of memory #{attempt}"), true).await;
+        let verdict = s
+            .fail(&task, &format!("out of memory #{attempt}"), true)
+            .await;
         assert_eq!(verdict, FailVerdict::Retrying);
     }
     let last = s.lease("w3").await.unwrap();
-    assert_eq!(s.fail(&last, "out of memory #3", true).await, FailVerdict::Failed);
+    assert_eq!(
+        s.fail(&last, "out of memory #3", true).await,
+        FailVerdict::Failed
+    );
     let task = s.task(&last.id).await;
     assert_eq!(task.state, TaskState::Failed);
     assert_eq!(
@@ -511,7 +530,10 @@ async fn retries_are_bounded_and_keep_every_error(s: Store) {
     // A failure that retrying cannot mend ends the task at once.
     s.submit(&job("k", 1, 0, false)).await;
     let task = s.lease("w4").await.unwrap();
-    assert_eq!(s.fail(&task, "bad prompt", false).await, FailVerdict::Failed);
+    assert_eq!(
+        s.fail(&task, "bad prompt", false).await,
+        FailVerdict::Failed
+    );
 }
 
 async fn a_failing_worker_is_kept_off_the_job(s: Store) {
@@ -595,7 +617,7 @@ async fn deregistering_a_worker_requeues_its_task(s: Store) {
         .deregister_worker("w1", &s.policy, s.now)
         .await
         .unwrap();
-    assert_eq!(released, [task.id.clone()]);
+    assert_eq!(released, std::slice::from_ref(&task.id));
     assert!(s.backend.worker("w1").await.unwrap().is_none());
     let again = s.lease("w2").await.unwrap();
     assert_eq!((again.id, again.attempt), (task.id, 2));
@@ -695,8 +717,13 @@ async fn racing_completions_accept_one() {
         plan_followups(&finished, &output).unwrap()
     };
     let race = |backend: Arc<dyn StateBackend>| {
-        let (task, output, followups, policy, now) =
-            (task.clone(), output.clone(), followups.clone(), s.policy, s.now);
+        let (task, output, followups, policy, now) = (
+            task.clone(),
+            output.clone(),
+            followups.clone(),
+            s.policy,
+            s.now,
+        );
         tokio::spawn(async move {
             backend
                 .complete(lease_of(&task), &output, &followups, &policy, now)

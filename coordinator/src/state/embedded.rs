@@ -91,7 +91,7 @@ enum Answer {
     Created(bool),
     Unit,
     Tasks(Vec<String>),
-    Leased(Option<TaskRecord>),
+    Leased(Option<Box<TaskRecord>>),
     Heartbeat(HeartbeatOutcome),
     Complete(CompleteOutcome),
     Fail(FailOutcome),
@@ -115,7 +115,7 @@ impl Op {
                 policy,
                 now,
                 lease_ms,
-            } => Answer::Leased(m.lease(worker, caps, policy, *now, *lease_ms)),
+            } => Answer::Leased(m.lease(worker, caps, policy, *now, *lease_ms).map(Box::new)),
             Op::Heartbeat {
                 task,
                 attempt,
@@ -124,9 +124,17 @@ impl Op {
                 policy,
                 now,
                 lease_ms,
-            } => Answer::Heartbeat(
-                m.heartbeat(task, *attempt, worker, progress, policy, *now, *lease_ms),
-            ),
+            } => Answer::Heartbeat(m.heartbeat(
+                LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                },
+                progress,
+                policy,
+                *now,
+                *lease_ms,
+            )),
             Op::Complete {
                 task,
                 attempt,
@@ -135,9 +143,17 @@ impl Op {
                 followups,
                 policy,
                 now,
-            } => Answer::Complete(
-                m.complete(task, *attempt, worker, output, followups, policy, *now),
-            ),
+            } => Answer::Complete(m.complete(
+                LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                },
+                output,
+                followups,
+                policy,
+                *now,
+            )),
             Op::Fail {
                 task,
                 attempt,
@@ -146,7 +162,17 @@ impl Op {
                 retryable,
                 policy,
                 now,
-            } => Answer::Fail(m.fail(task, *attempt, worker, error, *retryable, policy, *now)),
+            } => Answer::Fail(m.fail(
+                LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                },
+                error,
+                *retryable,
+                policy,
+                *now,
+            )),
             Op::Expire { policy, now, limit } => Answer::Tasks(m.expire(policy, *now, *limit)),
             Op::Cancel { job, policy, now } => Answer::Cancel(m.cancel(job, policy, *now)),
         }
@@ -418,7 +444,7 @@ impl StateBackend for EmbeddedBackend {
             lease_ms,
         };
         match self.apply(op, |a| matches!(a, Answer::Leased(Some(_))))? {
-            Answer::Leased(t) => Ok(t),
+            Answer::Leased(t) => Ok(t.map(|t| *t)),
             _ => Err(unexpected()),
         }
     }

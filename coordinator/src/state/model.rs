@@ -8,8 +8,8 @@
 
 use super::{
     CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, HeartbeatOutcome,
-    JobRecord, JobState, NewJob, Policy, Progress, ResultRecord, ResultState, StateCounts,
-    TaskRecord, TaskState, WorkerRecord,
+    JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord, ResultState,
+    StateCounts, TaskRecord, TaskState, WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -328,14 +328,17 @@ impl Model {
     /// Renews a lease and records progress.
     pub fn heartbeat(
         &mut self,
-        task: &str,
-        attempt: u32,
-        worker: &str,
+        lease: LeaseRef<'_>,
         progress: &Progress,
         policy: &Policy,
         now: u64,
         lease_ms: u64,
     ) -> HeartbeatOutcome {
+        let LeaseRef {
+            task,
+            attempt,
+            worker,
+        } = lease;
         let Some(t) = self.tasks.get_mut(task) else {
             return HeartbeatOutcome::Lost;
         };
@@ -396,14 +399,17 @@ impl Model {
     /// Accepts a task's output.
     pub fn complete(
         &mut self,
-        task: &str,
-        attempt: u32,
-        worker: &str,
+        lease: LeaseRef<'_>,
         output: &ArtifactRef,
         followups: &[NewTask],
         policy: &Policy,
         now: u64,
     ) -> CompleteOutcome {
+        let LeaseRef {
+            task,
+            attempt,
+            worker,
+        } = lease;
         let Some(t) = self.tasks.get(task) else {
             return CompleteOutcome::Stale;
         };
@@ -478,14 +484,17 @@ impl Model {
     /// Records a failed attempt.
     pub fn fail(
         &mut self,
-        task: &str,
-        attempt: u32,
-        worker: &str,
+        lease: LeaseRef<'_>,
         error: &str,
         retryable: bool,
         policy: &Policy,
         now: u64,
     ) -> FailOutcome {
+        let LeaseRef {
+            task,
+            attempt,
+            worker,
+        } = lease;
         let outcome = |verdict, failures, banned| FailOutcome {
             verdict,
             failures,
@@ -747,8 +756,8 @@ impl Model {
         job.record.ended.add(kind, 1);
         job.record.expected.upscale_tile -= tiles;
         job.record.expected.stitch -= stitches;
-        if !job.unit_errors.contains_key(&unit) {
-            job.unit_errors.insert(unit, reason.to_string());
+        if let std::collections::btree_map::Entry::Vacant(entry) = job.unit_errors.entry(unit) {
+            entry.insert(reason.to_string());
             job.record.units_failed += 1;
         }
         self.event(

@@ -61,7 +61,12 @@ pub fn spec(prompts: usize, upscale: bool) -> v1::JobSpec {
 /// Submits `spec` and returns the job id.
 pub async fn submit(client: &mut JobsClient<Channel>, spec: v1::JobSpec) -> String {
     let request = v1::SubmitJobRequest { spec: Some(spec) };
-    client.submit_job(request).await.unwrap().into_inner().job_id
+    client
+        .submit_job(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id
 }
 
 /// A PNG of `width` x `height` whose pixels depend on `seed`.
@@ -140,7 +145,12 @@ impl ProtocolWorker {
             worker_id: self.id.clone(),
             wait_ms,
         };
-        self.client.lease_task(request).await.unwrap().into_inner().task
+        self.client
+            .lease_task(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .task
     }
 
     /// Uploads `data` as file `name` of the task's current attempt.
