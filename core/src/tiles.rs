@@ -37,7 +37,7 @@ impl Default for TileSpec {
 }
 
 /// A tile plan that cannot work, with the field and limit at fault.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum TileError {
     /// The image has no pixels.
     #[error("image is empty ({width}x{height})")]

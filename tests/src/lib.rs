@@ -1,1 +1,182 @@
-//! Helpers shared by the integration tests (starting binaries, free ports, Redis).
+//! The test harness: real services on free loopback ports. Tests and benchmarks start a real
+//! `redis-server` and real Tessera binaries through this crate instead of standing in for them,
+//! and every process is killed when its handle is dropped, so a failing test leaves nothing
+//! running.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tempfile::TempDir;
+
+/// How long a service may take to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a loopback port")
+}
+
+/// A `redis-server` of our own on a free port, with no persistence and its files in a
+/// temporary directory; killed on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts Redis and waits until it accepts connections. Fails with a hint when
+    /// `redis-server` is not installed (scripts/setup.sh installs it).
+    pub fn start() -> anyhow::Result<RedisServer> {
+        let dir = TempDir::new()?;
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (run scripts/setup.sh, which installs it)")?;
+        let mut server = RedisServer {
+            child,
+            port,
+            _dir: dir,
+        };
+        server.wait_listening()?;
+        Ok(server)
+    }
+
+    fn wait_listening(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("redis-server exited at start: {status}");
+            }
+            if start.elapsed() > START_TIMEOUT {
+                bail!("redis-server did not listen on port {} in time", self.port);
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+
+    /// The `redis://` URL of database 0.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Tessera binary built by the same `cargo` invocation as the running test or benchmark:
+/// it sits in the target directory's profile folder, next to `deps/`.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .ancestors()
+        .find(|dir| dir.join(name).is_file())
+        .with_context(|| {
+            format!(
+                "no {name} binary next to {}: build it first (cargo test --workspace builds every binary)",
+                exe.display()
+            )
+        })?;
+    Ok(profile_dir.join(name))
+}
+
+/// A running service process whose standard error goes to a log file; killed on drop.
+pub struct Service {
+    child: Child,
+    /// Where it listens, as it printed at start.
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl Service {
+    /// Starts `command` and waits for the standard-output line that ends in
+    /// `listening on ADDR`, the convention of every Tessera server.
+    pub fn start(mut command: Command) -> anyhow::Result<Service> {
+        let dir = TempDir::new()?;
+        let log = dir.path().join("stderr.log");
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let Some(line) = lines.next().transpose()? else {
+                let status = child.wait()?;
+                bail!(
+                    "{command:?} exited ({status}) before listening:\n{}",
+                    read_log(&log)
+                );
+            };
+            if let Some((_, addr)) = line.rsplit_once("listening on ") {
+                break addr.trim().parse()?;
+            }
+        };
+        // Keep draining standard output so the process never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Service {
+            child,
+            addr,
+            log,
+            _dir: dir,
+        })
+    }
+
+    /// `http://ADDR`, for gRPC clients.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its standard error so far, for assertion messages.
+    pub fn log(&self) -> String {
+        read_log(&self.log)
+    }
+
+    /// Its process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills it at once (SIGKILL), the way a crash or an evicted pod ends.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for it to exit by itself and returns whether it succeeded.
+    pub fn wait(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.wait()?.success())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}

@@ -1,0 +1,353 @@
+//! The `Jobs` service: what users call.
+
+use super::convert::{job_event, job_status, result_info, task_info, worker_info};
+use super::{
+    async_stream, new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream,
+};
+use crate::state::{CancelOutcome, EventKind, NewJob, ResultState};
+use crate::store::{check_name, describe, preview_key, upload_key};
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::job::{
+    parse_prompts_jsonl, parse_prompts_text, InputImage, JobError, JobRequest, JobSource,
+    PromptEntry,
+};
+use tessera_core::plan::plan_job;
+use tessera_core::task::job_of_task;
+use tessera_proto::v1;
+use tessera_proto::v1::jobs_server::Jobs;
+use tonic::{Request, Response, Status, Streaming};
+
+/// Most events sent per read of a job's stream.
+const EVENT_BATCH: usize = 256;
+/// How long a watch waits for events before checking that its client is still there.
+const WATCH_POLL: Duration = Duration::from_secs(1);
+
+/// The client-facing service.
+pub struct JobsApi {
+    c: Arc<Coordinator>,
+}
+
+impl JobsApi {
+    /// The service over the shared coordinator.
+    pub fn new(c: Arc<Coordinator>) -> Self {
+        JobsApi { c }
+    }
+
+    /// A job request from its wire form, reading the uploaded pictures' sizes.
+    async fn request(&self, spec: v1::JobSpec) -> Result<JobRequest, Status> {
+        use v1::job_spec::Source;
+        let invalid = |e: JobError| Status::invalid_argument(e.to_string());
+        let source =
+            match spec.source {
+                Some(Source::Prompts(list)) => JobSource::Prompts(
+                    list.prompts
+                        .into_iter()
+                        .map(|p| PromptEntry {
+                            text: p.text,
+                            seeds: (!p.seeds.is_empty()).then_some(p.seeds),
+                            settings: p.settings.unwrap_or_default().into(),
+                            line: 0,
+                        })
+                        .collect(),
+                ),
+                Some(Source::PromptsText(text)) => JobSource::Prompts(parse_prompts_text(&text)),
+                Some(Source::PromptsJsonl(text)) => {
+                    JobSource::Prompts(parse_prompts_jsonl(&text).map_err(invalid)?)
+                }
+                Some(Source::Images(list)) => {
+                    let mut images = Vec::with_capacity(list.images.len());
+                    for image in list.images {
+                        images.push(self.input_image(image).await?);
+                    }
+                    JobSource::Images(images)
+                }
+                None => return Err(Status::invalid_argument(
+                    "the job has no prompts: give prompts, prompts_text, prompts_jsonl or images",
+                )),
+            };
+        Ok(JobRequest {
+            name: spec.name,
+            priority: spec.priority,
+            settings: spec.settings.unwrap_or_default().into(),
+            seeds: spec.seeds,
+            source,
+        })
+    }
+
+    async fn input_image(&self, image: v1::InputImage) -> Result<InputImage, Status> {
+        let refuse = |why: &str| {
+            Status::invalid_argument(format!(
+                "input image '{}' (key '{}'): {why}",
+                image.name, image.key
+            ))
+        };
+        if !image.key.starts_with("uploads/") {
+            return Err(refuse("not a key returned by UploadInput"));
+        }
+        let data = self
+            .c
+            .store
+            .read(&image.key)
+            .await
+            .map_err(|e| refuse(&e.to_string()))?;
+        let artifact = describe(&image.key, &data);
+        if artifact.width == 0 {
+            return Err(refuse("not a PNG, JPEG or WebP picture"));
+        }
+        Ok(InputImage {
+            name: image.name,
+            artifact,
+        })
+    }
+
+    async fn status(&self, id: &str) -> Result<v1::JobStatus, Status> {
+        let job = self
+            .c
+            .backend
+            .job(id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
+        Ok(job_status(&job))
+    }
+}
+
+#[tonic::async_trait]
+impl Jobs for JobsApi {
+    async fn ping(&self, _: Request<v1::PingRequest>) -> Result<Response<v1::PingReply>, Status> {
+        Ok(Response::new(v1::PingReply {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }))
+    }
+
+    async fn submit_job(
+        &self,
+        request: Request<v1::SubmitJobRequest>,
+    ) -> Result<Response<v1::SubmitJobReply>, Status> {
+        let spec = request
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("the request has no job spec"))?;
+        let request = self.request(spec).await?;
+        let id = new_id();
+        let c = &self.c;
+        let plan = plan_job(&id, &request, &c.defaults, &c.catalog, &c.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let job = NewJob {
+            id: id.clone(),
+            name: request.name,
+            priority: request.priority,
+            upscale_only: plan.upscale_only,
+            settings: plan.settings,
+            expected: plan.expected,
+            units: plan.units,
+            tasks: plan.tasks,
+        };
+        c.backend.create_job(&job, now_ms()).await?;
+        tracing::info!(job = %id, results = job.units.len(), "job submitted");
+        let status = self.status(&id).await?;
+        Ok(Response::new(v1::SubmitJobReply {
+            job_id: id,
+            status: Some(status),
+        }))
+    }
+
+    async fn upload_input(
+        &self,
+        request: Request<Streaming<v1::UploadChunk>>,
+    ) -> Result<Response<v1::ArtifactRef>, Status> {
+        let (header, data) = read_upload(request.into_inner(), self.c.store.max_bytes()).await?;
+        check_name(&header.name)?;
+        let key = upload_key(&new_id(), &header.name);
+        let artifact = self.c.store.put(&key, data).await?;
+        if artifact.width == 0 {
+            return Err(Status::invalid_argument(format!(
+                "'{}' is not a PNG, JPEG or WebP picture",
+                header.name
+            )));
+        }
+        Ok(Response::new(artifact.into()))
+    }
+
+    async fn get_job(
+        &self,
+        request: Request<v1::GetJobRequest>,
+    ) -> Result<Response<v1::JobStatus>, Status> {
+        Ok(Response::new(
+            self.status(&request.into_inner().job_id).await?,
+        ))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<v1::ListJobsRequest>,
+    ) -> Result<Response<v1::ListJobsReply>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) };
+        let (jobs, total) = self
+            .c
+            .backend
+            .jobs(r.offset as usize, limit as usize)
+            .await?;
+        Ok(Response::new(v1::ListJobsReply {
+            jobs: jobs.iter().map(job_status).collect(),
+            total,
+        }))
+    }
+
+    type WatchJobStream = MessageStream<v1::JobEvent>;
+
+    async fn watch_job(
+        &self,
+        request: Request<v1::WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let r = request.into_inner();
+        self.status(&r.job_id).await?;
+        let c = self.c.clone();
+        let stream = async_stream(move |tx| async move {
+            let mut after = r.after;
+            loop {
+                let read = c.backend.events(&r.job_id, &after, EVENT_BATCH, WATCH_POLL);
+                let batch = tokio::select! {
+                    _ = c.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("the coordinator is shutting down; watch again"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    batch = read => batch,
+                };
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for event in batch {
+                    let preview = match &event.kind {
+                        EventKind::Preview { task, .. } if r.include_previews => c
+                            .store
+                            .read(&preview_key(job_of_task(task), task))
+                            .await
+                            .ok()
+                            .map(|b| b.to_vec()),
+                        _ => None,
+                    };
+                    let done = matches!(event.kind, EventKind::JobDone { .. });
+                    after = event.cursor.clone();
+                    if tx
+                        .send(Ok(job_event(&r.job_id, &event, preview)))
+                        .await
+                        .is_err()
+                        || done
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<v1::CancelJobRequest>,
+    ) -> Result<Response<v1::JobStatus>, Status> {
+        let id = request.into_inner().job_id;
+        match self.c.backend.cancel(&id, &self.c.policy, now_ms()).await? {
+            CancelOutcome::NotFound => Err(Status::not_found(format!("no job {id}"))),
+            CancelOutcome::Cancelled | CancelOutcome::AlreadyEnded(_) => {
+                tracing::info!(job = %id, "job cancelled");
+                Ok(Response::new(self.status(&id).await?))
+            }
+        }
+    }
+
+    async fn list_results(
+        &self,
+        request: Request<v1::ListResultsRequest>,
+    ) -> Result<Response<v1::ListResultsReply>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 {
+            1000
+        } else {
+            r.limit.min(1000)
+        };
+        let (results, total) = self
+            .c
+            .backend
+            .results(&r.job_id, r.offset as usize, limit as usize)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+        Ok(Response::new(v1::ListResultsReply {
+            results: results.iter().map(result_info).collect(),
+            total,
+        }))
+    }
+
+    type FetchResultStream = MessageStream<v1::DataChunk>;
+
+    async fn fetch_result(
+        &self,
+        request: Request<v1::FetchResultRequest>,
+    ) -> Result<Response<Self::FetchResultStream>, Status> {
+        let r = request.into_inner();
+        let (results, total) = self
+            .c
+            .backend
+            .results(&r.job_id, r.index as usize, 1)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no job {}", r.job_id)))?;
+        let result = results.first().ok_or_else(|| {
+            Status::not_found(format!(
+                "job {} has no result {} (it has {total})",
+                r.job_id, r.index
+            ))
+        })?;
+        let output = match (&result.state, &result.output) {
+            (ResultState::Done, Some(output)) => output,
+            (state, _) => {
+                return Err(Status::failed_precondition(format!(
+                    "result {} of job {} is not done: it is {state:?}{}",
+                    r.index,
+                    r.job_id,
+                    result
+                        .error
+                        .as_ref()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                )))
+            }
+        };
+        let stream = stream_artifact(&self.c.store, &output.key, r.offset).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn get_task(
+        &self,
+        request: Request<v1::GetTaskRequest>,
+    ) -> Result<Response<v1::TaskInfo>, Status> {
+        let id = request.into_inner().task_id;
+        let task = self
+            .c
+            .backend
+            .task(&id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no task {id}")))?;
+        Ok(Response::new(task_info(&task)))
+    }
+
+    async fn list_workers(
+        &self,
+        _: Request<v1::ListWorkersRequest>,
+    ) -> Result<Response<v1::ListWorkersReply>, Status> {
+        let now = now_ms();
+        let workers = self.c.backend.workers().await?;
+        Ok(Response::new(v1::ListWorkersReply {
+            workers: workers
+                .iter()
+                .map(|w| worker_info(w, now, 3 * self.c.lease_ms))
+                .collect(),
+        }))
+    }
+}

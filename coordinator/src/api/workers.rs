@@ -1,0 +1,345 @@
+//! The `Workers` service: what GPU workers call.
+
+use super::convert::leased_task;
+use super::{new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream};
+use crate::state::{
+    CompleteOutcome, FailVerdict, HeartbeatOutcome, LeaseRef, Progress, TaskRecord, TaskState,
+    WorkerRecord,
+};
+use crate::store::{check_name, preview_key, task_prefix};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::plan::plan_followups;
+use tessera_core::task::{ArtifactRef, Capabilities, FinishedTask};
+use tessera_proto::v1;
+use tessera_proto::v1::workers_server::Workers;
+use tonic::{Request, Response, Status, Streaming};
+
+/// How often a waiting lease request looks again even without a wake-up (covers a wake-up
+/// missed while the Redis channel reconnects).
+const LEASE_POLL: Duration = Duration::from_secs(1);
+
+/// The worker-facing service.
+pub struct WorkersApi {
+    c: Arc<Coordinator>,
+}
+
+impl WorkersApi {
+    /// The service over the shared coordinator.
+    pub fn new(c: Arc<Coordinator>) -> Self {
+        WorkersApi { c }
+    }
+
+    fn heartbeat_interval_ms(&self) -> u64 {
+        (self.c.lease_ms / 3).max(1)
+    }
+
+    async fn capabilities(&self, worker: &str) -> Result<Capabilities, Status> {
+        let record =
+            self.c.backend.worker(worker).await?.ok_or_else(|| {
+                Status::not_found(format!("unknown worker {worker}: register again"))
+            })?;
+        Ok(record.capabilities)
+    }
+
+    async fn task(&self, id: &str) -> Result<TaskRecord, Status> {
+        self.c
+            .backend
+            .task(id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no task {id}")))
+    }
+
+    /// A file a worker says belongs to this attempt must be stored under its key prefix.
+    async fn check_own_artifact(
+        &self,
+        task: &TaskRecord,
+        attempt: u32,
+        artifact: &ArtifactRef,
+    ) -> Result<(), Status> {
+        let prefix = task_prefix(&task.job, &task.id, attempt);
+        if !artifact.key.starts_with(&prefix) {
+            return Err(Status::invalid_argument(format!(
+                "artifact '{}' was not uploaded for attempt {attempt} of task {} (expected a key under {prefix})",
+                artifact.key, task.id
+            )));
+        }
+        let size = self.c.store.size(&artifact.key).await?;
+        if size != artifact.size {
+            return Err(Status::failed_precondition(format!(
+                "artifact '{}' has {size} bytes stored, not {}",
+                artifact.key, artifact.size
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn holds(task: &TaskRecord, attempt: u32, worker: &str) -> bool {
+    task.state == TaskState::Running && task.attempt == attempt && task.worker == worker
+}
+
+#[tonic::async_trait]
+impl Workers for WorkersApi {
+    async fn register(
+        &self,
+        request: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterReply>, Status> {
+        let r = request.into_inner();
+        let capabilities = Capabilities::from(r.capabilities.unwrap_or_default())
+            .normalised()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if capabilities.kinds.is_empty() {
+            return Err(Status::invalid_argument(
+                "capabilities name no task kind: a worker must offer generate, upscale_tile or stitch",
+            ));
+        }
+        let now = now_ms();
+        let worker = WorkerRecord {
+            id: format!("w{}", new_id()),
+            name: r.name,
+            capabilities,
+            version: r.version,
+            registered_ms: now,
+            last_seen_ms: now,
+            current_task: None,
+            tasks_done: 0,
+        };
+        self.c.backend.register_worker(&worker).await?;
+        tracing::info!(worker = %worker.id, name = %worker.name, "worker registered");
+        Ok(Response::new(v1::RegisterReply {
+            worker_id: worker.id,
+            lease_ms: self.c.lease_ms,
+            heartbeat_interval_ms: self.heartbeat_interval_ms(),
+        }))
+    }
+
+    async fn deregister(
+        &self,
+        request: Request<v1::DeregisterRequest>,
+    ) -> Result<Response<v1::DeregisterReply>, Status> {
+        let id = request.into_inner().worker_id;
+        let released = self
+            .c
+            .backend
+            .deregister_worker(&id, &self.c.policy, now_ms())
+            .await?;
+        tracing::info!(worker = %id, ?released, "worker deregistered");
+        Ok(Response::new(v1::DeregisterReply {
+            released_tasks: released,
+        }))
+    }
+
+    async fn lease_task(
+        &self,
+        request: Request<v1::LeaseTaskRequest>,
+    ) -> Result<Response<v1::LeaseTaskReply>, Status> {
+        let r = request.into_inner();
+        let caps = self.capabilities(&r.worker_id).await?;
+        let wait = Duration::from_millis(u64::from(r.wait_ms).min(self.c.max_wait_ms));
+        let deadline = tokio::time::Instant::now() + wait;
+        let signal = self.c.backend.work_signal();
+        loop {
+            // Armed before looking, so a task queued in between still wakes us.
+            let woken = signal.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let leased = self
+                .c
+                .backend
+                .lease(
+                    &r.worker_id,
+                    &caps,
+                    &self.c.policy,
+                    now_ms(),
+                    self.c.lease_ms,
+                )
+                .await?;
+            if let Some(task) = leased {
+                tracing::debug!(task = %task.id, attempt = task.attempt, worker = %r.worker_id, "leased");
+                return Ok(Response::new(v1::LeaseTaskReply {
+                    task: Some(leased_task(&task, self.heartbeat_interval_ms())),
+                }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(v1::LeaseTaskReply { task: None }));
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep_until(deadline.min(now + LEASE_POLL)) => {}
+                _ = self.c.shutdown.cancelled() => {
+                    return Ok(Response::new(v1::LeaseTaskReply { task: None }));
+                }
+            }
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatReply>, Status> {
+        let r = request.into_inner();
+        let task = self.task(&r.task_id).await?;
+        let current = holds(&task, r.attempt, &r.worker_id);
+        let checkpoint = match r.checkpoint {
+            Some(c) if current => {
+                let c = ArtifactRef::from(c);
+                self.check_own_artifact(&task, r.attempt, &c).await?;
+                Some((c, r.checkpoint_iteration))
+            }
+            _ => None,
+        };
+        let preview = current && !r.preview.is_empty();
+        if preview {
+            self.c
+                .store
+                .put(&preview_key(&task.job, &task.id), Bytes::from(r.preview))
+                .await?;
+        }
+        let progress = Progress {
+            iteration: r.iteration,
+            iterations: r.iterations,
+            loss: r.loss,
+            checkpoint,
+            preview,
+        };
+        let lease = LeaseRef {
+            task: &r.task_id,
+            attempt: r.attempt,
+            worker: &r.worker_id,
+        };
+        let outcome = self
+            .c
+            .backend
+            .heartbeat(lease, &progress, &self.c.policy, now_ms(), self.c.lease_ms)
+            .await?;
+        let (verdict, deadline) = match outcome {
+            HeartbeatOutcome::Continue { deadline_ms } => {
+                (v1::HeartbeatVerdict::Continue, deadline_ms)
+            }
+            HeartbeatOutcome::Cancelled => (v1::HeartbeatVerdict::Cancelled, 0),
+            HeartbeatOutcome::Lost => (v1::HeartbeatVerdict::LeaseLost, 0),
+        };
+        Ok(Response::new(v1::HeartbeatReply {
+            verdict: verdict as i32,
+            lease_deadline_ms: deadline,
+        }))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<v1::CompleteTaskRequest>,
+    ) -> Result<Response<v1::CompleteTaskReply>, Status> {
+        let r = request.into_inner();
+        let output = ArtifactRef::from(
+            r.output
+                .ok_or_else(|| Status::invalid_argument("the completion has no output"))?,
+        );
+        let task = self.task(&r.task_id).await?;
+        // Only the current holder's output is checked and planned from; any other report is
+        // answered by the state store (duplicate, stale or cancelled) without changes.
+        let followups = if holds(&task, r.attempt, &r.worker_id) {
+            self.check_own_artifact(&task, r.attempt, &output).await?;
+            let finished = FinishedTask {
+                id: &task.id,
+                job: &task.job,
+                unit: task.unit,
+                spec: &task.spec,
+            };
+            plan_followups(&finished, &output)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        let lease = LeaseRef {
+            task: &r.task_id,
+            attempt: r.attempt,
+            worker: &r.worker_id,
+        };
+        let outcome = self
+            .c
+            .backend
+            .complete(lease, &output, &followups, &self.c.policy, now_ms())
+            .await?;
+        let verdict = match outcome {
+            CompleteOutcome::Accepted => v1::CompletionVerdict::Accepted,
+            CompleteOutcome::Duplicate => v1::CompletionVerdict::Duplicate,
+            CompleteOutcome::Stale => v1::CompletionVerdict::Stale,
+            CompleteOutcome::Cancelled => v1::CompletionVerdict::Cancelled,
+        };
+        tracing::debug!(task = %r.task_id, attempt = r.attempt, ?outcome, "completion");
+        Ok(Response::new(v1::CompleteTaskReply {
+            verdict: verdict as i32,
+        }))
+    }
+
+    async fn fail_task(
+        &self,
+        request: Request<v1::FailTaskRequest>,
+    ) -> Result<Response<v1::FailTaskReply>, Status> {
+        let r = request.into_inner();
+        let lease = LeaseRef {
+            task: &r.task_id,
+            attempt: r.attempt,
+            worker: &r.worker_id,
+        };
+        let outcome = self
+            .c
+            .backend
+            .fail(lease, &r.error, r.retryable, &self.c.policy, now_ms())
+            .await?;
+        let verdict = match outcome.verdict {
+            FailVerdict::Retrying => v1::FailVerdict::Retrying,
+            FailVerdict::Failed => v1::FailVerdict::Failed,
+            FailVerdict::Stale => v1::FailVerdict::Stale,
+            FailVerdict::Cancelled => v1::FailVerdict::Cancelled,
+        };
+        tracing::info!(task = %r.task_id, attempt = r.attempt, worker = %r.worker_id, error = %r.error, ?outcome, "attempt failed");
+        Ok(Response::new(v1::FailTaskReply {
+            verdict: verdict as i32,
+            failures: outcome.failures,
+            worker_banned: outcome.banned,
+        }))
+    }
+
+    async fn upload_artifact(
+        &self,
+        request: Request<Streaming<v1::UploadChunk>>,
+    ) -> Result<Response<v1::ArtifactRef>, Status> {
+        let (header, data) = read_upload(request.into_inner(), self.c.store.max_bytes()).await?;
+        check_name(&header.name)?;
+        let task = self.task(&header.task_id).await?;
+        if !holds(&task, header.attempt, &header.worker_id) {
+            return Err(Status::failed_precondition(format!(
+                "attempt {} of task {} by worker {} does not hold the task (its lease ended); drop the work",
+                header.attempt, header.task_id, header.worker_id
+            )));
+        }
+        let key = format!(
+            "{}{}",
+            task_prefix(&task.job, &task.id, header.attempt),
+            header.name
+        );
+        let artifact = self.c.store.put(&key, data).await?;
+        Ok(Response::new(artifact.into()))
+    }
+
+    type DownloadArtifactStream = MessageStream<v1::DataChunk>;
+
+    async fn download_artifact(
+        &self,
+        request: Request<v1::DownloadArtifactRequest>,
+    ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
+        let r = request.into_inner();
+        if !(r.key.starts_with("jobs/") || r.key.starts_with("uploads/")) || r.key.contains("..") {
+            return Err(Status::invalid_argument(format!(
+                "'{}' is not an artifact key",
+                r.key
+            )));
+        }
+        let stream = stream_artifact(&self.c.store, &r.key, r.offset).await?;
+        Ok(Response::new(stream))
+    }
+}

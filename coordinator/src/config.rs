@@ -1,0 +1,190 @@
+//! The coordinator's configuration, from command-line flags and `TESSERA_*` environment
+//! variables (flags win).
+
+use crate::state::Policy;
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tessera_core::job::{Limits, ModelCatalog, UpscaleModel};
+
+/// `tessera-coordinator`: serves the `tessera.v1` API over gRPC.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Config {
+    /// Address to serve gRPC on; port 0 picks a free port. The bound address is printed on
+    /// standard output as `tessera-coordinator listening on ADDR`.
+    #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:7470")]
+    pub listen: SocketAddr,
+
+    /// Keep state in Redis at this URL (e.g. redis://127.0.0.1:6379/0); several coordinators
+    /// may share it.
+    #[arg(long, env = "TESSERA_REDIS", conflicts_with = "embedded")]
+    pub redis: Option<String>,
+
+    /// Keep state in this process instead of Redis (one coordinator per farm).
+    #[arg(long, env = "TESSERA_EMBEDDED")]
+    pub embedded: bool,
+
+    /// With --embedded: persist the state in this directory, so a restart loses nothing.
+    /// Without it the state lives in memory only.
+    #[arg(long, env = "TESSERA_STATE_DIR", requires = "embedded")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Prefix of every Redis key, so several farms can share one Redis.
+    #[arg(long, env = "TESSERA_REDIS_PREFIX", default_value = "tessera:")]
+    pub redis_prefix: String,
+
+    /// Artifact store: a directory, or a URL (file:///dir, memory://, s3://bucket/prefix with
+    /// the `s3` feature and AWS_* variables).
+    #[arg(long, env = "TESSERA_STORE", default_value = ".tessera/artifacts")]
+    pub store: String,
+
+    /// How long a lease lasts without a heartbeat, in milliseconds.
+    #[arg(long, env = "TESSERA_LEASE_MS", default_value_t = 30_000)]
+    pub lease_ms: u64,
+
+    /// How often expired leases are looked for, in milliseconds (default: a quarter lease,
+    /// at most a second).
+    #[arg(long, env = "TESSERA_REAP_MS")]
+    pub reap_ms: Option<u64>,
+
+    /// Longest a lease request waits for work, in milliseconds.
+    #[arg(long, env = "TESSERA_MAX_WAIT_MS", default_value_t = 30_000)]
+    pub max_wait_ms: u64,
+
+    /// Failed attempts a task may have beyond its first before it fails for good.
+    #[arg(long, env = "TESSERA_MAX_RETRIES", default_value_t = 3)]
+    pub max_retries: u32,
+
+    /// Expired leases a task may have before it fails for good.
+    #[arg(long, env = "TESSERA_MAX_EXPIRIES", default_value_t = 10)]
+    pub max_expiries: u32,
+
+    /// Failures of one job's tasks after which a worker gets no more of them (0: never).
+    #[arg(long, env = "TESSERA_BAN_AFTER", default_value_t = 3)]
+    pub ban_after: u32,
+
+    /// Events kept per job for WatchJob.
+    #[arg(long, env = "TESSERA_EVENTS_MAX", default_value_t = 100_000)]
+    pub events_max: u64,
+
+    /// Prompts (or pictures) per job.
+    #[arg(long, env = "TESSERA_MAX_PROMPTS", default_value_t = 10_000)]
+    pub max_prompts: usize,
+
+    /// Results (prompts x seeds) per job.
+    #[arg(long, env = "TESSERA_MAX_RESULTS", default_value_t = 100_000)]
+    pub max_results: usize,
+
+    /// Optimiser steps per render.
+    #[arg(long, env = "TESSERA_MAX_ITERATIONS", default_value_t = 10_000)]
+    pub max_iterations: u32,
+
+    /// Largest side of a generated picture.
+    #[arg(long, env = "TESSERA_MAX_SIDE", default_value_t = 4096)]
+    pub max_side: u32,
+
+    /// Largest upload (pictures, checkpoints), in bytes.
+    #[arg(long, env = "TESSERA_MAX_ARTIFACT_BYTES", default_value_t = 512 << 20)]
+    pub max_artifact_bytes: u64,
+
+    /// CLIP models jobs may use (comma-separated; default: the built-in catalogue).
+    #[arg(long, env = "TESSERA_CLIP_MODELS", value_delimiter = ',')]
+    pub clip_models: Vec<String>,
+
+    /// VQGAN models jobs may use (comma-separated).
+    #[arg(long, env = "TESSERA_VQGAN_MODELS", value_delimiter = ',')]
+    pub vqgan_models: Vec<String>,
+
+    /// Upscale models jobs may use, as NAME:SCALE (comma-separated).
+    #[arg(long, env = "TESSERA_UPSCALE_MODELS", value_delimiter = ',', value_parser = parse_upscale_model)]
+    pub upscale_models: Vec<UpscaleModel>,
+}
+
+fn parse_upscale_model(text: &str) -> Result<UpscaleModel, String> {
+    let (name, scale) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{text}' is not NAME:SCALE, e.g. realesrgan-x4plus:4"))?;
+    let scale = scale
+        .parse()
+        .ok()
+        .filter(|s| (1..=16).contains(s))
+        .ok_or_else(|| format!("scale of '{text}' must be a whole number from 1 to 16"))?;
+    Ok(UpscaleModel {
+        name: name.to_string(),
+        scale,
+    })
+}
+
+impl Config {
+    /// The failure policy.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_retries: self.max_retries,
+            max_expiries: self.max_expiries,
+            ban_after: self.ban_after,
+            events_max: self.events_max,
+        }
+    }
+
+    /// The limits of one job.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_prompts: self.max_prompts,
+            max_results: self.max_results,
+            max_iterations: self.max_iterations,
+            max_side: self.max_side,
+            ..Limits::default()
+        }
+    }
+
+    /// The models jobs may name: the built-in catalogue, with each family replaced when its
+    /// flag is given.
+    pub fn catalog(&self) -> ModelCatalog {
+        let mut catalog = ModelCatalog::default();
+        if !self.clip_models.is_empty() {
+            catalog.clip = self.clip_models.clone();
+        }
+        if !self.vqgan_models.is_empty() {
+            catalog.vqgan = self.vqgan_models.clone();
+        }
+        if !self.upscale_models.is_empty() {
+            catalog.upscale = self.upscale_models.clone();
+        }
+        catalog
+    }
+
+    /// How often the reaper runs.
+    pub fn reap_ms(&self) -> u64 {
+        self.reap_ms
+            .unwrap_or((self.lease_ms / 4).clamp(10, 1_000))
+            .max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_build_the_catalogue_and_policy() {
+        let config = Config::try_parse_from([
+            "tessera-coordinator",
+            "--embedded",
+            "--upscale-models",
+            "a:2,b-x4:4",
+            "--max-retries",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(config.catalog().upscale[1].name, "b-x4");
+        assert_eq!(config.catalog().upscale[0].scale, 2);
+        assert_eq!(config.catalog().clip, ModelCatalog::default().clip);
+        assert_eq!(config.policy().max_retries, 5);
+        let err = Config::try_parse_from(["c", "--embedded", "--upscale-models", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not NAME:SCALE"), "{err}");
+        assert!(Config::try_parse_from(["c", "--embedded", "--redis", "redis://x"]).is_err());
+    }
+}

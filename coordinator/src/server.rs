@@ -1,0 +1,193 @@
+//! Running the coordinator: the state store and artifact store from the configuration, the
+//! gRPC services with health probes, the reaper that requeues expired leases, and a graceful
+//! shutdown when the cancellation token fires.
+
+use crate::api::jobs::JobsApi;
+use crate::api::workers::WorkersApi;
+use crate::api::{now_ms, Coordinator};
+use crate::config::Config;
+use crate::state::embedded::EmbeddedBackend;
+use crate::state::redis::RedisBackend;
+use crate::state::StateBackend;
+use crate::store::ArtifactStore;
+use anyhow::{bail, Context};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::job::Settings;
+use tessera_proto::v1::jobs_server::JobsServer;
+use tessera_proto::v1::workers_server::WorkersServer;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+/// Largest message accepted (a JSONL batch of many prompts, an upload chunk).
+const MAX_MESSAGE: usize = 64 << 20;
+/// Expired leases handled per reaper step.
+const REAP_BATCH: usize = 500;
+/// How often the health status is refreshed from the state store.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Opens the state store the configuration names.
+pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBackend>> {
+    Ok(match (&config.redis, config.embedded) {
+        (Some(url), _) => Arc::new(
+            RedisBackend::connect(url, &config.redis_prefix)
+                .await
+                .with_context(|| format!("connecting to Redis at {url}"))?,
+        ),
+        (None, true) => match &config.state_dir {
+            Some(dir) => Arc::new(
+                EmbeddedBackend::open(dir)
+                    .with_context(|| format!("opening the state in {}", dir.display()))?,
+            ),
+            None => Arc::new(EmbeddedBackend::in_memory()),
+        },
+        (None, false) => {
+            bail!("say where state lives: --redis URL (a farm) or --embedded (one machine)")
+        }
+    })
+}
+
+/// Serves until `shutdown` is cancelled, then drains and returns.
+pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let backend = open_backend(&config).await?;
+    backend
+        .ping()
+        .await
+        .context("the state store does not answer")?;
+    let store = ArtifactStore::open(&config.store, config.max_artifact_bytes)?;
+    let coordinator = Arc::new(Coordinator {
+        backend: backend.clone(),
+        store,
+        policy: config.policy(),
+        lease_ms: config.lease_ms,
+        max_wait_ms: config.max_wait_ms,
+        limits: config.limits(),
+        catalog: config.catalog(),
+        defaults: Settings::farm_defaults(),
+        shutdown: shutdown.clone(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // The one line on standard output: tests and `tessera up` read the bound port from it.
+    println!("tessera-coordinator listening on {address}");
+    std::io::stdout().flush()?;
+    tracing::info!(%address, lease_ms = config.lease_ms, "serving tessera.v1");
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let tasks = [
+        tokio::spawn(reap(
+            coordinator.clone(),
+            config.reap_ms(),
+            shutdown.clone(),
+        )),
+        tokio::spawn(watch_health(backend, health, shutdown.clone())),
+    ];
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            JobsServer::new(JobsApi::new(coordinator.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            WorkersServer::new(WorkersApi::new(coordinator)).max_decoding_message_size(MAX_MESSAGE),
+        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown.cancelled())
+        .await;
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    tracing::info!("stopped");
+    Ok(result?)
+}
+
+/// Requeues tasks whose lease expired. Safe with several coordinators: each step is one atomic
+/// transition, so a task is requeued once whoever gets there first.
+async fn reap(c: Arc<Coordinator>, every_ms: u64, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(every_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        loop {
+            match c.backend.expire(&c.policy, now_ms(), REAP_BATCH).await {
+                Ok(requeued) => {
+                    if !requeued.is_empty() {
+                        tracing::info!(?requeued, "leases expired");
+                    }
+                    if requeued.len() < REAP_BATCH {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("reaper: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reports SERVING while the state store answers, NOT_SERVING otherwise and after shutdown.
+async fn watch_health(
+    backend: Arc<dyn StateBackend>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let mut serving = None;
+    loop {
+        let up = backend.ping().await.is_ok();
+        if serving != Some(up) {
+            set_health(&health, up).await;
+            serving = Some(up);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(HEALTH_EVERY) => {}
+        }
+    }
+    set_health(&health, false).await;
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, up: bool) {
+    let status = if up {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health.set_service_status("tessera.v1.Jobs", status).await;
+    health
+        .set_service_status("tessera.v1.Workers", status)
+        .await;
+}
+
+/// A token cancelled on SIGTERM or ctrl-c.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("a SIGTERM handler can be installed");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,580 @@
+//! The state store for one machine without Redis (`tessera up`): the [`Model`] behind a mutex,
+//! made durable by a journal of operations.
+//!
+//! With a state directory, every operation that changes the state is appended to
+//! `journal.jsonl` before its answer is returned; on start the latest `state.json` snapshot is
+//! loaded and the journal replayed (the transitions are deterministic, time included), then a
+//! fresh snapshot is written and the journal emptied. A write cut short by a crash can only be
+//! the journal's last line, and is dropped: its operation was never answered.
+
+use super::model::Model;
+use super::{
+    CancelOutcome, CompleteOutcome, Event, FailOutcome, HeartbeatOutcome, JobRecord, LeaseRef,
+    NewJob, Policy, Progress, ResultRecord, StateBackend, StateError, StateResult, TaskRecord,
+    WorkerRecord,
+};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tessera_core::task::{ArtifactRef, Capabilities, NewTask};
+use tokio::sync::{watch, Notify};
+
+/// Journal entries after which the state is snapshotted and the journal emptied.
+const COMPACT_AFTER: u64 = 50_000;
+
+/// One state-changing operation, as journaled.
+#[derive(Serialize, Deserialize)]
+enum Op {
+    CreateJob {
+        job: NewJob,
+        now: u64,
+    },
+    RegisterWorker {
+        worker: WorkerRecord,
+    },
+    DeregisterWorker {
+        id: String,
+        policy: Policy,
+        now: u64,
+    },
+    Lease {
+        worker: String,
+        caps: Capabilities,
+        policy: Policy,
+        now: u64,
+        lease_ms: u64,
+    },
+    Heartbeat {
+        task: String,
+        attempt: u32,
+        worker: String,
+        progress: Progress,
+        policy: Policy,
+        now: u64,
+        lease_ms: u64,
+    },
+    Complete {
+        task: String,
+        attempt: u32,
+        worker: String,
+        output: ArtifactRef,
+        followups: Vec<NewTask>,
+        policy: Policy,
+        now: u64,
+    },
+    Fail {
+        task: String,
+        attempt: u32,
+        worker: String,
+        error: String,
+        retryable: bool,
+        policy: Policy,
+        now: u64,
+    },
+    Expire {
+        policy: Policy,
+        now: u64,
+        limit: usize,
+    },
+    Cancel {
+        job: String,
+        policy: Policy,
+        now: u64,
+    },
+}
+
+/// What an operation answered.
+enum Answer {
+    Created(bool),
+    Unit,
+    Tasks(Vec<String>),
+    Leased(Option<Box<TaskRecord>>),
+    Heartbeat(HeartbeatOutcome),
+    Complete(CompleteOutcome),
+    Fail(FailOutcome),
+    Cancel(CancelOutcome),
+}
+
+impl Op {
+    fn apply(&self, m: &mut Model) -> Answer {
+        match self {
+            Op::CreateJob { job, now } => Answer::Created(m.create_job(job, *now)),
+            Op::RegisterWorker { worker } => {
+                m.register_worker(worker);
+                Answer::Unit
+            }
+            Op::DeregisterWorker { id, policy, now } => {
+                Answer::Tasks(m.deregister_worker(id, policy, *now))
+            }
+            Op::Lease {
+                worker,
+                caps,
+                policy,
+                now,
+                lease_ms,
+            } => Answer::Leased(m.lease(worker, caps, policy, *now, *lease_ms).map(Box::new)),
+            Op::Heartbeat {
+                task,
+                attempt,
+                worker,
+                progress,
+                policy,
+                now,
+                lease_ms,
+            } => Answer::Heartbeat(m.heartbeat(
+                LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                },
+                progress,
+                policy,
+                *now,
+                *lease_ms,
+            )),
+            Op::Complete {
+                task,
+                attempt,
+                worker,
+                output,
+                followups,
+                policy,
+                now,
+            } => Answer::Complete(m.complete(
+                LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                },
+                output,
+                followups,
+                policy,
+                *now,
+            )),
+            Op::Fail {
+                task,
+                attempt,
+                worker,
+                error,
+                retryable,
+                policy,
+                now,
+            } => Answer::Fail(m.fail(
+                LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                },
+                error,
+                *retryable,
+                policy,
+                *now,
+            )),
+            Op::Expire { policy, now, limit } => Answer::Tasks(m.expire(policy, *now, *limit)),
+            Op::Cancel { job, policy, now } => Answer::Cancel(m.cancel(job, policy, *now)),
+        }
+    }
+}
+
+/// Where the state is persisted.
+struct Journal {
+    dir: PathBuf,
+    file: File,
+    entries: u64,
+}
+
+impl Journal {
+    fn journal_path(dir: &Path) -> PathBuf {
+        dir.join("journal.jsonl")
+    }
+
+    fn snapshot_path(dir: &Path) -> PathBuf {
+        dir.join("state.json")
+    }
+
+    /// Loads the state from `dir` and starts a new, empty journal there.
+    fn open(dir: &Path) -> StateResult<(Model, Journal)> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let snapshot = Self::snapshot_path(dir);
+        let mut model: Model = match std::fs::read(&snapshot) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                what: snapshot.display().to_string(),
+                detail: e.to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Model::default(),
+            Err(e) => return Err(io_error(&snapshot, e)),
+        };
+        replay(&Self::journal_path(dir), &mut model)?;
+        let file = File::create(Self::journal_path(dir)).map_err(|e| io_error(dir, e))?;
+        let mut journal = Journal {
+            dir: dir.to_path_buf(),
+            file,
+            entries: 0,
+        };
+        journal.snapshot(&model)?;
+        Ok((model, journal))
+    }
+
+    fn append(&mut self, op: &Op, model: &Model) -> StateResult<()> {
+        let mut line = serde_json::to_vec(op).expect("operations serialise");
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .map_err(|e| io_error(&self.dir, e))?;
+        self.entries += 1;
+        if self.entries >= COMPACT_AFTER {
+            self.snapshot(model)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the whole state (atomically, by rename) and empties the journal.
+    fn snapshot(&mut self, model: &Model) -> StateResult<()> {
+        let path = Self::snapshot_path(&self.dir);
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(model).expect("the state serialises");
+        std::fs::write(&tmp, bytes).map_err(|e| io_error(&tmp, e))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_error(&tmp, e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
+        self.file = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(Self::journal_path(&self.dir))
+            .map_err(|e| io_error(&self.dir, e))?;
+        self.entries = 0;
+        Ok(())
+    }
+}
+
+/// Applies every complete journal line to `model`; an unreadable last line is a write cut short.
+fn replay(path: &Path, model: &mut Model) -> StateResult<()> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(path, e)),
+    };
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .collect::<Result<_, _>>()
+        .map_err(|e| io_error(path, e))?;
+    let count = lines.len();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<Op>(line) {
+            Ok(op) => {
+                op.apply(model);
+            }
+            Err(_) if i + 1 == count => tracing::warn!(
+                path = %path.display(),
+                "dropping the journal's last line, cut short by a crash"
+            ),
+            Err(e) => {
+                return Err(StateError::Corrupt {
+                    what: format!("{} line {}", path.display(), i + 1),
+                    detail: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> StateError {
+    StateError::Unavailable(format!("{}: {e}", path.display()))
+}
+
+struct Inner {
+    model: Model,
+    journal: Option<Journal>,
+}
+
+/// The in-process state store.
+pub struct EmbeddedBackend {
+    inner: Mutex<Inner>,
+    work: Arc<Notify>,
+    events: watch::Sender<u64>,
+}
+
+impl EmbeddedBackend {
+    /// A store kept in memory only (lost when the process ends).
+    pub fn in_memory() -> Self {
+        Self::with(Model::default(), None)
+    }
+
+    /// A store persisted in `dir`, loaded from it if it holds a state.
+    pub fn open(dir: &Path) -> StateResult<Self> {
+        let (model, journal) = Journal::open(dir)?;
+        Ok(Self::with(model, Some(journal)))
+    }
+
+    fn with(model: Model, journal: Option<Journal>) -> Self {
+        EmbeddedBackend {
+            inner: Mutex::new(Inner { model, journal }),
+            work: Arc::new(Notify::new()),
+            events: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent model (transitions only panic on
+        // broken invariants before mutating), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Model) -> T) -> T {
+        f(&self.lock().model)
+    }
+
+    /// Applies and journals `op`; `keep` says whether the answer changed anything worth
+    /// journaling (a lease that found nothing did not).
+    fn apply(&self, op: Op, keep: impl FnOnce(&Answer) -> bool) -> StateResult<Answer> {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let answer = op.apply(&mut inner.model);
+        if keep(&answer) {
+            if let Some(journal) = inner.journal.as_mut() {
+                journal.append(&op, &inner.model)?;
+            }
+        }
+        if std::mem::take(&mut inner.model.queued_any) {
+            self.work.notify_waiters();
+        }
+        if std::mem::take(&mut inner.model.evented) {
+            self.events.send_modify(|n| *n += 1);
+        }
+        Ok(answer)
+    }
+}
+
+fn always(_: &Answer) -> bool {
+    true
+}
+
+fn unexpected() -> StateError {
+    StateError::Corrupt {
+        what: "embedded operation".into(),
+        detail: "answer of the wrong kind".into(),
+    }
+}
+
+#[async_trait::async_trait]
+impl StateBackend for EmbeddedBackend {
+    async fn create_job(&self, job: &NewJob, now: u64) -> StateResult<()> {
+        let op = Op::CreateJob {
+            job: job.clone(),
+            now,
+        };
+        match self.apply(op, |a| matches!(a, Answer::Created(true)))? {
+            Answer::Created(true) => Ok(()),
+            Answer::Created(false) => Err(StateError::JobExists(job.id.clone())),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn job(&self, id: &str) -> StateResult<Option<JobRecord>> {
+        Ok(self.read(|m| m.job(id)))
+    }
+
+    async fn jobs(&self, offset: usize, limit: usize) -> StateResult<(Vec<JobRecord>, u64)> {
+        Ok(self.read(|m| m.jobs(offset, limit)))
+    }
+
+    async fn results(
+        &self,
+        job: &str,
+        offset: usize,
+        limit: usize,
+    ) -> StateResult<Option<(Vec<ResultRecord>, u64)>> {
+        Ok(self.read(|m| m.results(job, offset, limit)))
+    }
+
+    async fn task(&self, id: &str) -> StateResult<Option<TaskRecord>> {
+        Ok(self.read(|m| m.task(id)))
+    }
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> StateResult<()> {
+        let op = Op::RegisterWorker {
+            worker: worker.clone(),
+        };
+        self.apply(op, always).map(|_| ())
+    }
+
+    async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>> {
+        Ok(self.read(|m| m.worker(id)))
+    }
+
+    async fn workers(&self) -> StateResult<Vec<WorkerRecord>> {
+        Ok(self.read(|m| m.workers()))
+    }
+
+    async fn deregister_worker(
+        &self,
+        id: &str,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<Vec<String>> {
+        let op = Op::DeregisterWorker {
+            id: id.to_string(),
+            policy: *policy,
+            now,
+        };
+        match self.apply(op, always)? {
+            Answer::Tasks(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn lease(
+        &self,
+        worker: &str,
+        caps: &Capabilities,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> StateResult<Option<TaskRecord>> {
+        let op = Op::Lease {
+            worker: worker.to_string(),
+            caps: caps.clone(),
+            policy: *policy,
+            now,
+            lease_ms,
+        };
+        match self.apply(op, |a| matches!(a, Answer::Leased(Some(_))))? {
+            Answer::Leased(t) => Ok(t.map(|t| *t)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: LeaseRef<'_>,
+        progress: &Progress,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> StateResult<HeartbeatOutcome> {
+        let op = Op::Heartbeat {
+            task: lease.task.to_string(),
+            attempt: lease.attempt,
+            worker: lease.worker.to_string(),
+            progress: progress.clone(),
+            policy: *policy,
+            now,
+            lease_ms,
+        };
+        let keep = |a: &Answer| matches!(a, Answer::Heartbeat(HeartbeatOutcome::Continue { .. }));
+        match self.apply(op, keep)? {
+            Answer::Heartbeat(h) => Ok(h),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn complete(
+        &self,
+        lease: LeaseRef<'_>,
+        output: &ArtifactRef,
+        followups: &[NewTask],
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<CompleteOutcome> {
+        let op = Op::Complete {
+            task: lease.task.to_string(),
+            attempt: lease.attempt,
+            worker: lease.worker.to_string(),
+            output: output.clone(),
+            followups: followups.to_vec(),
+            policy: *policy,
+            now,
+        };
+        let keep = |a: &Answer| matches!(a, Answer::Complete(CompleteOutcome::Accepted));
+        match self.apply(op, keep)? {
+            Answer::Complete(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn fail(
+        &self,
+        lease: LeaseRef<'_>,
+        error: &str,
+        retryable: bool,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<FailOutcome> {
+        let op = Op::Fail {
+            task: lease.task.to_string(),
+            attempt: lease.attempt,
+            worker: lease.worker.to_string(),
+            error: error.to_string(),
+            retryable,
+            policy: *policy,
+            now,
+        };
+        match self.apply(op, always)? {
+            Answer::Fail(f) => Ok(f),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn expire(&self, policy: &Policy, now: u64, limit: usize) -> StateResult<Vec<String>> {
+        let op = Op::Expire {
+            policy: *policy,
+            now,
+            limit,
+        };
+        match self.apply(op, |a| !matches!(a, Answer::Tasks(t) if t.is_empty()))? {
+            Answer::Tasks(t) => Ok(t),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn cancel(&self, job: &str, policy: &Policy, now: u64) -> StateResult<CancelOutcome> {
+        let op = Op::Cancel {
+            job: job.to_string(),
+            policy: *policy,
+            now,
+        };
+        match self.apply(op, |a| {
+            matches!(a, Answer::Cancel(CancelOutcome::Cancelled))
+        })? {
+            Answer::Cancel(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn events(
+        &self,
+        job: &str,
+        after: &str,
+        max: usize,
+        wait: Duration,
+    ) -> StateResult<Vec<Event>> {
+        let mut changes = self.events.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            changes.borrow_and_update();
+            let found = self.read(|m| m.events(job, after, max));
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    fn work_signal(&self) -> Arc<Notify> {
+        self.work.clone()
+    }
+
+    async fn ping(&self) -> StateResult<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,46 @@
+-- complete: ARGV[4] task, [5] attempt, [6] worker, [7] output JSON, [8] follow-up count, then
+-- twelve arguments per follow-up task (see create_tasks).
+-- Returns 'accepted', 'duplicate', 'stale' or 'cancelled'.
+local function main()
+  local tid, attempt, worker, output = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+  local t = task_key(tid)
+  local state, current, holder, job, kind, unit, final, parent, slot, started =
+    unpack(redis.call('HMGET', t, 'state', 'attempt', 'worker', 'job', 'kind', 'unit', 'final',
+      'parent', 'slot', 'started'))
+  if not state then return 'stale' end
+  if state == 'done' and current == attempt then return 'duplicate' end
+  if state == 'cancelled' then return 'cancelled' end
+  if state ~= 'running' or current ~= attempt or holder ~= worker then return 'stale' end
+  redis.call('ZREM', P .. 'leases', tid)
+  release_worker(worker, tid)
+  if redis.call('EXISTS', worker_key(worker)) == 1 then
+    redis.call('HINCRBY', worker_key(worker), 'done', 1)
+  end
+  move_task(tid, job, 'running', 'done')
+  redis.call('HSET', t, 'output', output)
+  local jk = job_key(job)
+  redis.call('HINCRBY', jk, 'x_' .. kind, 1)
+  redis.call('HINCRBY', jk, 'b_' .. kind, int(math.max(0, NOW - tonumber(started))))
+  redis.call('HINCRBY', jk, 'm_' .. kind, 1)
+  if final == '1' then
+    redis.call('HSET', P .. 'results:' .. job, unit, output)
+    redis.call('HINCRBY', jk, 'units_done', 1)
+  end
+  event(job, 'task_done', { 'task', tid, 'kind', kind, 'attempt', attempt, 'worker', worker,
+    'unit', unit, 'final', final, 'output', output })
+  if parent ~= '' then
+    local pk = task_key(parent)
+    if redis.call('EXISTS', pk) == 1 then
+      redis.call('HSET', P .. 'inputs:' .. parent, slot, output)
+      local waiting = tonumber(redis.call('HGET', pk, 'waiting'))
+      if waiting > 0 then
+        waiting = waiting - 1
+        redis.call('HSET', pk, 'waiting', waiting)
+      end
+      if waiting == 0 and redis.call('HGET', pk, 'state') == 'blocked' then enqueue(parent) end
+    end
+  end
+  create_tasks(9, tonumber(ARGV[8]))
+  maybe_finish(job)
+  return 'accepted'
+end

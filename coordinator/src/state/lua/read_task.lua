@@ -1,0 +1,4 @@
+-- read_task: ARGV[4] task. Returns {task hash, errors, inputs} or nil.
+local function main()
+  return read_task(ARGV[4])
+end

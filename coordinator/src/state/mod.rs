@@ -1,0 +1,672 @@
+//! The coordinator's state: jobs, tasks, queues, leases, workers and job events, behind one
+//! trait with two implementations that behave identically (one conformance suite checks both):
+//! [`redis::RedisBackend`] for farms (several coordinators may share it) and
+//! [`embedded::EmbeddedBackend`] for one machine without Redis.
+//!
+//! Every transition is atomic in both: a lease, heartbeat, completion, failure, expiry or
+//! cancellation either happens entirely or not at all, so the coordinator may be killed at any
+//! moment. Time is passed in (`now`, milliseconds since the Unix epoch) rather than read inside,
+//! which keeps the transitions deterministic and lets tests move the clock.
+
+pub mod embedded;
+mod model;
+pub mod redis;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_core::job::Settings;
+use tessera_core::plan::Unit;
+use tessera_core::task::{ArtifactRef, Capabilities, KindCounts, NewTask, TaskKind, TaskSpec};
+use tokio::sync::Notify;
+
+/// How failures are treated: the bounds that stop a poison task and a bad worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Failed attempts a task may have beyond its first before it fails for good.
+    pub max_retries: u32,
+    /// Expired leases a task may have before it fails for good (a task that kills its worker).
+    pub max_expiries: u32,
+    /// Failures of one job's tasks after which a worker gets no more tasks of that job (0: never).
+    pub ban_after: u32,
+    /// Events kept per job; older ones are dropped first.
+    pub events_max: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_retries: 3,
+            max_expiries: 10,
+            ban_after: 3,
+            events_max: 100_000,
+        }
+    }
+}
+
+/// Where a task stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Waiting for a worker.
+    Queued,
+    /// Waiting for the outputs of the tasks it consumes.
+    Blocked,
+    /// Leased to a worker.
+    Running,
+    /// Its output was accepted.
+    Done,
+    /// Failed beyond its budget, or a task it consumes did.
+    Failed,
+    /// Its job was cancelled.
+    Cancelled,
+}
+
+impl TaskState {
+    /// The name used in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Blocked => "blocked",
+            TaskState::Running => "running",
+            TaskState::Done => "done",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state called `name`.
+    pub fn parse(name: &str) -> Option<TaskState> {
+        [
+            TaskState::Queued,
+            TaskState::Blocked,
+            TaskState::Running,
+            TaskState::Done,
+            TaskState::Failed,
+            TaskState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
+/// Where a job stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Tasks are queued, blocked or running.
+    Running,
+    /// Every result is done.
+    Succeeded,
+    /// Every task ended and some result failed.
+    Failed,
+    /// Cancelled by a user.
+    Cancelled,
+}
+
+impl JobState {
+    /// The name used in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state called `name`.
+    pub fn parse(name: &str) -> Option<JobState> {
+        [
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+}
+
+/// Tasks of a job per state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    /// Waiting for a worker.
+    pub queued: u64,
+    /// Waiting for inputs.
+    pub blocked: u64,
+    /// Leased.
+    pub running: u64,
+    /// Finished.
+    pub done: u64,
+    /// Failed for good.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+impl StateCounts {
+    /// The count of tasks in `state`, for updating.
+    pub fn get_mut(&mut self, state: TaskState) -> &mut u64 {
+        match state {
+            TaskState::Queued => &mut self.queued,
+            TaskState::Blocked => &mut self.blocked,
+            TaskState::Running => &mut self.running,
+            TaskState::Done => &mut self.done,
+            TaskState::Failed => &mut self.failed,
+            TaskState::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    /// Tasks that have not ended.
+    pub fn active(&self) -> u64 {
+        self.queued + self.blocked + self.running
+    }
+}
+
+/// A job ready to be stored with its first tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// Job id (no `.`; task ids start with it).
+    pub id: String,
+    /// A label for listings.
+    pub name: String,
+    /// Larger runs first.
+    pub priority: i32,
+    /// Whether it upscales users' pictures.
+    pub upscale_only: bool,
+    /// The job's settings.
+    pub settings: Settings,
+    /// Tasks of each kind it will have in all.
+    pub expected: KindCounts,
+    /// Its results.
+    pub units: Vec<Unit>,
+    /// Its first tasks.
+    pub tasks: Vec<NewTask>,
+}
+
+/// A stored job with its counters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// Priority.
+    pub priority: i32,
+    /// State.
+    pub state: JobState,
+    /// Whether it upscales users' pictures.
+    pub upscale_only: bool,
+    /// The job's settings.
+    pub settings: Settings,
+    /// Submission time.
+    pub submitted_ms: u64,
+    /// End time (0 while running).
+    pub finished_ms: u64,
+    /// Tasks per state.
+    pub counts: StateCounts,
+    /// Tasks of each kind it will have in all.
+    pub expected: KindCounts,
+    /// Tasks of each kind that have ended (done, failed or cancelled).
+    pub ended: KindCounts,
+    /// Total duration of the finished tasks of each kind, in milliseconds.
+    pub busy_ms: KindCounts,
+    /// Finished tasks of each kind whose duration is in `busy_ms`.
+    pub timed: KindCounts,
+    /// Results in all.
+    pub units_total: u64,
+    /// Results done.
+    pub units_done: u64,
+    /// Results failed.
+    pub units_failed: u64,
+    /// Queued tasks of jobs with a higher priority.
+    pub queue_position: u64,
+}
+
+impl JobRecord {
+    /// Tasks the job will have in all.
+    pub fn planned(&self) -> u64 {
+        self.expected.total()
+    }
+
+    /// Estimated milliseconds until the job ends: the work left of each kind at that kind's
+    /// average duration so far, shared among the tasks running now. `None` while a kind with
+    /// work left has no finished task to average, and for ended jobs.
+    pub fn eta_ms(&self) -> Option<u64> {
+        if self.state != JobState::Running {
+            return None;
+        }
+        let mut work = 0u64;
+        for kind in TaskKind::ALL {
+            let left = self.expected.get(kind).saturating_sub(self.ended.get(kind));
+            if left == 0 {
+                continue;
+            }
+            let timed = self.timed.get(kind);
+            if timed == 0 {
+                return None;
+            }
+            work += left * self.busy_ms.get(kind) / timed;
+        }
+        Some(work / self.counts.running.max(1))
+    }
+}
+
+/// A stored task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: String,
+    /// Owning job.
+    pub job: String,
+    /// Kind of work.
+    pub kind: TaskKind,
+    /// Result it contributes to.
+    pub unit: u32,
+    /// State.
+    pub state: TaskState,
+    /// Leases so far; the current lease's fencing token.
+    pub attempt: u32,
+    /// Attempts reported failed.
+    pub failures: u32,
+    /// Leases that expired.
+    pub expiries: u32,
+    /// Worker of the latest lease ("" before the first).
+    pub worker: String,
+    /// End of the current lease.
+    pub deadline_ms: u64,
+    /// What to do.
+    pub spec: TaskSpec,
+    /// The task consuming its output.
+    pub parent: Option<String>,
+    /// Which input of the parent it fills.
+    pub slot: u32,
+    /// Inputs still missing.
+    pub waiting: u32,
+    /// Whether its output is a result.
+    pub is_final: bool,
+    /// Latest checkpoint of any attempt.
+    pub checkpoint: Option<ArtifactRef>,
+    /// Step of that checkpoint.
+    pub checkpoint_iteration: u32,
+    /// Latest reported step.
+    pub iteration: u32,
+    /// Latest reported loss.
+    pub loss: Option<f64>,
+    /// Accepted output.
+    pub output: Option<ArtifactRef>,
+    /// Every error, oldest first.
+    pub errors: Vec<String>,
+    /// Outputs of the tasks it consumes, by slot.
+    pub inputs: BTreeMap<u32, ArtifactRef>,
+}
+
+/// The lease a report claims to hold.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseRef<'a> {
+    /// Task id.
+    pub task: &'a str,
+    /// Attempt (fencing token).
+    pub attempt: u32,
+    /// Reporting worker.
+    pub worker: &'a str,
+}
+
+/// What a heartbeat reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Steps done.
+    pub iteration: u32,
+    /// Steps in all.
+    pub iterations: u32,
+    /// Current loss.
+    pub loss: Option<f64>,
+    /// A new checkpoint and its step.
+    pub checkpoint: Option<(ArtifactRef, u32)>,
+    /// Whether a new preview was stored.
+    pub preview: bool,
+}
+
+/// Answer to a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeartbeatOutcome {
+    /// Renewed until this deadline.
+    Continue {
+        /// New end of the lease.
+        deadline_ms: u64,
+    },
+    /// The job was cancelled.
+    Cancelled,
+    /// This attempt no longer holds the task.
+    Lost,
+}
+
+/// Answer to a completion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompleteOutcome {
+    /// The output is the task's result.
+    Accepted,
+    /// This attempt's output had already been accepted.
+    Duplicate,
+    /// This attempt no longer holds the task.
+    Stale,
+    /// The job was cancelled.
+    Cancelled,
+}
+
+/// What became of a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailVerdict {
+    /// Queued again.
+    Retrying,
+    /// Failed for good.
+    Failed,
+    /// The attempt no longer holds the task.
+    Stale,
+    /// The job was cancelled.
+    Cancelled,
+}
+
+/// Answer to a failure report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailOutcome {
+    /// What became of the task.
+    pub verdict: FailVerdict,
+    /// Failures of the task so far.
+    pub failures: u32,
+    /// Whether the worker is now kept off the job.
+    pub banned: bool,
+}
+
+/// Answer to a cancellation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job is now cancelled.
+    Cancelled,
+    /// The job had already ended in this state.
+    AlreadyEnded(JobState),
+    /// No such job.
+    NotFound,
+}
+
+/// A registered worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    /// Worker id.
+    pub id: String,
+    /// Label.
+    pub name: String,
+    /// What it can do (normalised).
+    pub capabilities: Capabilities,
+    /// Its version.
+    pub version: String,
+    /// Registration time.
+    pub registered_ms: u64,
+    /// Last lease or heartbeat.
+    pub last_seen_ms: u64,
+    /// Task it holds.
+    pub current_task: Option<String>,
+    /// Tasks it finished.
+    pub tasks_done: u64,
+}
+
+/// Where a result stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ResultState {
+    /// Still being made.
+    Pending,
+    /// Available.
+    Done,
+    /// One of its tasks failed for good.
+    Failed,
+    /// Its job was cancelled first.
+    Cancelled,
+}
+
+/// A result of a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultRecord {
+    /// What it is made from.
+    pub unit: Unit,
+    /// Where it stands.
+    pub state: ResultState,
+    /// The picture, once done.
+    pub output: Option<ArtifactRef>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+/// Something that happened to a job.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the job's stream (resume after it).
+    pub cursor: String,
+    /// When, in coordinator time.
+    pub time_ms: u64,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// The kinds of event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A worker leased a task.
+    TaskStarted {
+        /// Task id.
+        task: String,
+        /// Kind of work.
+        kind: TaskKind,
+        /// Attempt.
+        attempt: u32,
+        /// Worker.
+        worker: String,
+        /// Result it contributes to.
+        unit: u32,
+    },
+    /// A heartbeat.
+    Progress {
+        /// Task id.
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// Steps done.
+        iteration: u32,
+        /// Steps in all.
+        iterations: u32,
+        /// Loss.
+        loss: Option<f64>,
+        /// Step of the latest checkpoint.
+        checkpoint_iteration: u32,
+    },
+    /// A new preview picture was stored.
+    Preview {
+        /// Task id.
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// Step it shows.
+        iteration: u32,
+    },
+    /// A task's output was accepted.
+    TaskDone {
+        /// Task id.
+        task: String,
+        /// Kind of work.
+        kind: TaskKind,
+        /// Attempt.
+        attempt: u32,
+        /// Worker.
+        worker: String,
+        /// Result it contributes to.
+        unit: u32,
+        /// Whether the output is the result.
+        is_final: bool,
+        /// The output.
+        output: ArtifactRef,
+    },
+    /// An attempt failed.
+    TaskFailed {
+        /// Task id.
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// Worker ("" when the task failed because a task it consumes did).
+        worker: String,
+        /// What went wrong.
+        error: String,
+        /// Whether it was queued again.
+        will_retry: bool,
+    },
+    /// A lease ended without a report and the task was queued again.
+    TaskRequeued {
+        /// Task id.
+        task: String,
+        /// Attempt.
+        attempt: u32,
+        /// Worker.
+        worker: String,
+        /// Why.
+        reason: String,
+    },
+    /// The job ended; always its last event.
+    JobDone {
+        /// Final state.
+        state: JobState,
+        /// Tasks per state.
+        counts: StateCounts,
+        /// Results done.
+        units_done: u64,
+        /// Results failed.
+        units_failed: u64,
+    },
+}
+
+/// A failure of the state store itself (not of a request).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The store cannot be reached or refused a command.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that cannot be read back.
+    #[error("corrupt state for {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A job with this id exists already.
+    #[error("job {0} exists already")]
+    JobExists(String),
+}
+
+/// Result of a state operation.
+pub type StateResult<T> = Result<T, StateError>;
+
+/// The coordinator's state store. Both implementations pass the same conformance suite
+/// (`tests/tests/conformance.rs`).
+#[async_trait::async_trait]
+pub trait StateBackend: Send + Sync + 'static {
+    /// Stores a job with its results and first tasks, queueing the runnable ones.
+    async fn create_job(&self, job: &NewJob, now: u64) -> StateResult<()>;
+
+    /// A job with its counters and queue position.
+    async fn job(&self, id: &str) -> StateResult<Option<JobRecord>>;
+
+    /// Jobs newest first, and how many there are.
+    async fn jobs(&self, offset: usize, limit: usize) -> StateResult<(Vec<JobRecord>, u64)>;
+
+    /// A page of a job's results and how many there are; `None` for an unknown job.
+    async fn results(
+        &self,
+        job: &str,
+        offset: usize,
+        limit: usize,
+    ) -> StateResult<Option<(Vec<ResultRecord>, u64)>>;
+
+    /// A task.
+    async fn task(&self, id: &str) -> StateResult<Option<TaskRecord>>;
+
+    /// Adds (or replaces) a worker.
+    async fn register_worker(&self, worker: &WorkerRecord) -> StateResult<()>;
+
+    /// A worker.
+    async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>>;
+
+    /// Every worker.
+    async fn workers(&self) -> StateResult<Vec<WorkerRecord>>;
+
+    /// Removes a worker, queueing again the task it holds; returns that task.
+    async fn deregister_worker(
+        &self,
+        id: &str,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<Vec<String>>;
+
+    /// Leases the next task `worker` can do: highest priority first, jobs of equal priority in
+    /// turn, each job's tasks in order (stitches, then tiles, then renders).
+    async fn lease(
+        &self,
+        worker: &str,
+        caps: &Capabilities,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> StateResult<Option<TaskRecord>>;
+
+    /// Renews a lease and records progress.
+    async fn heartbeat(
+        &self,
+        lease: LeaseRef<'_>,
+        progress: &Progress,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> StateResult<HeartbeatOutcome>;
+
+    /// Accepts a task's output and stores the tasks that follow it.
+    async fn complete(
+        &self,
+        lease: LeaseRef<'_>,
+        output: &ArtifactRef,
+        followups: &[NewTask],
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<CompleteOutcome>;
+
+    /// Records a failed attempt; retries it within the budget.
+    async fn fail(
+        &self,
+        lease: LeaseRef<'_>,
+        error: &str,
+        retryable: bool,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<FailOutcome>;
+
+    /// Queues again up to `limit` tasks whose lease ended before `now`; returns them.
+    async fn expire(&self, policy: &Policy, now: u64, limit: usize) -> StateResult<Vec<String>>;
+
+    /// Cancels a job and every task of it that has not ended.
+    async fn cancel(&self, job: &str, policy: &Policy, now: u64) -> StateResult<CancelOutcome>;
+
+    /// Up to `max` events of `job` after cursor `after` ("" from the start), waiting up to
+    /// `wait` for the first one when there is none yet.
+    async fn events(
+        &self,
+        job: &str,
+        after: &str,
+        max: usize,
+        wait: Duration,
+    ) -> StateResult<Vec<Event>>;
+
+    /// Woken whenever tasks may have become available (on this coordinator or, with Redis,
+    /// on any), so waiting lease requests retry at once.
+    fn work_signal(&self) -> Arc<Notify>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> StateResult<()>;
+}

@@ -1,0 +1,823 @@
+//! The coordinator's state as plain Rust data with every transition as a method: the embedded
+//! backend's whole logic, and the reference the Redis scripts (`lua/`) follow step by step. The
+//! orderings mirror Redis sorted sets exactly (score, then member), so both backends hand out
+//! tasks in the same order.
+//!
+//! Transitions are deterministic functions of the state and their arguments (time included),
+//! which is what lets the embedded backend persist a journal of operations and replay it.
+
+use super::{
+    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, HeartbeatOutcome,
+    JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord, ResultState,
+    StateCounts, TaskRecord, TaskState, WorkerRecord,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use tessera_core::plan::Unit;
+use tessera_core::task::{ArtifactRef, Capabilities, KindCounts, NewTask, Requirements};
+
+/// Fair-share position given to new jobs: below every served job (served jobs get the lease
+/// counter), in submission order among themselves.
+pub const NEW_JOB_VT: i64 = -1_000_000_000;
+
+/// A task with the bookkeeping that only the state store needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Task {
+    record: TaskRecord,
+    class: String,
+    seq: u64,
+    planned_tiles: u32,
+    planned_stitches: u32,
+    started_ms: u64,
+}
+
+/// A job with its queues, results, bans and events.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Job {
+    record: JobRecord,
+    vt: i64,
+    units: Vec<Unit>,
+    results: BTreeMap<u32, ArtifactRef>,
+    unit_errors: BTreeMap<u32, String>,
+    tasks: Vec<String>,
+    classes: BTreeSet<(u32, String)>,
+    queues: BTreeMap<String, BTreeSet<(u64, String)>>,
+    worker_failures: BTreeMap<String, u32>,
+    banned: BTreeSet<String>,
+    events: VecDeque<Event>,
+}
+
+/// The whole state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Model {
+    seq: u64,
+    job_seq: u64,
+    tick: i64,
+    event_seq: u64,
+    jobs: BTreeMap<String, Job>,
+    job_order: BTreeMap<u64, String>,
+    tasks: HashMap<String, Task>,
+    rotation: BTreeMap<i32, BTreeSet<(i64, String)>>,
+    leases: BTreeSet<(u64, String)>,
+    workers: BTreeMap<String, WorkerRecord>,
+    /// Set by transitions that queued a task, for waking waiting lease requests.
+    #[serde(skip)]
+    pub queued_any: bool,
+    /// Set by transitions that added an event, for waking watchers.
+    #[serde(skip)]
+    pub evented: bool,
+}
+
+impl Model {
+    // ----- reads -------------------------------------------------------------------------
+
+    /// A job with its queue position.
+    pub fn job(&self, id: &str) -> Option<JobRecord> {
+        let job = self.jobs.get(id)?;
+        let mut record = job.record.clone();
+        record.queue_position = self
+            .jobs
+            .values()
+            .filter(|j| j.record.priority > record.priority)
+            .map(|j| j.record.counts.queued)
+            .sum();
+        Some(record)
+    }
+
+    /// Jobs newest first.
+    pub fn jobs(&self, offset: usize, limit: usize) -> (Vec<JobRecord>, u64) {
+        let page = self
+            .job_order
+            .values()
+            .rev()
+            .skip(offset)
+            .take(limit)
+            .filter_map(|id| self.job(id))
+            .collect();
+        (page, self.job_order.len() as u64)
+    }
+
+    /// A page of a job's results.
+    pub fn results(
+        &self,
+        id: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Option<(Vec<ResultRecord>, u64)> {
+        let job = self.jobs.get(id)?;
+        let page = job
+            .units
+            .iter()
+            .skip(offset)
+            .take(limit)
+            .map(|unit| {
+                let output = job.results.get(&unit.index).cloned();
+                let error = job.unit_errors.get(&unit.index).cloned();
+                let state = if output.is_some() {
+                    ResultState::Done
+                } else if error.is_some() {
+                    ResultState::Failed
+                } else if job.record.state == JobState::Cancelled {
+                    ResultState::Cancelled
+                } else {
+                    ResultState::Pending
+                };
+                ResultRecord {
+                    unit: unit.clone(),
+                    state,
+                    output,
+                    error,
+                }
+            })
+            .collect();
+        Some((page, job.units.len() as u64))
+    }
+
+    /// A task.
+    pub fn task(&self, id: &str) -> Option<TaskRecord> {
+        self.tasks.get(id).map(|t| t.record.clone())
+    }
+
+    /// A worker.
+    pub fn worker(&self, id: &str) -> Option<WorkerRecord> {
+        self.workers.get(id).cloned()
+    }
+
+    /// Every worker.
+    pub fn workers(&self) -> Vec<WorkerRecord> {
+        self.workers.values().cloned().collect()
+    }
+
+    /// Up to `max` events of a job after `after` ("" or an unknown cursor: from the start).
+    pub fn events(&self, id: &str, after: &str, max: usize) -> Vec<Event> {
+        let after: u64 = after.parse().unwrap_or(0);
+        let Some(job) = self.jobs.get(id) else {
+            return Vec::new();
+        };
+        job.events
+            .iter()
+            .filter(|e| e.cursor.parse::<u64>().unwrap_or(0) > after)
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    // ----- transitions -------------------------------------------------------------------
+
+    /// Stores a job; `false` when the id is taken.
+    pub fn create_job(&mut self, new: &NewJob, now: u64) -> bool {
+        if self.jobs.contains_key(&new.id) {
+            return false;
+        }
+        self.job_seq += 1;
+        let record = JobRecord {
+            id: new.id.clone(),
+            name: new.name.clone(),
+            priority: new.priority,
+            state: JobState::Running,
+            upscale_only: new.upscale_only,
+            settings: new.settings.clone(),
+            submitted_ms: now,
+            finished_ms: 0,
+            counts: StateCounts::default(),
+            expected: new.expected,
+            ended: KindCounts::default(),
+            busy_ms: KindCounts::default(),
+            timed: KindCounts::default(),
+            units_total: new.units.len() as u64,
+            units_done: 0,
+            units_failed: 0,
+            queue_position: 0,
+        };
+        self.jobs.insert(
+            new.id.clone(),
+            Job {
+                record,
+                vt: NEW_JOB_VT + self.job_seq as i64,
+                units: new.units.clone(),
+                results: BTreeMap::new(),
+                unit_errors: BTreeMap::new(),
+                tasks: Vec::new(),
+                classes: BTreeSet::new(),
+                queues: BTreeMap::new(),
+                worker_failures: BTreeMap::new(),
+                banned: BTreeSet::new(),
+                events: VecDeque::new(),
+            },
+        );
+        self.job_order.insert(self.job_seq, new.id.clone());
+        for task in &new.tasks {
+            self.create_task(task);
+        }
+        true
+    }
+
+    /// Adds or replaces a worker.
+    pub fn register_worker(&mut self, worker: &WorkerRecord) {
+        self.workers.insert(worker.id.clone(), worker.clone());
+    }
+
+    /// Removes a worker and queues again the task it holds.
+    pub fn deregister_worker(&mut self, id: &str, policy: &Policy, now: u64) -> Vec<String> {
+        let Some(worker) = self.workers.remove(id) else {
+            return Vec::new();
+        };
+        let held = worker.current_task.filter(|tid| {
+            self.tasks
+                .get(tid)
+                .is_some_and(|t| t.record.state == TaskState::Running && t.record.worker == id)
+        });
+        let Some(tid) = held else {
+            return Vec::new();
+        };
+        let deadline = self.tasks[&tid].record.deadline_ms;
+        self.leases.remove(&(deadline, tid.clone()));
+        self.abandon(&tid, "worker deregistered", policy, now);
+        vec![tid]
+    }
+
+    /// Leases the next task the worker can do.
+    pub fn lease(
+        &mut self,
+        worker: &str,
+        caps: &Capabilities,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> Option<TaskRecord> {
+        let (prio, job_id, class) = self.next_queue(worker, caps)?;
+        let tid = self.pop(prio, &job_id, &class);
+        self.tick += 1;
+        let job = self.jobs.get_mut(&job_id).expect("queued job exists");
+        let old_vt = job.vt;
+        job.vt = self.tick;
+        if let Some(set) = self.rotation.get_mut(&prio) {
+            if set.remove(&(old_vt, job_id.clone())) {
+                set.insert((self.tick, job_id.clone()));
+            }
+        }
+        let deadline = now + lease_ms;
+        self.move_task(&tid, TaskState::Running);
+        let task = self.tasks.get_mut(&tid).expect("queued task exists");
+        task.record.attempt += 1;
+        task.record.worker = worker.to_string();
+        task.record.deadline_ms = deadline;
+        task.started_ms = now;
+        let record = task.record.clone();
+        self.leases.insert((deadline, tid.clone()));
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.current_task = Some(tid.clone());
+            w.last_seen_ms = now;
+        }
+        self.event(
+            &job_id,
+            now,
+            policy,
+            EventKind::TaskStarted {
+                task: tid,
+                kind: record.kind,
+                attempt: record.attempt,
+                worker: worker.to_string(),
+                unit: record.unit,
+            },
+        );
+        Some(record)
+    }
+
+    /// The first queue, in scheduling order, holding a task this worker can do.
+    fn next_queue(&self, worker: &str, caps: &Capabilities) -> Option<(i32, String, String)> {
+        for (prio, jobs) in self.rotation.iter().rev() {
+            for (_, job_id) in jobs {
+                let job = &self.jobs[job_id];
+                if job.banned.contains(worker) {
+                    continue;
+                }
+                for (_, class) in &job.classes {
+                    let fits =
+                        Requirements::from_class_key(class).is_some_and(|r| r.satisfied_by(caps));
+                    if fits {
+                        return Some((*prio, job_id.clone(), class.clone()));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Takes the first task of a queue, dropping the queue, the job's place in the rotation
+    /// and the priority level as they empty.
+    fn pop(&mut self, prio: i32, job_id: &str, class: &str) -> String {
+        let job = self.jobs.get_mut(job_id).expect("queued job exists");
+        let queue = job.queues.get_mut(class).expect("class has a queue");
+        let (_, tid) = queue.pop_first().expect("queue is not empty");
+        if queue.is_empty() {
+            job.queues.remove(class);
+            job.classes.retain(|(_, c)| c != class);
+            if job.classes.is_empty() {
+                let vt = job.vt;
+                let set = self.rotation.get_mut(&prio).expect("priority level exists");
+                set.remove(&(vt, job_id.to_string()));
+                if set.is_empty() {
+                    self.rotation.remove(&prio);
+                }
+            }
+        }
+        tid
+    }
+
+    /// Renews a lease and records progress.
+    pub fn heartbeat(
+        &mut self,
+        lease: LeaseRef<'_>,
+        progress: &Progress,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> HeartbeatOutcome {
+        let LeaseRef {
+            task,
+            attempt,
+            worker,
+        } = lease;
+        let Some(t) = self.tasks.get_mut(task) else {
+            return HeartbeatOutcome::Lost;
+        };
+        let r = &mut t.record;
+        if r.state == TaskState::Cancelled {
+            return HeartbeatOutcome::Cancelled;
+        }
+        if r.state != TaskState::Running || r.attempt != attempt || r.worker != worker {
+            return HeartbeatOutcome::Lost;
+        }
+        let old = r.deadline_ms;
+        r.deadline_ms = now + lease_ms;
+        r.iteration = progress.iteration;
+        r.loss = progress.loss;
+        if let Some((checkpoint, iteration)) = &progress.checkpoint {
+            if *iteration >= r.checkpoint_iteration {
+                r.checkpoint = Some(checkpoint.clone());
+                r.checkpoint_iteration = *iteration;
+            }
+        }
+        let (job, deadline, checkpoint_iteration) =
+            (r.job.clone(), r.deadline_ms, r.checkpoint_iteration);
+        self.leases.remove(&(old, task.to_string()));
+        self.leases.insert((deadline, task.to_string()));
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.last_seen_ms = now;
+        }
+        self.event(
+            &job,
+            now,
+            policy,
+            EventKind::Progress {
+                task: task.to_string(),
+                attempt,
+                iteration: progress.iteration,
+                iterations: progress.iterations,
+                loss: progress.loss,
+                checkpoint_iteration,
+            },
+        );
+        if progress.preview {
+            self.event(
+                &job,
+                now,
+                policy,
+                EventKind::Preview {
+                    task: task.to_string(),
+                    attempt,
+                    iteration: progress.iteration,
+                },
+            );
+        }
+        HeartbeatOutcome::Continue {
+            deadline_ms: deadline,
+        }
+    }
+
+    /// Accepts a task's output.
+    pub fn complete(
+        &mut self,
+        lease: LeaseRef<'_>,
+        output: &ArtifactRef,
+        followups: &[NewTask],
+        policy: &Policy,
+        now: u64,
+    ) -> CompleteOutcome {
+        let LeaseRef {
+            task,
+            attempt,
+            worker,
+        } = lease;
+        let Some(t) = self.tasks.get(task) else {
+            return CompleteOutcome::Stale;
+        };
+        let r = &t.record;
+        match r.state {
+            TaskState::Done if r.attempt == attempt => return CompleteOutcome::Duplicate,
+            TaskState::Cancelled => return CompleteOutcome::Cancelled,
+            TaskState::Running if r.attempt == attempt && r.worker == worker => {}
+            _ => return CompleteOutcome::Stale,
+        }
+        let (job_id, kind, unit, is_final, parent, slot, deadline, started) = (
+            r.job.clone(),
+            r.kind,
+            r.unit,
+            r.is_final,
+            r.parent.clone(),
+            r.slot,
+            r.deadline_ms,
+            t.started_ms,
+        );
+        self.leases.remove(&(deadline, task.to_string()));
+        self.release_worker(worker, task);
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.tasks_done += 1;
+        }
+        self.move_task(task, TaskState::Done);
+        self.tasks.get_mut(task).expect("task exists").record.output = Some(output.clone());
+        let job = self.jobs.get_mut(&job_id).expect("task's job exists");
+        job.record.ended.add(kind, 1);
+        job.record.busy_ms.add(kind, now.saturating_sub(started));
+        job.record.timed.add(kind, 1);
+        if is_final {
+            job.results.insert(unit, output.clone());
+            job.record.units_done += 1;
+        }
+        self.event(
+            &job_id,
+            now,
+            policy,
+            EventKind::TaskDone {
+                task: task.to_string(),
+                kind,
+                attempt,
+                worker: worker.to_string(),
+                unit,
+                is_final,
+                output: output.clone(),
+            },
+        );
+        if let Some(parent) = parent {
+            self.deliver_input(&parent, slot, output);
+        }
+        for new in followups {
+            self.create_task(new);
+        }
+        self.maybe_finish(&job_id, policy, now);
+        CompleteOutcome::Accepted
+    }
+
+    /// Gives a consuming task one of its inputs, queueing it when it has them all.
+    fn deliver_input(&mut self, parent: &str, slot: u32, output: &ArtifactRef) {
+        let Some(p) = self.tasks.get_mut(parent) else {
+            return;
+        };
+        p.record.inputs.insert(slot, output.clone());
+        p.record.waiting = p.record.waiting.saturating_sub(1);
+        if p.record.waiting == 0 && p.record.state == TaskState::Blocked {
+            self.enqueue(parent);
+        }
+    }
+
+    /// Records a failed attempt.
+    pub fn fail(
+        &mut self,
+        lease: LeaseRef<'_>,
+        error: &str,
+        retryable: bool,
+        policy: &Policy,
+        now: u64,
+    ) -> FailOutcome {
+        let LeaseRef {
+            task,
+            attempt,
+            worker,
+        } = lease;
+        let outcome = |verdict, failures, banned| FailOutcome {
+            verdict,
+            failures,
+            banned,
+        };
+        let Some(t) = self.tasks.get_mut(task) else {
+            return outcome(FailVerdict::Stale, 0, false);
+        };
+        let r = &mut t.record;
+        match r.state {
+            TaskState::Cancelled => return outcome(FailVerdict::Cancelled, r.failures, false),
+            TaskState::Running if r.attempt == attempt && r.worker == worker => {}
+            _ => return outcome(FailVerdict::Stale, r.failures, false),
+        }
+        r.errors
+            .push(format!("attempt {attempt} on {worker}: {error}"));
+        r.failures += 1;
+        let (job_id, failures, deadline) = (r.job.clone(), r.failures, r.deadline_ms);
+        self.leases.remove(&(deadline, task.to_string()));
+        self.release_worker(worker, task);
+        let job = self.jobs.get_mut(&job_id).expect("task's job exists");
+        let count = job.worker_failures.entry(worker.to_string()).or_insert(0);
+        *count += 1;
+        if policy.ban_after > 0 && *count >= policy.ban_after {
+            job.banned.insert(worker.to_string());
+        }
+        let banned = job.banned.contains(worker);
+        let verdict = if retryable && failures <= policy.max_retries {
+            self.enqueue(task);
+            self.event(
+                &job_id,
+                now,
+                policy,
+                EventKind::TaskFailed {
+                    task: task.to_string(),
+                    attempt,
+                    worker: worker.to_string(),
+                    error: error.to_string(),
+                    will_retry: true,
+                },
+            );
+            FailVerdict::Retrying
+        } else {
+            self.fail_for_good(task, error, worker, attempt, policy, now);
+            FailVerdict::Failed
+        };
+        self.maybe_finish(&job_id, policy, now);
+        outcome(verdict, failures, banned)
+    }
+
+    /// Queues again up to `limit` tasks whose lease ended at or before `now`.
+    pub fn expire(&mut self, policy: &Policy, now: u64, limit: usize) -> Vec<String> {
+        let due: Vec<(u64, String)> = self
+            .leases
+            .iter()
+            .take_while(|(deadline, _)| *deadline <= now)
+            .take(limit)
+            .cloned()
+            .collect();
+        let mut requeued = Vec::new();
+        for entry in due {
+            self.leases.remove(&entry);
+            let tid = entry.1;
+            if self.tasks.get(&tid).map(|t| t.record.state) == Some(TaskState::Running) {
+                self.abandon(&tid, "lease expired", policy, now);
+                requeued.push(tid);
+            }
+        }
+        requeued
+    }
+
+    /// A running task whose worker went away (its lease entry already removed): queued again,
+    /// or failed for good after too many such ends.
+    fn abandon(&mut self, tid: &str, reason: &str, policy: &Policy, now: u64) {
+        let t = self.tasks.get_mut(tid).expect("abandoned task exists");
+        let r = &mut t.record;
+        r.errors
+            .push(format!("attempt {} on {}: {reason}", r.attempt, r.worker));
+        r.expiries += 1;
+        let (job, worker, attempt, expiries) =
+            (r.job.clone(), r.worker.clone(), r.attempt, r.expiries);
+        self.release_worker(&worker, tid);
+        if expiries > policy.max_expiries {
+            let why = format!("{reason} {expiries} times");
+            self.fail_for_good(tid, &why, &worker, attempt, policy, now);
+        } else {
+            self.enqueue(tid);
+            self.event(
+                &job,
+                now,
+                policy,
+                EventKind::TaskRequeued {
+                    task: tid.to_string(),
+                    attempt,
+                    worker,
+                    reason: reason.to_string(),
+                },
+            );
+        }
+        self.maybe_finish(&job, policy, now);
+    }
+
+    /// Cancels a job.
+    pub fn cancel(&mut self, id: &str, policy: &Policy, now: u64) -> CancelOutcome {
+        let Some(job) = self.jobs.get(id) else {
+            return CancelOutcome::NotFound;
+        };
+        if job.record.state != JobState::Running {
+            return CancelOutcome::AlreadyEnded(job.record.state);
+        }
+        for tid in job.tasks.clone() {
+            let r = &self.tasks[&tid].record;
+            let (state, kind, deadline, worker) =
+                (r.state, r.kind, r.deadline_ms, r.worker.clone());
+            if !matches!(
+                state,
+                TaskState::Queued | TaskState::Blocked | TaskState::Running
+            ) {
+                continue;
+            }
+            if state == TaskState::Running {
+                self.leases.remove(&(deadline, tid.clone()));
+                self.release_worker(&worker, &tid);
+            }
+            self.move_task(&tid, TaskState::Cancelled);
+            self.jobs
+                .get_mut(id)
+                .expect("job exists")
+                .record
+                .ended
+                .add(kind, 1);
+        }
+        let job = self.jobs.get_mut(id).expect("job exists");
+        job.queues.clear();
+        job.classes.clear();
+        let (prio, vt) = (job.record.priority, job.vt);
+        job.record.state = JobState::Cancelled;
+        job.record.finished_ms = now;
+        if let Some(set) = self.rotation.get_mut(&prio) {
+            set.remove(&(vt, id.to_string()));
+            if set.is_empty() {
+                self.rotation.remove(&prio);
+            }
+        }
+        self.job_done_event(id, policy, now);
+        CancelOutcome::Cancelled
+    }
+
+    // ----- helpers -----------------------------------------------------------------------
+
+    fn create_task(&mut self, new: &NewTask) {
+        self.seq += 1;
+        let record = TaskRecord {
+            id: new.id.clone(),
+            job: new.job.clone(),
+            kind: new.kind,
+            unit: new.unit,
+            state: TaskState::Blocked,
+            attempt: 0,
+            failures: 0,
+            expiries: 0,
+            worker: String::new(),
+            deadline_ms: 0,
+            spec: new.spec.clone(),
+            parent: new.parent.clone(),
+            slot: new.slot,
+            waiting: new.waiting,
+            is_final: new.is_final,
+            checkpoint: None,
+            checkpoint_iteration: 0,
+            iteration: 0,
+            loss: None,
+            output: None,
+            errors: Vec::new(),
+            inputs: BTreeMap::new(),
+        };
+        self.tasks.insert(
+            new.id.clone(),
+            Task {
+                record,
+                class: new.class.clone(),
+                seq: self.seq,
+                planned_tiles: new.planned_tiles,
+                planned_stitches: new.planned_stitches,
+                started_ms: 0,
+            },
+        );
+        let job = self.jobs.get_mut(&new.job).expect("task's job exists");
+        job.tasks.push(new.id.clone());
+        job.record.counts.blocked += 1;
+        if new.waiting == 0 {
+            self.enqueue(&new.id);
+        }
+    }
+
+    /// Moves a task to another state, keeping its job's counts.
+    fn move_task(&mut self, tid: &str, to: TaskState) {
+        let t = self.tasks.get_mut(tid).expect("moved task exists");
+        let from = t.record.state;
+        t.record.state = to;
+        let counts = &mut self
+            .jobs
+            .get_mut(&t.record.job)
+            .expect("job exists")
+            .record
+            .counts;
+        *counts.get_mut(from) -= 1;
+        *counts.get_mut(to) += 1;
+    }
+
+    /// Puts a task in its job's queue and the job in the rotation of its priority.
+    fn enqueue(&mut self, tid: &str) {
+        self.move_task(tid, TaskState::Queued);
+        let t = &self.tasks[tid];
+        let (seq, class, kind, job_id) =
+            (t.seq, t.class.clone(), t.record.kind, t.record.job.clone());
+        let job = self.jobs.get_mut(&job_id).expect("job exists");
+        job.queues
+            .entry(class.clone())
+            .or_default()
+            .insert((seq, tid.to_string()));
+        job.classes.insert((kind.rank(), class));
+        let entry = (job.vt, job_id);
+        self.rotation
+            .entry(job.record.priority)
+            .or_default()
+            .insert(entry);
+        self.queued_any = true;
+    }
+
+    fn release_worker(&mut self, worker: &str, tid: &str) {
+        if let Some(w) = self.workers.get_mut(worker) {
+            if w.current_task.as_deref() == Some(tid) {
+                w.current_task = None;
+            }
+        }
+    }
+
+    /// Fails a task for good, and the task consuming its output with it.
+    fn fail_for_good(
+        &mut self,
+        tid: &str,
+        reason: &str,
+        worker: &str,
+        attempt: u32,
+        policy: &Policy,
+        now: u64,
+    ) {
+        self.move_task(tid, TaskState::Failed);
+        let t = &self.tasks[tid];
+        let (job_id, kind, unit, parent) = (
+            t.record.job.clone(),
+            t.record.kind,
+            t.record.unit,
+            t.record.parent.clone(),
+        );
+        let (tiles, stitches) = (u64::from(t.planned_tiles), u64::from(t.planned_stitches));
+        let job = self.jobs.get_mut(&job_id).expect("job exists");
+        job.record.ended.add(kind, 1);
+        job.record.expected.upscale_tile -= tiles;
+        job.record.expected.stitch -= stitches;
+        if let std::collections::btree_map::Entry::Vacant(entry) = job.unit_errors.entry(unit) {
+            entry.insert(reason.to_string());
+            job.record.units_failed += 1;
+        }
+        self.event(
+            &job_id,
+            now,
+            policy,
+            EventKind::TaskFailed {
+                task: tid.to_string(),
+                attempt,
+                worker: worker.to_string(),
+                error: reason.to_string(),
+                will_retry: false,
+            },
+        );
+        if let Some(parent) = parent {
+            if self.tasks.get(&parent).map(|p| p.record.state) == Some(TaskState::Blocked) {
+                let attempt = self.tasks[&parent].record.attempt;
+                let why = format!("input {tid} failed: {reason}");
+                self.fail_for_good(&parent, &why, "", attempt, policy, now);
+            }
+        }
+    }
+
+    /// Ends a job whose tasks have all ended.
+    fn maybe_finish(&mut self, id: &str, policy: &Policy, now: u64) {
+        let job = self.jobs.get_mut(id).expect("job exists");
+        if job.record.state != JobState::Running || job.record.counts.active() > 0 {
+            return;
+        }
+        job.record.state = if job.record.counts.failed > 0 {
+            JobState::Failed
+        } else {
+            JobState::Succeeded
+        };
+        job.record.finished_ms = now;
+        self.job_done_event(id, policy, now);
+    }
+
+    fn job_done_event(&mut self, id: &str, policy: &Policy, now: u64) {
+        let r = &self.jobs[id].record;
+        let kind = EventKind::JobDone {
+            state: r.state,
+            counts: r.counts,
+            units_done: r.units_done,
+            units_failed: r.units_failed,
+        };
+        self.event(id, now, policy, kind);
+    }
+
+    fn event(&mut self, job_id: &str, now: u64, policy: &Policy, kind: EventKind) {
+        self.event_seq += 1;
+        let job = self.jobs.get_mut(job_id).expect("job exists");
+        job.events.push_back(Event {
+            cursor: self.event_seq.to_string(),
+            time_ms: now,
+            kind,
+        });
+        while job.events.len() as u64 > policy.events_max.max(1) {
+            job.events.pop_front();
+        }
+        self.evented = true;
+    }
+}

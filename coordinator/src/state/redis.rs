@@ -1,0 +1,875 @@
+//! The state store for farms: Redis, with every transition a Lua script (`lua/`), so that
+//! several coordinators on one Redis never hand out a task twice and a coordinator killed
+//! between two commands leaves nothing half-done. Job events are Redis Streams; scripts that
+//! queue tasks publish on a channel that every coordinator listens to, so waiting lease
+//! requests are woken at once wherever the task appeared.
+
+use super::{
+    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, HeartbeatOutcome,
+    JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord, ResultState,
+    StateBackend, StateCounts, StateError, StateResult, TaskRecord, TaskState, WorkerRecord,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::StreamReadReply;
+use redis::{AsyncConnectionConfig, Client, Script, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_core::task::{ArtifactRef, Capabilities, KindCounts, NewTask, TaskKind};
+use tokio::sync::Notify;
+use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+const COMMON: &str = include_str!("lua/common.lua");
+const FOOTER: &str = include_str!("lua/footer.lua");
+
+/// The transitions and reads, each one script.
+struct Scripts {
+    create_job: Script,
+    lease: Script,
+    heartbeat: Script,
+    complete: Script,
+    fail: Script,
+    expire: Script,
+    deregister: Script,
+    cancel: Script,
+    read_job: Script,
+    read_task: Script,
+    read_results: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{COMMON}\n{body}\n{FOOTER}"))
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            create_job: script(include_str!("lua/create_job.lua")),
+            lease: script(include_str!("lua/lease.lua")),
+            heartbeat: script(include_str!("lua/heartbeat.lua")),
+            complete: script(include_str!("lua/complete.lua")),
+            fail: script(include_str!("lua/fail.lua")),
+            expire: script(include_str!("lua/expire.lua")),
+            deregister: script(include_str!("lua/deregister.lua")),
+            cancel: script(include_str!("lua/cancel.lua")),
+            read_job: script(include_str!("lua/read_job.lua")),
+            read_task: script(include_str!("lua/read_task.lua")),
+            read_results: script(include_str!("lua/read_results.lua")),
+        }
+    }
+}
+
+/// The Redis state store.
+pub struct RedisBackend {
+    client: Client,
+    conn: ConnectionManager,
+    prefix: String,
+    scripts: Scripts,
+    work: Arc<Notify>,
+    /// Connections for blocking stream reads, which would stall a shared connection.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    stop: CancellationToken,
+}
+
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> StateError {
+    StateError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: impl Into<String>, detail: impl ToString) -> StateError {
+    StateError::Corrupt {
+        what: what.into(),
+        detail: detail.to_string(),
+    }
+}
+
+impl RedisBackend {
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`); every key starts with `prefix`, so
+    /// several farms may share one Redis.
+    pub async fn connect(url: &str, prefix: &str) -> StateResult<Self> {
+        let client = Client::open(url).map_err(unavailable)?;
+        // Submitting a large job is one script over many tasks; give it time.
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(30)))
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(unavailable)?;
+        let backend = RedisBackend {
+            client,
+            conn,
+            prefix: prefix.to_string(),
+            scripts: Scripts::new(),
+            work: Arc::new(Notify::new()),
+            blocking: Mutex::new(Vec::new()),
+            stop: CancellationToken::new(),
+        };
+        backend.listen_for_work();
+        Ok(backend)
+    }
+
+    /// Forwards the wake-up channel to [`StateBackend::work_signal`], reconnecting as needed.
+    fn listen_for_work(&self) {
+        let client = self.client.clone();
+        let channel = format!("{}wake", self.prefix);
+        let work = self.work.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                let listen = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    // Tasks queued while we were not subscribed are found by the next poll.
+                    work.notify_waiters();
+                    let mut messages = pubsub.on_message();
+                    while messages.next().await.is_some() {
+                        work.notify_waiters();
+                    }
+                    Ok::<_, redis::RedisError>(())
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    result = listen => {
+                        if let Err(e) = result {
+                            tracing::warn!("redis wake-up channel: {e}; retrying");
+                        }
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+
+    fn key(&self, parts: &[&str]) -> String {
+        format!("{}{}", self.prefix, parts.join(":"))
+    }
+
+    /// Runs a script with the common arguments (prefix, now, events kept) and `args`.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        now: u64,
+        events_max: u64,
+        args: Vec<String>,
+    ) -> StateResult<T> {
+        let mut invocation = script.prepare_invoke();
+        invocation.arg(&self.prefix).arg(now).arg(events_max);
+        for a in args {
+            invocation.arg(a);
+        }
+        let mut conn = self.conn.clone();
+        invocation
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn read_task(&self, id: &str) -> StateResult<Option<TaskRecord>> {
+        let value: Value = self
+            .run(&self.scripts.read_task, 0, 0, vec![id.to_string()])
+            .await?;
+        parse_task_reply(value)
+    }
+
+    async fn blocking_connection(&self) -> StateResult<MultiplexedConnection> {
+        let pooled = self
+            .blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        match pooled {
+            Some(c) => Ok(c),
+            None => {
+                let config = AsyncConnectionConfig::new()
+                    .set_response_timeout(None)
+                    .set_connection_timeout(Some(Duration::from_secs(5)));
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(unavailable)
+            }
+        }
+    }
+
+    async fn read_stream(
+        &self,
+        job: &str,
+        after: &str,
+        max: usize,
+        block: Option<Duration>,
+    ) -> StateResult<Vec<Event>> {
+        let start = if is_stream_id(after) { after } else { "0-0" };
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT").arg(max);
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS")
+            .arg(self.key(&["events", job]))
+            .arg(start);
+        let reply: Option<StreamReadReply> = match block {
+            None => {
+                let mut conn = self.conn.clone();
+                cmd.query_async(&mut conn).await.map_err(unavailable)?
+            }
+            Some(_) => {
+                let mut conn = self.blocking_connection().await?;
+                let reply = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+                self.blocking
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn);
+                reply
+            }
+        };
+        let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+        entries
+            .map(|entry| {
+                let fields: HashMap<String, String> = entry
+                    .map
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        redis::from_redis_value_ref::<String>(v)
+                            .ok()
+                            .map(|s| (k.clone(), s))
+                    })
+                    .collect();
+                parse_event(&entry.id, &Fields(fields))
+                    .map_err(|detail| corrupt(format!("event {} of job {job}", entry.id), detail))
+            })
+            .collect()
+    }
+}
+
+/// Whether `s` is a Redis stream entry id (`ms-seq`).
+fn is_stream_id(s: &str) -> bool {
+    s.split_once('-').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
+/// The arguments `create_tasks` in `common.lua` reads for each task.
+fn task_args(tasks: &[NewTask], args: &mut Vec<String>) {
+    args.push(tasks.len().to_string());
+    for t in tasks {
+        args.extend([
+            t.id.clone(),
+            t.job.clone(),
+            t.kind.as_str().to_string(),
+            t.unit.to_string(),
+            t.class.clone(),
+            serde_json::to_string(&t.spec).expect("specs serialise"),
+            t.parent.clone().unwrap_or_default(),
+            t.slot.to_string(),
+            t.waiting.to_string(),
+            flag(t.is_final),
+            t.planned_tiles.to_string(),
+            t.planned_stitches.to_string(),
+        ]);
+    }
+}
+
+fn flag(b: bool) -> String {
+    if b { "1" } else { "0" }.to_string()
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("state records serialise")
+}
+
+/// A hash read back from Redis.
+struct Fields(HashMap<String, String>);
+
+impl Fields {
+    fn from_flat(flat: Vec<String>) -> Self {
+        let mut map = HashMap::new();
+        let mut it = flat.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            map.insert(k, v);
+        }
+        Fields(map)
+    }
+
+    fn str(&self, name: &str) -> Result<&str, String> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .ok_or_else(|| format!("missing field `{name}`"))
+    }
+
+    fn num<T: std::str::FromStr>(&self, name: &str) -> Result<T, String> {
+        let s = self.str(name)?;
+        s.parse()
+            .map_err(|_| format!("field `{name}` = '{s}' is not a number"))
+    }
+
+    fn opt_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, String> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(s) => serde_json::from_str(s)
+                .map(Some)
+                .map_err(|e| format!("field `{name}`: {e}")),
+        }
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<T, String> {
+        self.opt_json(name)?
+            .ok_or_else(|| format!("missing field `{name}`"))
+    }
+
+    fn opt_f64(&self, name: &str) -> Result<Option<f64>, String> {
+        match self.0.get(name).map(String::as_str) {
+            None | Some("") => Ok(None),
+            Some(_) => self.num(name).map(Some),
+        }
+    }
+
+    fn kind(&self, name: &str) -> Result<TaskKind, String> {
+        let s = self.str(name)?;
+        TaskKind::parse(s).ok_or_else(|| format!("unknown task kind '{s}'"))
+    }
+
+    fn kinds(&self, prefix: &str) -> Result<KindCounts, String> {
+        let mut counts = KindCounts::default();
+        for kind in TaskKind::ALL {
+            counts.add(kind, self.num(&format!("{prefix}{}", kind.as_str()))?);
+        }
+        Ok(counts)
+    }
+
+    fn counts(&self, prefix: &str) -> Result<StateCounts, String> {
+        Ok(StateCounts {
+            queued: self.num(&format!("{prefix}queued"))?,
+            blocked: self.num(&format!("{prefix}blocked"))?,
+            running: self.num(&format!("{prefix}running"))?,
+            done: self.num(&format!("{prefix}done"))?,
+            failed: self.num(&format!("{prefix}failed"))?,
+            cancelled: self.num(&format!("{prefix}cancelled"))?,
+        })
+    }
+}
+
+fn parse_job(id: &str, f: &Fields, queue_position: u64) -> Result<JobRecord, String> {
+    let state = f.str("state")?;
+    Ok(JobRecord {
+        id: id.to_string(),
+        name: f.str("name")?.to_string(),
+        priority: f.num("priority")?,
+        state: JobState::parse(state).ok_or_else(|| format!("unknown job state '{state}'"))?,
+        upscale_only: f.str("upscale_only")? == "1",
+        settings: f.json("settings")?,
+        submitted_ms: f.num("submitted_ms")?,
+        finished_ms: f.num("finished_ms")?,
+        counts: f.counts("n_")?,
+        expected: f.kinds("e_")?,
+        ended: f.kinds("x_")?,
+        busy_ms: f.kinds("b_")?,
+        timed: f.kinds("m_")?,
+        units_total: f.num("units_total")?,
+        units_done: f.num("units_done")?,
+        units_failed: f.num("units_failed")?,
+        queue_position,
+    })
+}
+
+fn parse_task_reply(value: Value) -> StateResult<Option<TaskRecord>> {
+    let parsed: Option<(Vec<String>, Vec<String>, Vec<String>)> =
+        redis::from_redis_value(value).map_err(|e| corrupt("task reply", e))?;
+    let Some((fields, errors, inputs)) = parsed else {
+        return Ok(None);
+    };
+    let f = Fields::from_flat(fields);
+    parse_task(&f, errors, Fields::from_flat(inputs))
+        .map(Some)
+        .map_err(|detail| {
+            corrupt(
+                format!("task {}", f.0.get("id").cloned().unwrap_or_default()),
+                detail,
+            )
+        })
+}
+
+fn parse_task(f: &Fields, errors: Vec<String>, inputs: Fields) -> Result<TaskRecord, String> {
+    let state = f.str("state")?;
+    let mut slots = BTreeMap::new();
+    for (slot, value) in inputs.0 {
+        let slot: u32 = slot.parse().map_err(|_| format!("input slot '{slot}'"))?;
+        let artifact: ArtifactRef =
+            serde_json::from_str(&value).map_err(|e| format!("input {slot}: {e}"))?;
+        slots.insert(slot, artifact);
+    }
+    let spec: tessera_core::task::TaskSpec = f.json("spec")?;
+    let parent = f.str("parent")?;
+    Ok(TaskRecord {
+        id: f.str("id")?.to_string(),
+        job: f.str("job")?.to_string(),
+        kind: f.kind("kind")?,
+        unit: f.num("unit")?,
+        state: TaskState::parse(state).ok_or_else(|| format!("unknown task state '{state}'"))?,
+        attempt: f.num("attempt")?,
+        failures: f.num("failures")?,
+        expiries: f.num("expiries")?,
+        worker: f.str("worker")?.to_string(),
+        deadline_ms: f.num("deadline")?,
+        spec,
+        parent: (!parent.is_empty()).then(|| parent.to_string()),
+        slot: f.num("slot")?,
+        waiting: f.num("waiting")?,
+        is_final: f.str("final")? == "1",
+        checkpoint: f.opt_json("checkpoint")?,
+        checkpoint_iteration: f.num("ckpt_iter")?,
+        iteration: f.num("iteration")?,
+        loss: f.opt_f64("loss")?,
+        output: f.opt_json("output")?,
+        errors,
+        inputs: slots,
+    })
+}
+
+fn parse_event(cursor: &str, f: &Fields) -> Result<Event, String> {
+    let task = || f.str("task").map(str::to_string);
+    let worker = || f.str("worker").map(str::to_string);
+    let kind = match f.str("e")? {
+        "task_started" => EventKind::TaskStarted {
+            task: task()?,
+            kind: f.kind("kind")?,
+            attempt: f.num("attempt")?,
+            worker: worker()?,
+            unit: f.num("unit")?,
+        },
+        "progress" => EventKind::Progress {
+            task: task()?,
+            attempt: f.num("attempt")?,
+            iteration: f.num("iteration")?,
+            iterations: f.num("iterations")?,
+            loss: f.opt_f64("loss")?,
+            checkpoint_iteration: f.num("ckpt_iter")?,
+        },
+        "preview" => EventKind::Preview {
+            task: task()?,
+            attempt: f.num("attempt")?,
+            iteration: f.num("iteration")?,
+        },
+        "task_done" => EventKind::TaskDone {
+            task: task()?,
+            kind: f.kind("kind")?,
+            attempt: f.num("attempt")?,
+            worker: worker()?,
+            unit: f.num("unit")?,
+            is_final: f.str("final")? == "1",
+            output: f.json("output")?,
+        },
+        "task_failed" => EventKind::TaskFailed {
+            task: task()?,
+            attempt: f.num("attempt")?,
+            worker: worker()?,
+            error: f.str("error")?.to_string(),
+            will_retry: f.str("retry")? == "1",
+        },
+        "task_requeued" => EventKind::TaskRequeued {
+            task: task()?,
+            attempt: f.num("attempt")?,
+            worker: worker()?,
+            reason: f.str("reason")?.to_string(),
+        },
+        "job_done" => {
+            let state = f.str("state")?;
+            EventKind::JobDone {
+                state: JobState::parse(state).ok_or_else(|| format!("job state '{state}'"))?,
+                counts: f.counts("")?,
+                units_done: f.num("units_done")?,
+                units_failed: f.num("units_failed")?,
+            }
+        }
+        other => return Err(format!("unknown event '{other}'")),
+    };
+    Ok(Event {
+        cursor: cursor.to_string(),
+        time_ms: f.num("t")?,
+        kind,
+    })
+}
+
+fn parse_worker(f: &Fields) -> Result<WorkerRecord, String> {
+    let mut record: WorkerRecord = f.json("record")?;
+    record.last_seen_ms = f.num("last_seen")?;
+    let current = f.str("current")?;
+    record.current_task = (!current.is_empty()).then(|| current.to_string());
+    record.tasks_done = f.num("done")?;
+    Ok(record)
+}
+
+#[async_trait::async_trait]
+impl StateBackend for RedisBackend {
+    async fn create_job(&self, job: &NewJob, now: u64) -> StateResult<()> {
+        let mut args = vec![
+            job.id.clone(),
+            job.name.clone(),
+            job.priority.to_string(),
+            flag(job.upscale_only),
+            json(&job.settings),
+            job.expected.generate.to_string(),
+            job.expected.upscale_tile.to_string(),
+            job.expected.stitch.to_string(),
+            job.units.len().to_string(),
+        ];
+        for unit in &job.units {
+            args.push(unit.index.to_string());
+            args.push(json(unit));
+        }
+        task_args(&job.tasks, &mut args);
+        let created: i64 = self.run(&self.scripts.create_job, now, 0, args).await?;
+        if created == 1 {
+            Ok(())
+        } else {
+            Err(StateError::JobExists(job.id.clone()))
+        }
+    }
+
+    async fn job(&self, id: &str) -> StateResult<Option<JobRecord>> {
+        let reply: Option<(Vec<String>, u64)> = self
+            .run(&self.scripts.read_job, 0, 0, vec![id.to_string()])
+            .await?;
+        reply
+            .map(|(fields, ahead)| {
+                parse_job(id, &Fields::from_flat(fields), ahead)
+                    .map_err(|d| corrupt(format!("job {id}"), d))
+            })
+            .transpose()
+    }
+
+    async fn jobs(&self, offset: usize, limit: usize) -> StateResult<(Vec<JobRecord>, u64)> {
+        let mut conn = self.conn.clone();
+        let key = self.key(&["jobs"]);
+        let (ids, total): (Vec<String>, u64) = redis::pipe()
+            .cmd("ZREVRANGE")
+            .arg(&key)
+            .arg(offset)
+            .arg((offset + limit) as i64 - 1)
+            .cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut jobs = Vec::with_capacity(ids.len());
+        for id in ids.iter().take(limit) {
+            if let Some(job) = self.job(id).await? {
+                jobs.push(job);
+            }
+        }
+        Ok((jobs, total))
+    }
+
+    async fn results(
+        &self,
+        job: &str,
+        offset: usize,
+        limit: usize,
+    ) -> StateResult<Option<(Vec<ResultRecord>, u64)>> {
+        type Reply = Option<(
+            String,
+            u64,
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+            Vec<Option<String>>,
+        )>;
+        let reply: Reply = self
+            .run(
+                &self.scripts.read_results,
+                0,
+                0,
+                vec![job.to_string(), offset.to_string(), limit.to_string()],
+            )
+            .await?;
+        let Some((state, total, units, outputs, errors)) = reply else {
+            return Ok(None);
+        };
+        let cancelled = state == JobState::Cancelled.as_str();
+        let bad = |d: String| corrupt(format!("results of job {job}"), d);
+        let mut page = Vec::with_capacity(units.len());
+        for ((unit, output), error) in units.into_iter().zip(outputs).zip(errors) {
+            let unit = unit.ok_or_else(|| bad("a result without its unit".into()))?;
+            let unit = serde_json::from_str(&unit).map_err(|e| bad(e.to_string()))?;
+            let output: Option<ArtifactRef> = output
+                .map(|o| serde_json::from_str(&o))
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?;
+            let state = match (&output, &error) {
+                (Some(_), _) => ResultState::Done,
+                (None, Some(_)) => ResultState::Failed,
+                _ if cancelled => ResultState::Cancelled,
+                _ => ResultState::Pending,
+            };
+            page.push(ResultRecord {
+                unit,
+                state,
+                output,
+                error,
+            });
+        }
+        Ok(Some((page, total)))
+    }
+
+    async fn task(&self, id: &str) -> StateResult<Option<TaskRecord>> {
+        self.read_task(id).await
+    }
+
+    async fn register_worker(&self, worker: &WorkerRecord) -> StateResult<()> {
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(self.key(&["worker", &worker.id]))
+            .arg("record")
+            .arg(json(worker))
+            .arg("last_seen")
+            .arg(worker.last_seen_ms)
+            .arg("current")
+            .arg(worker.current_task.clone().unwrap_or_default())
+            .arg("done")
+            .arg(worker.tasks_done)
+            .ignore()
+            .cmd("SADD")
+            .arg(self.key(&["workers"]))
+            .arg(&worker.id)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>> {
+        let mut conn = self.conn.clone();
+        let fields: Vec<String> = redis::cmd("HGETALL")
+            .arg(self.key(&["worker", id]))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        parse_worker(&Fields::from_flat(fields))
+            .map(Some)
+            .map_err(|d| corrupt(format!("worker {id}"), d))
+    }
+
+    async fn workers(&self) -> StateResult<Vec<WorkerRecord>> {
+        let mut conn = self.conn.clone();
+        let mut ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.key(&["workers"]))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        ids.sort();
+        let mut workers = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(w) = self.worker(&id).await? {
+                workers.push(w);
+            }
+        }
+        Ok(workers)
+    }
+
+    async fn deregister_worker(
+        &self,
+        id: &str,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<Vec<String>> {
+        let args = vec![id.to_string(), policy.max_expiries.to_string()];
+        self.run(&self.scripts.deregister, now, policy.events_max, args)
+            .await
+    }
+
+    async fn lease(
+        &self,
+        worker: &str,
+        caps: &Capabilities,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> StateResult<Option<TaskRecord>> {
+        let kinds: Vec<&str> = caps.kinds.iter().map(|k| k.as_str()).collect();
+        let args = vec![
+            worker.to_string(),
+            lease_ms.to_string(),
+            kinds.join(","),
+            caps.models.join(","),
+            caps.device.clone(),
+            caps.max_pixels.to_string(),
+        ];
+        let reply: Value = self
+            .run(&self.scripts.lease, now, policy.events_max, args)
+            .await?;
+        parse_task_reply(reply)
+    }
+
+    async fn heartbeat(
+        &self,
+        lease: LeaseRef<'_>,
+        progress: &Progress,
+        policy: &Policy,
+        now: u64,
+        lease_ms: u64,
+    ) -> StateResult<HeartbeatOutcome> {
+        let (checkpoint, checkpoint_iteration) = match &progress.checkpoint {
+            Some((a, i)) => (json(a), *i),
+            None => (String::new(), 0),
+        };
+        let args = vec![
+            lease.task.to_string(),
+            lease.attempt.to_string(),
+            lease.worker.to_string(),
+            lease_ms.to_string(),
+            progress.iteration.to_string(),
+            progress.iterations.to_string(),
+            progress.loss.map(|l| l.to_string()).unwrap_or_default(),
+            checkpoint,
+            checkpoint_iteration.to_string(),
+            flag(progress.preview),
+        ];
+        let reply: Vec<String> = self
+            .run(&self.scripts.heartbeat, now, policy.events_max, args)
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("ok") => {
+                let deadline_ms = reply
+                    .get(1)
+                    .and_then(|d| d.parse().ok())
+                    .ok_or_else(|| corrupt("heartbeat reply", format!("{reply:?}")))?;
+                Ok(HeartbeatOutcome::Continue { deadline_ms })
+            }
+            Some("cancelled") => Ok(HeartbeatOutcome::Cancelled),
+            Some("lost") => Ok(HeartbeatOutcome::Lost),
+            _ => Err(corrupt("heartbeat reply", format!("{reply:?}"))),
+        }
+    }
+
+    async fn complete(
+        &self,
+        lease: LeaseRef<'_>,
+        output: &ArtifactRef,
+        followups: &[NewTask],
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<CompleteOutcome> {
+        let mut args = vec![
+            lease.task.to_string(),
+            lease.attempt.to_string(),
+            lease.worker.to_string(),
+            json(output),
+        ];
+        task_args(followups, &mut args);
+        let reply: String = self
+            .run(&self.scripts.complete, now, policy.events_max, args)
+            .await?;
+        match reply.as_str() {
+            "accepted" => Ok(CompleteOutcome::Accepted),
+            "duplicate" => Ok(CompleteOutcome::Duplicate),
+            "stale" => Ok(CompleteOutcome::Stale),
+            "cancelled" => Ok(CompleteOutcome::Cancelled),
+            other => Err(corrupt("complete reply", other)),
+        }
+    }
+
+    async fn fail(
+        &self,
+        lease: LeaseRef<'_>,
+        error: &str,
+        retryable: bool,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<FailOutcome> {
+        let args = vec![
+            lease.task.to_string(),
+            lease.attempt.to_string(),
+            lease.worker.to_string(),
+            error.to_string(),
+            flag(retryable),
+            policy.max_retries.to_string(),
+            policy.ban_after.to_string(),
+        ];
+        let (verdict, failures, banned): (String, u32, u32) = self
+            .run(&self.scripts.fail, now, policy.events_max, args)
+            .await?;
+        let verdict = match verdict.as_str() {
+            "retrying" => FailVerdict::Retrying,
+            "failed" => FailVerdict::Failed,
+            "stale" => FailVerdict::Stale,
+            "cancelled" => FailVerdict::Cancelled,
+            other => return Err(corrupt("fail reply", other)),
+        };
+        Ok(FailOutcome {
+            verdict,
+            failures,
+            banned: banned == 1,
+        })
+    }
+
+    async fn expire(&self, policy: &Policy, now: u64, limit: usize) -> StateResult<Vec<String>> {
+        let args = vec![limit.to_string(), policy.max_expiries.to_string()];
+        self.run(&self.scripts.expire, now, policy.events_max, args)
+            .await
+    }
+
+    async fn cancel(&self, job: &str, policy: &Policy, now: u64) -> StateResult<CancelOutcome> {
+        let reply: Vec<String> = self
+            .run(
+                &self.scripts.cancel,
+                now,
+                policy.events_max,
+                vec![job.to_string()],
+            )
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("cancelled") => Ok(CancelOutcome::Cancelled),
+            Some("missing") => Ok(CancelOutcome::NotFound),
+            Some("ended") => reply
+                .get(1)
+                .and_then(|s| JobState::parse(s))
+                .map(CancelOutcome::AlreadyEnded)
+                .ok_or_else(|| corrupt("cancel reply", format!("{reply:?}"))),
+            _ => Err(corrupt("cancel reply", format!("{reply:?}"))),
+        }
+    }
+
+    async fn events(
+        &self,
+        job: &str,
+        after: &str,
+        max: usize,
+        wait: Duration,
+    ) -> StateResult<Vec<Event>> {
+        let found = self.read_stream(job, after, max, None).await?;
+        if !found.is_empty() || wait.is_zero() {
+            return Ok(found);
+        }
+        self.read_stream(job, after, max, Some(wait)).await
+    }
+
+    fn work_signal(&self) -> Arc<Notify> {
+        self.work.clone()
+    }
+
+    async fn ping(&self) -> StateResult<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+}

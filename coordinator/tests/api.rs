@@ -1,0 +1,352 @@
+//! The coordinator as a real process over loopback gRPC, with protocol-only workers: whole jobs,
+//! validation, lease expiry with checkpoints, cancellation, restarts and two coordinators on one
+//! Redis.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{coordinator, jobs, spec, status, submit, watch_to_end, ProtocolWorker};
+use tempfile::TempDir;
+use tessera_proto::transfer::{read_download, upload_messages};
+use tessera_proto::v1;
+use tessera_tests::RedisServer;
+use tonic::Code;
+
+#[tokio::test]
+async fn a_job_runs_to_its_pictures_and_they_can_be_fetched() {
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path(), &["--embedded"], &[]);
+    let mut client = jobs(&service).await;
+    let job = submit(&mut client, spec(2, true)).await;
+    let initial = status(&mut client, &job).await;
+    assert_eq!(initial.tasks.unwrap().planned, 2 * (1 + 4 + 1));
+
+    let watcher = {
+        let mut client = client.clone();
+        let job = job.clone();
+        tokio::spawn(async move { watch_to_end(&mut client, &job).await })
+    };
+    let mut worker = ProtocolWorker::register(&service, "w").await;
+    assert_eq!(worker.drain(0).await, 12);
+
+    let done = status(&mut client, &job).await;
+    assert_eq!(done.state(), v1::JobState::Succeeded);
+    assert_eq!(done.results_done, 2);
+    let events = watcher.await.unwrap();
+    let started = events
+        .iter()
+        .filter(|e| matches!(e.event, Some(v1::job_event::Event::TaskStarted(_))))
+        .count();
+    assert_eq!(started, 12);
+
+    let results = client
+        .list_results(v1::ListResultsRequest {
+            job_id: job.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(results.total, 2);
+    // The result is exactly what the stitch task uploaded, fetched in one go or resumed.
+    let result = &results.results[0];
+    let output = result.output.clone().unwrap();
+    assert_eq!((output.width, output.height), (256, 256));
+    let whole = fetch(&mut client, &job, result.index, Vec::new()).await;
+    assert_eq!(whole, worker.download(&output.key).await);
+    assert_eq!(whole.len() as u64, output.size);
+    let resumed = fetch(&mut client, &job, result.index, whole[..1000].to_vec()).await;
+    assert_eq!(resumed, whole);
+    assert_eq!(
+        image::load_from_memory(&whole)
+            .unwrap()
+            .to_rgb8()
+            .dimensions(),
+        (256, 256)
+    );
+}
+
+/// Fetches a result, continuing after the bytes already in `have`.
+async fn fetch(
+    client: &mut v1::jobs_client::JobsClient<tonic::transport::Channel>,
+    job: &str,
+    index: u32,
+    mut have: Vec<u8>,
+) -> Vec<u8> {
+    let request = v1::FetchResultRequest {
+        job_id: job.into(),
+        index,
+        offset: have.len() as u64,
+    };
+    let stream = client.fetch_result(request).await.unwrap().into_inner();
+    read_download(stream, &mut have).await.unwrap();
+    have
+}
+
+#[tokio::test]
+async fn bad_submissions_are_refused_whole_with_a_clear_message() {
+    let store = TempDir::new().unwrap();
+    let service = coordinator(
+        store.path(),
+        &["--embedded"],
+        &["--max-prompts", "5", "--max-iterations", "1000"],
+    );
+    let mut client = jobs(&service).await;
+    let with_source = |source| v1::JobSpec {
+        source: Some(source),
+        ..spec(1, false)
+    };
+    let with_settings = |settings: v1::Settings| v1::JobSpec {
+        settings: Some(settings),
+        ..spec(1, false)
+    };
+    use v1::job_spec::Source;
+    let cases: Vec<(v1::JobSpec, &str)> = vec![
+        (
+            with_source(Source::PromptsText("\n# nothing\n".into())),
+            "no prompts",
+        ),
+        (
+            with_source(Source::PromptsJsonl(
+                "{\"prompt\": \"a cat\"}\n{\"prompt\": \"a dog\", \"iterations\": }\n".into(),
+            )),
+            "line 2",
+        ),
+        (
+            with_settings(v1::Settings {
+                width: Some(500),
+                ..Default::default()
+            }),
+            "16",
+        ),
+        (
+            with_settings(v1::Settings {
+                vqgan_model: Some("vqgan_imaginary".into()),
+                ..Default::default()
+            }),
+            "vqgan_imaginary",
+        ),
+        (
+            with_source(Source::PromptsText("a\nb\nc\nd\ne\nf\n".into())),
+            "5",
+        ),
+        (
+            with_settings(v1::Settings {
+                iterations: Some(5000),
+                ..Default::default()
+            }),
+            "1000",
+        ),
+    ];
+    for (spec, needle) in cases {
+        let error = client
+            .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+            .await
+            .expect_err("the submission is refused");
+        assert_eq!(error.code(), Code::InvalidArgument, "{}", error.message());
+        assert!(
+            error.message().contains(needle),
+            "'{}' should mention '{needle}'",
+            error.message()
+        );
+    }
+    let listed = client
+        .list_jobs(v1::ListJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.total, 0, "nothing was half-created");
+    let ok = submit(&mut client, spec(5, false)).await;
+    assert_eq!(status(&mut client, &ok).await.tasks.unwrap().queued, 5);
+}
+
+#[tokio::test]
+async fn a_lost_worker_s_task_resumes_from_its_checkpoint_elsewhere() {
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path(), &["--embedded"], &["--lease-ms", "400"]);
+    let mut client = jobs(&service).await;
+    let job = submit(&mut client, spec(1, false)).await;
+
+    let mut lost = ProtocolWorker::register(&service, "lost").await;
+    let task = lost.lease(0).await.unwrap();
+    let state = b"optimiser state at iteration 10".to_vec();
+    let checkpoint = lost.upload(&task, "checkpoint.bin", &state).await;
+    assert_eq!(
+        lost.heartbeat(&task, 10, Some(checkpoint.clone())).await,
+        v1::HeartbeatVerdict::Continue
+    );
+    // `lost` goes silent; the next worker waits for the lease to run out.
+    let mut next = ProtocolWorker::register(&service, "next").await;
+    let resumed = next.lease(10_000).await.expect("the task is handed on");
+    assert_eq!((&resumed.task_id, resumed.attempt), (&task.task_id, 2));
+    assert_eq!(resumed.checkpoint_iteration, 10);
+    let key = resumed.checkpoint.clone().unwrap().key;
+    assert_eq!(next.download(&key).await, state);
+
+    assert_eq!(
+        lost.heartbeat(&task, 11, None).await,
+        v1::HeartbeatVerdict::LeaseLost
+    );
+    let header = v1::UploadHeader {
+        name: "out.png".into(),
+        worker_id: lost.id.clone(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+    };
+    let refused = lost
+        .client
+        .upload_artifact(upload_messages(header, b"late"))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert_eq!(
+        lost.complete(&task, checkpoint).await,
+        v1::CompletionVerdict::Stale
+    );
+    assert_eq!(next.finish(&resumed).await, v1::CompletionVerdict::Accepted);
+    let info = client
+        .get_task(v1::GetTaskRequest {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((info.expiries, info.worker_id), (1, next.id.clone()));
+    assert_eq!(
+        status(&mut client, &job).await.state(),
+        v1::JobState::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn cancelling_stops_running_work_and_watchers_see_it() {
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path(), &["--embedded"], &[]);
+    let mut client = jobs(&service).await;
+    let job = submit(&mut client, spec(3, true)).await;
+    let mut worker = ProtocolWorker::register(&service, "w").await;
+    let task = worker.lease(0).await.unwrap();
+    let cancelled = client
+        .cancel_job(v1::CancelJobRequest {
+            job_id: job.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(cancelled.state(), v1::JobState::Cancelled);
+    assert_eq!(
+        worker.heartbeat(&task, 5, None).await,
+        v1::HeartbeatVerdict::Cancelled
+    );
+    assert!(worker.lease(0).await.is_none());
+    let events = watch_to_end(&mut client, &job).await;
+    match &events.last().unwrap().event {
+        Some(v1::job_event::Event::JobDone(done)) => {
+            assert_eq!(done.state(), v1::JobState::Cancelled)
+        }
+        other => panic!("the last event is {other:?}"),
+    }
+    let missing = client
+        .get_job(v1::GetJobRequest {
+            job_id: "nosuchjob".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_killed_coordinator_restarts_and_the_job_goes_on() {
+    let redis = RedisServer::start().unwrap();
+    let store = TempDir::new().unwrap();
+    let state = ["--redis", &redis.url()];
+    let mut first = coordinator(store.path(), &state, &[]);
+    let mut client = jobs(&first).await;
+    let job = submit(&mut client, spec(3, true)).await;
+    let mut worker = ProtocolWorker::register(&first, "w").await;
+    for _ in 0..4 {
+        let task = worker.lease(0).await.unwrap();
+        worker.finish(&task).await;
+    }
+    let running = worker.lease(0).await.unwrap();
+    first.kill();
+
+    let second = coordinator(store.path(), &state, &[]);
+    let mut client = jobs(&second).await;
+    let before = status(&mut client, &job).await;
+    assert_eq!(before.tasks.unwrap().done, 4);
+    let mut again = ProtocolWorker {
+        client: common::workers_client(&second).await,
+        id: worker.id.clone(),
+    };
+    assert_eq!(
+        again.finish(&running).await,
+        v1::CompletionVerdict::Accepted
+    );
+    again.drain(0).await;
+    let after = status(&mut client, &job).await;
+    assert_eq!(after.state(), v1::JobState::Succeeded);
+    assert_eq!((after.results_done, after.tasks.unwrap().done), (3, 18));
+}
+
+#[tokio::test]
+async fn two_coordinators_on_one_redis_hand_each_task_out_once() {
+    let redis = RedisServer::start().unwrap();
+    let store = TempDir::new().unwrap();
+    let state = ["--redis", &redis.url()];
+    let a = coordinator(store.path(), &state, &[]);
+    let b = coordinator(store.path(), &state, &[]);
+    let mut client = jobs(&a).await;
+    let job = submit(&mut client, spec(10, true)).await;
+
+    let mut handles = Vec::new();
+    for (i, service) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let mut worker = ProtocolWorker::register(service, &format!("w{i}")).await;
+        handles.push(tokio::spawn(async move {
+            let mut leased = Vec::new();
+            while let Some(task) = worker.lease(300).await {
+                assert_eq!(worker.finish(&task).await, v1::CompletionVerdict::Accepted);
+                leased.push((task.task_id, task.attempt));
+            }
+            leased
+        }));
+    }
+    let mut all = Vec::new();
+    for handle in handles {
+        all.extend(handle.await.unwrap());
+    }
+    let distinct: HashSet<_> = all.iter().map(|(id, _)| id).collect();
+    assert_eq!((all.len(), distinct.len()), (60, 60));
+    assert!(all.iter().all(|(_, attempt)| *attempt == 1));
+    let mut other = jobs(&b).await;
+    assert_eq!(
+        status(&mut other, &job).await.state(),
+        v1::JobState::Succeeded
+    );
+}
+
+#[tokio::test]
+async fn health_reports_serving() {
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path(), &["--embedded"], &[]);
+    let channel = tonic::transport::Endpoint::from_shared(service.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    for name in ["", "tessera.v1.Jobs", "tessera.v1.Workers"] {
+        let reply = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: name.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            reply.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
+    }
+}

@@ -1,0 +1,746 @@
+//! The conformance suite of the state store: every scenario runs against the embedded backend
+//! (in memory and journaled to disk) and against Redis (a real `redis-server` started by the
+//! harness), and must behave the same on each. Time is a number the scenarios move by hand.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tessera_coordinator::state::embedded::EmbeddedBackend;
+use tessera_coordinator::state::redis::RedisBackend;
+use tessera_coordinator::state::{
+    CancelOutcome, CompleteOutcome, EventKind, FailVerdict, HeartbeatOutcome, JobState, LeaseRef,
+    NewJob, Policy, Progress, ResultState, StateBackend, TaskRecord, TaskState, WorkerRecord,
+};
+use tessera_core::job::{
+    JobRequest, JobSource, Limits, ModelCatalog, PromptEntry, Settings, SettingsPatch,
+};
+use tessera_core::plan::{plan_followups, plan_job};
+use tessera_core::task::{ArtifactRef, Capabilities, FinishedTask, TaskKind};
+use tessera_tests::RedisServer;
+
+/// Lease length in the scenarios.
+const LEASE_MS: u64 = 10_000;
+/// Side of the generated pictures: 64 px in 32 px tiles gives 4 tiles per picture.
+const SIDE: u32 = 64;
+
+/// One backend under test, with what keeps it alive.
+struct Store {
+    backend: Arc<dyn StateBackend>,
+    policy: Policy,
+    now: u64,
+    _redis: Option<RedisServer>,
+    _dir: Option<TempDir>,
+}
+
+impl Store {
+    fn embedded() -> Store {
+        Store::with(Arc::new(EmbeddedBackend::in_memory()), None, None)
+    }
+
+    fn journaled() -> Store {
+        let dir = TempDir::new().unwrap();
+        let backend = EmbeddedBackend::open(dir.path()).unwrap();
+        Store::with(Arc::new(backend), None, Some(dir))
+    }
+
+    async fn redis() -> Store {
+        let redis = RedisServer::start().unwrap();
+        let backend = RedisBackend::connect(&redis.url(), "test:").await.unwrap();
+        Store::with(Arc::new(backend), Some(redis), None)
+    }
+
+    fn with(
+        backend: Arc<dyn StateBackend>,
+        redis: Option<RedisServer>,
+        dir: Option<TempDir>,
+    ) -> Store {
+        Store {
+            backend,
+            policy: Policy {
+                max_retries: 2,
+                max_expiries: 3,
+                ban_after: 2,
+                events_max: 1_000,
+            },
+            now: 1_000_000,
+            _redis: redis,
+            _dir: dir,
+        }
+    }
+
+    /// A second handle on the same stored state, as a restarted coordinator opens it.
+    async fn reopen(&self) -> Arc<dyn StateBackend> {
+        if let Some(redis) = &self._redis {
+            return Arc::new(RedisBackend::connect(&redis.url(), "test:").await.unwrap());
+        }
+        let dir = self._dir.as_ref().expect("only durable stores reopen");
+        Arc::new(EmbeddedBackend::open(dir.path()).unwrap())
+    }
+
+    fn tick(&mut self, ms: u64) -> u64 {
+        self.now += ms;
+        self.now
+    }
+
+    async fn submit(&self, job: &NewJob) {
+        self.backend.create_job(job, self.now).await.unwrap();
+    }
+
+    async fn register(&self, worker: &str, caps: &Capabilities) {
+        let record = WorkerRecord {
+            id: worker.into(),
+            name: worker.into(),
+            capabilities: caps.clone(),
+            version: "test".into(),
+            registered_ms: self.now,
+            last_seen_ms: self.now,
+            current_task: None,
+            tasks_done: 0,
+        };
+        self.backend.register_worker(&record).await.unwrap();
+    }
+
+    async fn lease(&self, worker: &str) -> Option<TaskRecord> {
+        self.lease_with(worker, &everything()).await
+    }
+
+    async fn lease_with(&self, worker: &str, caps: &Capabilities) -> Option<TaskRecord> {
+        self.backend
+            .lease(worker, caps, &self.policy, self.now, LEASE_MS)
+            .await
+            .unwrap()
+    }
+
+    /// Completes `task` as the worker that leased it, with a picture of the right size and
+    /// the follow-up tasks the coordinator would plan.
+    async fn complete(&self, task: &TaskRecord) -> CompleteOutcome {
+        let output = output_for(task);
+        let finished = FinishedTask {
+            id: &task.id,
+            job: &task.job,
+            unit: task.unit,
+            spec: &task.spec,
+        };
+        let followups = plan_followups(&finished, &output).unwrap();
+        self.backend
+            .complete(lease_of(task), &output, &followups, &self.policy, self.now)
+            .await
+            .unwrap()
+    }
+
+    async fn fail(&self, task: &TaskRecord, error: &str, retryable: bool) -> FailVerdict {
+        self.backend
+            .fail(lease_of(task), error, retryable, &self.policy, self.now)
+            .await
+            .unwrap()
+            .verdict
+    }
+
+    async fn heartbeat(&self, task: &TaskRecord, progress: &Progress) -> HeartbeatOutcome {
+        self.backend
+            .heartbeat(lease_of(task), progress, &self.policy, self.now, LEASE_MS)
+            .await
+            .unwrap()
+    }
+
+    async fn job_state(&self, id: &str) -> JobState {
+        self.backend.job(id).await.unwrap().unwrap().state
+    }
+
+    async fn task(&self, id: &str) -> TaskRecord {
+        self.backend.task(id).await.unwrap().unwrap()
+    }
+
+    /// Leases and completes everything `worker` can get until nothing is left.
+    async fn drain(&self, worker: &str) -> Vec<TaskRecord> {
+        let mut done = Vec::new();
+        while let Some(task) = self.lease(worker).await {
+            assert_eq!(self.complete(&task).await, CompleteOutcome::Accepted);
+            done.push(task);
+        }
+        done
+    }
+
+    async fn events(&self, job: &str) -> Vec<EventKind> {
+        let events = self
+            .backend
+            .events(job, "", 10_000, Duration::ZERO)
+            .await
+            .unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+}
+
+fn lease_of(task: &TaskRecord) -> LeaseRef<'_> {
+    LeaseRef {
+        task: &task.id,
+        attempt: task.attempt,
+        worker: &task.worker,
+    }
+}
+
+/// The picture a task is asked for, as an artifact reference (its content is not read here).
+fn output_for(task: &TaskRecord) -> ArtifactRef {
+    let (width, height) = task.spec.output_size().unwrap();
+    ArtifactRef {
+        key: format!("out/{}/{}", task.id, task.attempt),
+        size: 100,
+        sha256: format!("{:064x}", task.attempt),
+        width,
+        height,
+    }
+}
+
+/// A worker that runs every kind of task with every catalogue model.
+fn everything() -> Capabilities {
+    let catalog = ModelCatalog::default();
+    let mut models: Vec<String> = catalog.clip.iter().chain(&catalog.vqgan).cloned().collect();
+    models.extend(catalog.upscale.iter().map(|m| m.name.clone()));
+    Capabilities {
+        kinds: vec![TaskKind::Generate, TaskKind::UpscaleTile, TaskKind::Stitch],
+        models,
+        device: "cpu".into(),
+        max_pixels: 0,
+    }
+    .normalised()
+    .unwrap()
+}
+
+/// A job of `prompts` prompts with one seed each, small pictures, upscaled 4x in 4 tiles when
+/// `upscale` is set.
+fn job(id: &str, prompts: usize, priority: i32, upscale: bool) -> NewJob {
+    let settings = SettingsPatch {
+        width: Some(SIDE),
+        height: Some(SIDE),
+        iterations: Some(20),
+        upscale_model: Some(if upscale { "realesrgan-x4plus" } else { "none" }.into()),
+        tile: Some(32),
+        tile_pad: Some(8),
+        tile_overlap: Some(4),
+        ..SettingsPatch::default()
+    };
+    let request = JobRequest {
+        name: format!("{id} job"),
+        priority,
+        settings,
+        seeds: vec![7],
+        source: JobSource::Prompts(
+            (0..prompts)
+                .map(|i| PromptEntry {
+                    text: format!("a lighthouse number {i}"),
+                    ..PromptEntry::default()
+                })
+                .collect(),
+        ),
+    };
+    let plan = plan_job(
+        id,
+        &request,
+        &Settings::farm_defaults(),
+        &ModelCatalog::default(),
+        &Limits::default(),
+    )
+    .unwrap();
+    NewJob {
+        id: id.into(),
+        name: request.name,
+        priority,
+        upscale_only: plan.upscale_only,
+        settings: plan.settings,
+        expected: plan.expected,
+        units: plan.units,
+        tasks: plan.tasks,
+    }
+}
+
+/// Runs a scenario on every backend: `mod embedded`, `mod journaled` and `mod redis` each get
+/// a test of this name.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(#[tokio::test] async fn $name() { super::$name(super::Store::embedded()).await })*
+        }
+        mod journaled {
+            $(#[tokio::test] async fn $name() { super::$name(super::Store::journaled()).await })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name(super::Store::redis().await).await })*
+        }
+    };
+}
+
+conformance!(
+    a_job_runs_from_generate_through_tiles_to_stitch,
+    a_job_is_stored_whole_or_not_at_all,
+    higher_priority_goes_first,
+    a_small_job_is_not_starved_by_a_big_one,
+    workers_get_only_what_they_can_do,
+    an_expired_lease_resumes_from_the_checkpoint,
+    a_late_report_never_overwrites_the_current_holder,
+    completion_is_idempotent,
+    retries_are_bounded_and_keep_every_error,
+    a_failing_worker_is_kept_off_the_job,
+    a_task_that_keeps_expiring_fails,
+    cancelling_reaches_running_tasks,
+    deregistering_a_worker_requeues_its_task,
+    events_resume_from_a_cursor,
+    the_state_survives_a_restart,
+);
+
+async fn a_job_runs_from_generate_through_tiles_to_stitch(mut s: Store) {
+    s.submit(&job("j1", 2, 0, true)).await;
+    let record = s.backend.job("j1").await.unwrap().unwrap();
+    assert_eq!(record.counts.queued, 2);
+    assert_eq!(record.planned(), 2 * (1 + 4 + 1));
+    s.register("w1", &everything()).await;
+
+    let generate = s.lease("w1").await.expect("a generate task is queued");
+    assert_eq!(generate.kind, TaskKind::Generate);
+    assert_eq!(generate.attempt, 1);
+    s.tick(500);
+    assert_eq!(s.complete(&generate).await, CompleteOutcome::Accepted);
+    // Its tiles are queued and go before the other render (a job's tiles run first).
+    let tile = s.lease("w1").await.unwrap();
+    assert_eq!(tile.kind, TaskKind::UpscaleTile);
+    assert_eq!(tile.unit, generate.unit);
+    assert_eq!(s.complete(&tile).await, CompleteOutcome::Accepted);
+
+    let rest = s.drain("w1").await;
+    let kinds: Vec<TaskKind> = rest.iter().map(|t| t.kind).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == TaskKind::Stitch).count(), 2);
+    assert_eq!(rest.len() + 2, 12);
+    // A stitch receives its four tiles' outputs as inputs, by tile index.
+    let stitch = rest.iter().find(|t| t.kind == TaskKind::Stitch).unwrap();
+    let stored = s.task(&stitch.id).await;
+    assert_eq!(
+        stored.inputs.keys().copied().collect::<Vec<_>>(),
+        [0, 1, 2, 3]
+    );
+    assert_eq!(stored.state, TaskState::Done);
+
+    let record = s.backend.job("j1").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Succeeded);
+    assert_eq!((record.units_done, record.counts.done), (2, 12));
+    let (results, total) = s.backend.results("j1", 0, 10).await.unwrap().unwrap();
+    assert_eq!(total, 2);
+    for result in results {
+        assert_eq!(result.state, ResultState::Done);
+        let output = result.output.unwrap();
+        assert_eq!((output.width, output.height), (4 * SIDE, 4 * SIDE));
+    }
+    let events = s.events("j1").await;
+    assert!(matches!(
+        events.last(),
+        Some(EventKind::JobDone {
+            state: JobState::Succeeded,
+            ..
+        })
+    ));
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, EventKind::TaskStarted { .. }))
+        .count();
+    assert_eq!(started, 12);
+}
+
+async fn a_job_is_stored_whole_or_not_at_all(s: Store) {
+    let first = job("dup", 3, 0, false);
+    s.submit(&first).await;
+    let again = s.backend.create_job(&job("dup", 5, 0, false), s.now).await;
+    assert!(again.is_err(), "a second job with the same id is refused");
+    let record = s.backend.job("dup").await.unwrap().unwrap();
+    assert_eq!(record.counts.queued, 3, "the refused job changed nothing");
+    let (jobs, total) = s.backend.jobs(0, 10).await.unwrap();
+    assert_eq!((jobs.len(), total), (1, 1));
+    assert!(s.backend.job("missing").await.unwrap().is_none());
+    assert!(s.backend.results("missing", 0, 1).await.unwrap().is_none());
+}
+
+async fn higher_priority_goes_first(mut s: Store) {
+    s.submit(&job("low", 3, 0, false)).await;
+    s.tick(1);
+    s.submit(&job("high", 2, 5, false)).await;
+    let low = s.backend.job("low").await.unwrap().unwrap();
+    assert_eq!(
+        low.queue_position, 2,
+        "two tasks of a higher priority wait before it"
+    );
+    let order: Vec<String> = s.drain("w").await.into_iter().map(|t| t.job).collect();
+    assert_eq!(order, ["high", "high", "low", "low", "low"]);
+}
+
+async fn a_small_job_is_not_starved_by_a_big_one(mut s: Store) {
+    s.submit(&job("big", 200, 0, false)).await;
+    for _ in 0..5 {
+        let task = s.lease("w").await.unwrap();
+        s.complete(&task).await;
+    }
+    s.tick(1);
+    s.submit(&job("small", 3, 0, false)).await;
+    let mut order = Vec::new();
+    for _ in 0..6 {
+        let task = s.lease("w").await.unwrap();
+        s.complete(&task).await;
+        order.push(task.job);
+    }
+    // Jobs of equal priority take turns, and a new job goes first.
+    assert_eq!(order, ["small", "big", "small", "big", "small", "big"]);
+    assert_eq!(s.job_state("small").await, JobState::Succeeded);
+}
+
+async fn workers_get_only_what_they_can_do(s: Store) {
+    s.submit(&job("j", 1, 0, true)).await;
+    let upscaler = Capabilities {
+        kinds: vec![TaskKind::UpscaleTile, TaskKind::Stitch],
+        ..everything()
+    };
+    assert!(s.lease_with("u", &upscaler).await.is_none());
+    let no_vqgan = Capabilities {
+        models: vec!["vit-b/32".into(), "realesrgan-x4plus".into()],
+        ..everything()
+    };
+    assert!(s.lease_with("m", &no_vqgan).await.is_none());
+    let small = Capabilities {
+        max_pixels: u64::from(SIDE * SIDE) - 1,
+        ..everything()
+    };
+    assert!(s.lease_with("p", &small).await.is_none());
+    let generate = s.lease("g").await.unwrap();
+    s.complete(&generate).await;
+    let tile = s.lease_with("u", &upscaler).await.unwrap();
+    assert_eq!(tile.kind, TaskKind::UpscaleTile);
+}
+
+async fn an_expired_lease_resumes_from_the_checkpoint(mut s: Store) {
+    s.submit(&job("j", 1, 0, false)).await;
+    let first = s.lease("w1").await.unwrap();
+    let checkpoint = ArtifactRef {
+        key: "checkpoints/j.0.g/1".into(),
+        size: 10,
+        sha256: "ab".repeat(32),
+        width: 0,
+        height: 0,
+    };
+    let progress = Progress {
+        iteration: 12,
+        iterations: 20,
+        loss: Some(0.5),
+        checkpoint: Some((checkpoint.clone(), 10)),
+        preview: false,
+    };
+    s.tick(LEASE_MS / 2);
+    assert!(matches!(
+        s.heartbeat(&first, &progress).await,
+        HeartbeatOutcome::Continue { .. }
+    ));
+    // The heartbeat renewed the lease: nothing expires at the first deadline.
+    let now = s.tick(LEASE_MS / 2 + 1);
+    assert!(s
+        .backend
+        .expire(&s.policy, now, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let now = s.tick(LEASE_MS);
+    let expired = s.backend.expire(&s.policy, now, 10).await.unwrap();
+    assert_eq!(expired, std::slice::from_ref(&first.id));
+
+    let second = s.lease("w2").await.expect("the task is queued again");
+    assert_eq!((second.id.as_str(), second.attempt), (first.id.as_str(), 2));
+    assert_eq!(second.checkpoint, Some(checkpoint));
+    assert_eq!(second.checkpoint_iteration, 10);
+    let requeued = s.events("j").await.into_iter().any(
+        |e| matches!(e, EventKind::TaskRequeued { ref worker, attempt: 1, .. } if worker == "w1"),
+    );
+    assert!(requeued, "the expiry is an event");
+}
+
+async fn a_late_report_never_overwrites_the_current_holder(mut s: Store) {
+    s.submit(&job("j", 1, 0, false)).await;
+    let stale = s.lease("w1").await.unwrap();
+    let now = s.tick(LEASE_MS + 1);
+    s.backend.expire(&s.policy, now, 10).await.unwrap();
+    let current = s.lease("w2").await.unwrap();
+
+    assert_eq!(
+        s.heartbeat(&stale, &Progress::default()).await,
+        HeartbeatOutcome::Lost
+    );
+    assert_eq!(s.complete(&stale).await, CompleteOutcome::Stale);
+    assert_eq!(s.fail(&stale, "late", true).await, FailVerdict::Stale);
+    let task = s.task(&current.id).await;
+    assert_eq!((task.state, task.output), (TaskState::Running, None));
+
+    assert_eq!(s.complete(&current).await, CompleteOutcome::Accepted);
+    let task = s.task(&current.id).await;
+    assert_eq!(task.output, Some(output_for(&current)));
+    assert_eq!(s.complete(&stale).await, CompleteOutcome::Stale);
+    assert_eq!(s.task(&current.id).await.output, Some(output_for(&current)));
+}
+
+async fn completion_is_idempotent(s: Store) {
+    s.submit(&job("j", 2, 0, false)).await;
+    let task = s.lease("w").await.unwrap();
+    assert_eq!(s.complete(&task).await, CompleteOutcome::Accepted);
+    assert_eq!(s.complete(&task).await, CompleteOutcome::Duplicate);
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert_eq!((record.counts.done, record.units_done), (1, 1));
+    let done_events = s
+        .events("j")
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, EventKind::TaskDone { .. }))
+        .count();
+    assert_eq!(done_events, 1);
+}
+
+async fn retries_are_bounded_and_keep_every_error(s: Store) {
+    s.submit(&job("j", 1, 0, false)).await;
+    // Different workers, so the ban rule stays out of the way.
+    for attempt in 1..=2 {
+        let task = s.lease(&format!("w{attempt}")).await.unwrap();
+        assert_eq!(task.attempt, attempt);
+        let verdict = s
+            .fail(&task, &format!("out of memory #{attempt}"), true)
+            .await;
+        assert_eq!(verdict, FailVerdict::Retrying);
+    }
+    let last = s.lease("w3").await.unwrap();
+    assert_eq!(
+        s.fail(&last, "out of memory #3", true).await,
+        FailVerdict::Failed
+    );
+    let task = s.task(&last.id).await;
+    assert_eq!(task.state, TaskState::Failed);
+    assert_eq!(
+        task.errors,
+        [
+            "attempt 1 on w1: out of memory #1",
+            "attempt 2 on w2: out of memory #2",
+            "attempt 3 on w3: out of memory #3"
+        ]
+    );
+    assert_eq!(s.job_state("j").await, JobState::Failed);
+    let (results, _) = s.backend.results("j", 0, 1).await.unwrap().unwrap();
+    assert_eq!(results[0].state, ResultState::Failed);
+    assert!(results[0].error.as_deref().unwrap().contains("#3"));
+
+    // A failure that retrying cannot mend ends the task at once.
+    s.submit(&job("k", 1, 0, false)).await;
+    let task = s.lease("w4").await.unwrap();
+    assert_eq!(
+        s.fail(&task, "bad prompt", false).await,
+        FailVerdict::Failed
+    );
+}
+
+async fn a_failing_worker_is_kept_off_the_job(s: Store) {
+    s.submit(&job("j", 4, 0, false)).await;
+    for _ in 0..2 {
+        let task = s.lease("bad").await.unwrap();
+        let outcome = s
+            .backend
+            .fail(lease_of(&task), "driver crashed", true, &s.policy, s.now)
+            .await
+            .unwrap();
+        assert_eq!(outcome.verdict, FailVerdict::Retrying);
+    }
+    assert!(s.lease("bad").await.is_none(), "banned after two failures");
+    s.submit(&job("other", 1, 0, false)).await;
+    let other = s.lease("bad").await.unwrap();
+    assert_eq!(other.job, "other", "the ban covers one job only");
+    assert_eq!(s.drain("good").await.len(), 4);
+    assert_eq!(s.job_state("j").await, JobState::Succeeded);
+}
+
+async fn a_task_that_keeps_expiring_fails(mut s: Store) {
+    s.submit(&job("j", 1, 0, false)).await;
+    // Three expiries are tolerated (max_expiries), the fourth ends the task.
+    for attempt in 1..=4 {
+        let task = s.lease(&format!("w{attempt}")).await.unwrap();
+        assert_eq!(task.attempt, attempt);
+        let now = s.tick(LEASE_MS + 1);
+        s.backend.expire(&s.policy, now, 10).await.unwrap();
+    }
+    assert!(s.lease("w5").await.is_none());
+    let task = s.task("j.0.g").await;
+    assert_eq!((task.state, task.expiries), (TaskState::Failed, 4));
+    assert_eq!(s.job_state("j").await, JobState::Failed);
+}
+
+async fn cancelling_reaches_running_tasks(s: Store) {
+    s.submit(&job("j", 3, 0, false)).await;
+    let running = s.lease("w").await.unwrap();
+    assert_eq!(
+        s.backend.cancel("j", &s.policy, s.now).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        s.heartbeat(&running, &Progress::default()).await,
+        HeartbeatOutcome::Cancelled
+    );
+    assert_eq!(s.complete(&running).await, CompleteOutcome::Cancelled);
+    assert!(s.lease("w").await.is_none());
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Cancelled);
+    assert_eq!(record.counts.active(), 0);
+    assert_eq!(
+        s.backend.cancel("j", &s.policy, s.now).await.unwrap(),
+        CancelOutcome::AlreadyEnded(JobState::Cancelled)
+    );
+    assert_eq!(
+        s.backend.cancel("nope", &s.policy, s.now).await.unwrap(),
+        CancelOutcome::NotFound
+    );
+    let events = s.events("j").await;
+    assert!(matches!(
+        events.last(),
+        Some(EventKind::JobDone {
+            state: JobState::Cancelled,
+            ..
+        })
+    ));
+}
+
+async fn deregistering_a_worker_requeues_its_task(s: Store) {
+    s.submit(&job("j", 1, 0, false)).await;
+    s.register("w1", &everything()).await;
+    let task = s.lease("w1").await.unwrap();
+    assert_eq!(
+        s.backend.worker("w1").await.unwrap().unwrap().current_task,
+        Some(task.id.clone())
+    );
+    let released = s
+        .backend
+        .deregister_worker("w1", &s.policy, s.now)
+        .await
+        .unwrap();
+    assert_eq!(released, std::slice::from_ref(&task.id));
+    assert!(s.backend.worker("w1").await.unwrap().is_none());
+    let again = s.lease("w2").await.unwrap();
+    assert_eq!((again.id, again.attempt), (task.id, 2));
+}
+
+async fn events_resume_from_a_cursor(s: Store) {
+    s.submit(&job("j", 2, 0, false)).await;
+    let task = s.lease("w").await.unwrap();
+    let all = s
+        .backend
+        .events("j", "", 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    s.complete(&task).await;
+    let after = s
+        .backend
+        .events("j", &all[0].cursor, 100, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(matches!(after[0].kind, EventKind::TaskDone { .. }));
+    assert_eq!(after.len(), 1);
+    let none = s
+        .backend
+        .events("j", &after[0].cursor, 100, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+async fn the_state_survives_a_restart(mut s: Store) {
+    if s._redis.is_none() && s._dir.is_none() {
+        return; // the in-memory store promises nothing across restarts
+    }
+    s.submit(&job("j", 3, 0, true)).await;
+    let done = s.lease("w").await.unwrap();
+    s.complete(&done).await;
+    let running = s.lease("w").await.unwrap();
+    let before = s.backend.job("j").await.unwrap().unwrap();
+    s.backend = s.reopen().await;
+    assert_eq!(s.backend.job("j").await.unwrap().unwrap(), before);
+    assert_eq!(s.complete(&running).await, CompleteOutcome::Accepted);
+    s.drain("w").await;
+    assert_eq!(s.job_state("j").await, JobState::Succeeded);
+}
+
+/// Two coordinators on one Redis, leasing at the same time: no task is handed out twice.
+#[tokio::test]
+async fn two_coordinators_never_lease_a_task_twice() {
+    let s = Store::redis().await;
+    s.submit(&job("j", 120, 0, false)).await;
+    let other = s.reopen().await;
+    let run = |backend: Arc<dyn StateBackend>, name: &'static str| {
+        let policy = s.policy;
+        let now = s.now;
+        async move {
+            let mut got = Vec::new();
+            while let Some(t) = backend
+                .lease(name, &everything(), &policy, now, LEASE_MS)
+                .await
+                .unwrap()
+            {
+                got.push(t.id);
+            }
+            got
+        }
+    };
+    let workers = [
+        tokio::spawn(run(s.backend.clone(), "a")),
+        tokio::spawn(run(other.clone(), "b")),
+        tokio::spawn(run(s.backend.clone(), "c")),
+        tokio::spawn(run(other, "d")),
+    ];
+    let mut all = Vec::new();
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!((all.len(), distinct.len()), (120, 120));
+}
+
+/// Completions racing from two coordinators for the same task: exactly one is accepted.
+#[tokio::test]
+async fn racing_completions_accept_one() {
+    let s = Store::redis().await;
+    s.submit(&job("j", 1, 0, true)).await;
+    let task = s.lease("w").await.unwrap();
+    let other = s.reopen().await;
+    let output = output_for(&task);
+    let followups = {
+        let finished = FinishedTask {
+            id: &task.id,
+            job: &task.job,
+            unit: task.unit,
+            spec: &task.spec,
+        };
+        plan_followups(&finished, &output).unwrap()
+    };
+    let race = |backend: Arc<dyn StateBackend>| {
+        let (task, output, followups, policy, now) = (
+            task.clone(),
+            output.clone(),
+            followups.clone(),
+            s.policy,
+            s.now,
+        );
+        tokio::spawn(async move {
+            backend
+                .complete(lease_of(&task), &output, &followups, &policy, now)
+                .await
+                .unwrap()
+        })
+    };
+    let a = race(s.backend.clone());
+    let b = race(other);
+    let outcomes: BTreeSet<String> = [a.await.unwrap(), b.await.unwrap()]
+        .iter()
+        .map(|o| format!("{o:?}"))
+        .collect();
+    assert_eq!(
+        outcomes,
+        BTreeSet::from(["Accepted".to_string(), "Duplicate".to_string()])
+    );
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert_eq!(record.counts.queued, 4, "the tiles were planned once");
+}

@@ -1,0 +1,354 @@
+use super::*;
+use crate::job::*;
+use crate::task::*;
+use crate::tiles::{TilePlan, TileSpec};
+
+fn request(source: JobSource) -> JobRequest {
+    JobRequest {
+        name: "test".into(),
+        priority: 0,
+        settings: SettingsPatch::default(),
+        seeds: vec![1, 2],
+        source,
+    }
+}
+
+fn prompts(texts: &[&str]) -> JobSource {
+    JobSource::Prompts(
+        texts
+            .iter()
+            .map(|t| PromptEntry {
+                text: t.to_string(),
+                ..PromptEntry::default()
+            })
+            .collect(),
+    )
+}
+
+fn plan(req: &JobRequest) -> Result<JobPlan, JobError> {
+    plan_job(
+        "j1",
+        req,
+        &Settings::farm_defaults(),
+        &ModelCatalog::default(),
+        &Limits::default(),
+    )
+}
+
+fn image(name: &str, width: u32, height: u32) -> InputImage {
+    InputImage {
+        name: name.into(),
+        artifact: ArtifactRef {
+            key: format!("uploads/{name}"),
+            size: 10,
+            sha256: String::new(),
+            width,
+            height,
+        },
+    }
+}
+
+#[test]
+fn prompt_jobs_plan_one_generate_task_per_prompt_and_seed() {
+    let mut req = request(prompts(&["a cat", "a dog"]));
+    let JobSource::Prompts(p) = &mut req.source else {
+        unreachable!()
+    };
+    p[1].seeds = Some(vec![7, 8, 9]);
+    let plan = plan(&req).unwrap();
+    assert_eq!(plan.units.len(), 5);
+    assert_eq!(plan.tasks.len(), 5);
+    let seeds: Vec<_> = plan.units.iter().map(|u| u.seed.unwrap()).collect();
+    assert_eq!(seeds, [1, 2, 7, 8, 9]);
+    assert_eq!(plan.tasks[2].id, "j1.2.g");
+    assert!(plan.tasks.iter().all(|t| t.kind == TaskKind::Generate));
+    // 496 with 256-pixel tiles: 2x2 tiles and a stitch per picture.
+    assert_eq!(plan.tasks[0].planned_tiles, 4);
+    assert_eq!(plan.tasks[0].planned_stitches, 1);
+    assert_eq!(
+        plan.expected,
+        KindCounts {
+            generate: 5,
+            upscale_tile: 20,
+            stitch: 5
+        }
+    );
+    assert!(!plan.tasks[0].is_final);
+}
+
+#[test]
+fn overrides_apply_per_prompt_over_job_settings() {
+    let text = r#"{"prompt": "a cat", "iterations": 20, "width": 256, "height": 128}
+{"prompt": "a dog", "seeds": [5], "upscale_model": "none"}
+"#;
+    let mut req = request(JobSource::Prompts(parse_prompts_jsonl(text).unwrap()));
+    req.settings.iterations = Some(300);
+    req.settings.clip_model = Some("vit-b/16".into());
+    let plan = plan(&req).unwrap();
+    let first = &plan.units[0].settings;
+    assert_eq!(
+        (first.iterations, first.width, first.height),
+        (20, 256, 128)
+    );
+    assert_eq!(first.clip_model, "ViT-B/16", "catalogue spelling is kept");
+    let last = &plan.units[2].settings;
+    assert_eq!((last.iterations, last.upscale.is_none()), (300, true));
+    assert!(
+        plan.tasks[2].is_final,
+        "no upscale: the render is the result"
+    );
+    assert_eq!(plan.tasks[2].planned_tiles, 0);
+}
+
+#[test]
+fn jsonl_errors_name_the_line() {
+    let cases = [
+        (
+            "{\"prompt\": \"a\"}\n\n{\"prompt\": 3}",
+            3,
+            "must be a string",
+        ),
+        ("{\"prompt\": \"a\"}\nnot json", 2, "expected"),
+        ("{\"seeds\": [1]}", 1, "missing \"prompt\""),
+        (
+            "{\"prompt\": \"a\", \"iteratons\": 3}",
+            1,
+            "unknown field `iteratons`",
+        ),
+        (
+            "{\"prompt\": \"a\", \"seeds\": [-1]}",
+            1,
+            "\"seeds\" must be",
+        ),
+        ("[1]", 1, "expected an object"),
+    ];
+    for (text, line, needle) in cases {
+        let err = parse_prompts_jsonl(text).unwrap_err();
+        assert!(
+            matches!(err, JobError::Jsonl { line: l, .. } if l == line),
+            "{text}: {err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("line {line}")) && msg.contains(needle),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn text_prompts_skip_blank_and_comment_lines_and_keep_line_numbers() {
+    let entries = parse_prompts_text("# batch\na cat\n\n  a dog  \n");
+    let got: Vec<_> = entries.iter().map(|e| (e.text.as_str(), e.line)).collect();
+    assert_eq!(got, [("a cat", 2), ("a dog", 4)]);
+}
+
+#[test]
+fn invalid_jobs_are_refused_with_what_to_fix() {
+    let check = |req: JobRequest, needle: &str| {
+        let msg = plan(&req).unwrap_err().to_string();
+        assert!(msg.contains(needle), "expected '{needle}' in: {msg}");
+    };
+    check(request(prompts(&[])), "the job has no prompts");
+    let mut req = request(prompts(&["a"]));
+    req.settings.width = Some(500);
+    check(req, "width 500 is not a multiple of 16: use 496 or 512");
+    let mut req = request(prompts(&["a"]));
+    req.settings.vqgan_model = Some("vqgan_nope".into());
+    check(
+        req,
+        "unknown VQGAN model 'vqgan_nope'; known: vqgan_imagenet_f16_16384",
+    );
+    let mut req = request(prompts(&["a"]));
+    req.settings.iterations = Some(10_001);
+    check(req, "too many iterations: 10001, the limit is 10000");
+    let text: Vec<String> = (0..10_001).map(|i| format!("p{i}")).collect();
+    let refs: Vec<&str> = text.iter().map(String::as_str).collect();
+    check(
+        request(prompts(&refs)),
+        "too many prompts: 10001, the limit is 10000",
+    );
+    let mut req = request(JobSource::Prompts(parse_prompts_text("a\nb||c\n")));
+    req.seeds = vec![];
+    check(req, "line 2: text prompt 2");
+    let mut req = request(JobSource::Prompts(
+        parse_prompts_jsonl("{\"prompt\":\"a\"}\n{\"prompt\":\"b\",\"upscale_model\":\"x9\"}")
+            .unwrap(),
+    ));
+    req.seeds = vec![3];
+    check(req, "line 2: unknown upscale model 'x9'");
+    let mut req = request(prompts(&["a"]));
+    req.settings.upscale_scale = Some(2);
+    check(req, "upscale_scale = 2 is out of range: it must be 4");
+    let mut req = request(prompts(&["a"]));
+    req.settings.tile = Some(8);
+    check(req, "tile size 8 is too small");
+    let mut req = request(prompts(&["a"]));
+    req.seeds = (0..1001).collect();
+    check(req, "too many seeds per prompt: 1001");
+}
+
+#[test]
+fn results_limit_counts_prompts_times_seeds() {
+    let limits = Limits {
+        max_results: 5,
+        ..Limits::default()
+    };
+    let req = request(prompts(&["a", "b", "c"]));
+    let err = plan_job(
+        "j",
+        &req,
+        &Settings::farm_defaults(),
+        &ModelCatalog::default(),
+        &limits,
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "too many results (prompts x seeds): 6, the limit is 5"
+    );
+}
+
+#[test]
+fn upscale_only_jobs_cut_each_picture_into_tiles_and_a_stitch() {
+    let req = request(JobSource::Images(vec![
+        image("big.png", 600, 300),
+        image("small.png", 100, 64),
+    ]));
+    let plan = plan(&req).unwrap();
+    assert!(plan.upscale_only);
+    // 600x300 at 256: 3x2 tiles and a stitch; 100x64: one tile, which is the result.
+    assert_eq!(
+        plan.expected,
+        KindCounts {
+            generate: 0,
+            upscale_tile: 7,
+            stitch: 1
+        }
+    );
+    let stitch = plan
+        .tasks
+        .iter()
+        .find(|t| t.kind == TaskKind::Stitch)
+        .unwrap();
+    assert_eq!((stitch.id.as_str(), stitch.waiting), ("j1.0.s", 6));
+    let tiles: Vec<_> = plan.tasks.iter().filter(|t| t.unit == 0).collect();
+    assert!(tiles[..6]
+        .iter()
+        .all(|t| t.parent.as_deref() == Some("j1.0.s") && !t.is_final));
+    let single = plan.tasks.iter().find(|t| t.unit == 1).unwrap();
+    assert!(single.is_final && single.parent.is_none());
+    let mut req = request(JobSource::Images(vec![image("x.png", 10, 10)]));
+    req.settings.upscale_model = Some("none".into());
+    assert!(plan_req_msg(&req).contains("an upscale model for an upscale-only job"));
+    let req = request(JobSource::Images(vec![image("huge.png", 5000, 5000)]));
+    assert!(plan_req_msg(&req).contains("input image 'huge.png': 5000x5000 pixels"));
+}
+
+fn plan_req_msg(req: &JobRequest) -> String {
+    plan(req).unwrap_err().to_string()
+}
+
+#[test]
+fn a_generated_picture_is_planned_into_tiles_with_the_tile_geometry() {
+    let plan = plan(&request(prompts(&["a cat"]))).unwrap();
+    let task = &plan.tasks[0];
+    let output = ArtifactRef {
+        key: "jobs/j1/j1.0.g/1/out.png".into(),
+        size: 3,
+        sha256: "00".into(),
+        width: 496,
+        height: 496,
+    };
+    let finished = FinishedTask {
+        id: &task.id,
+        job: &task.job,
+        unit: task.unit,
+        spec: &task.spec,
+    };
+    let follow = plan_followups(&finished, &output).unwrap();
+    assert_eq!(
+        follow.len() as u32,
+        task.planned_tiles + task.planned_stitches
+    );
+    let tile_plan = TilePlan::new(496, 496, 4, TileSpec::default()).unwrap();
+    for (k, tile) in tile_plan.tiles.iter().enumerate() {
+        let spec = &follow[k].spec;
+        let rects = spec.upscale_tile().unwrap().unwrap();
+        assert_eq!(rects.input, tile.input());
+        assert_eq!(rects.output, tile.output(4));
+        let (w, h) = spec.output_size().unwrap();
+        assert_eq!((w, h), (tile.input().width * 4, tile.input().height * 4));
+        let TaskSpec::UpscaleTile { source, .. } = spec else {
+            panic!("not a tile: {spec:?}")
+        };
+        assert_eq!(source, &output);
+    }
+    assert_eq!(follow[4].spec.output_size().unwrap(), (1984, 1984));
+    let wrong = ArtifactRef {
+        width: 480,
+        ..output
+    };
+    assert_eq!(
+        plan_followups(&finished, &wrong).unwrap_err().to_string(),
+        "task j1.0.g produced a 480x496 picture, expected 496x496"
+    );
+}
+
+#[test]
+fn requirements_round_trip_through_the_queue_name_and_match_capabilities() {
+    let plan = plan(&request(prompts(&["a cat"]))).unwrap();
+    let req = plan.tasks[0].spec.requirements().unwrap();
+    assert_eq!(
+        req.class_key(),
+        "generate|246016||vit-b/32,vqgan-imagenet-f16-16384"
+    );
+    assert_eq!(
+        Requirements::from_class_key(&req.class_key()),
+        Some(req.clone())
+    );
+    let caps = Capabilities {
+        kinds: vec![TaskKind::Generate],
+        models: vec!["ViT-B/32".into(), "vqgan_imagenet_f16_16384".into()],
+        device: "cuda:0".into(),
+        max_pixels: 0,
+    }
+    .normalised()
+    .unwrap();
+    assert!(req.satisfied_by(&caps));
+    let without = |f: &dyn Fn(&mut Capabilities)| {
+        let mut c = caps.clone();
+        f(&mut c);
+        req.satisfied_by(&c)
+    };
+    assert!(!without(&|c| c.kinds = vec![TaskKind::Stitch]));
+    assert!(!without(&|c| c.models.pop().map(|_| ()).unwrap()));
+    assert!(!without(&|c| c.max_pixels = 496 * 495));
+    assert!(without(&|c| c.max_pixels = 496 * 496));
+    let mut on = req.clone();
+    on.device = "cuda".into();
+    assert!(on.satisfied_by(&caps));
+    on.device = "cuda:1".into();
+    assert!(!on.satisfied_by(&caps));
+    on.device = "cud".into();
+    assert!(!on.satisfied_by(&caps), "a device kind matches whole words");
+}
+
+#[test]
+fn sizes_parse_and_job_of_task_splits_ids() {
+    assert_eq!(parse_size("496x320").unwrap(), (496, 320));
+    assert_eq!(
+        parse_size("496").unwrap_err().to_string(),
+        "size '496' is not WIDTHxHEIGHT, for example 496x496"
+    );
+    assert_eq!(job_of_task("abc.3.t2"), "abc");
+}
+
+#[test]
+fn task_specs_round_trip_through_json() {
+    let plan = plan(&request(JobSource::Images(vec![image("a.png", 300, 300)]))).unwrap();
+    for task in plan.tasks {
+        let json = serde_json::to_string(&task).unwrap();
+        assert_eq!(serde_json::from_str::<NewTask>(&json).unwrap(), task);
+    }
+}

@@ -1,0 +1,221 @@
+//! `tessera-bench`: what the farm's machinery costs, measured on real processes over loopback.
+//! It prints tables; it asserts nothing (speed is never a test).
+//!
+//! `tessera-bench coordinator` starts a coordinator (on a fresh `redis-server`, then with the
+//! embedded state) and runs protocol clients that do no work: each leases a task, uploads a
+//! tiny picture and completes it, as fast as it can. It reports tasks per second and the
+//! latency of leasing and of finishing (upload plus completion).
+//!
+//!     cargo build --release -p tessera-coordinator -p tessera-tests
+//!     target/release/tessera-bench coordinator --clients 1,10,100 --tasks 3000
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use tessera_proto::transfer::upload_messages;
+use tessera_proto::v1;
+use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_proto::v1::workers_client::WorkersClient;
+use tessera_tests::{binary, RedisServer, Service};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(about = "Benchmarks of the farm's machinery on real processes")]
+struct Cli {
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Subcommand)]
+enum Target {
+    /// Lease/complete throughput and latency through the coordinator.
+    Coordinator {
+        /// Concurrent protocol clients per row.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
+        clients: Vec<usize>,
+        /// Tasks per row.
+        #[arg(long, default_value_t = 3000)]
+        tasks: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().target {
+        Target::Coordinator { clients, tasks } => bench_coordinator(&clients, tasks).await,
+    }
+}
+
+/// What one client measured.
+#[derive(Default)]
+struct Timings {
+    lease: Vec<Duration>,
+    finish: Vec<Duration>,
+}
+
+async fn bench_coordinator(clients: &[usize], tasks: usize) -> anyhow::Result<()> {
+    let program = binary("tessera-coordinator")?;
+    println!("{tasks} tasks per row; each client leases, uploads a 16x16 PNG and completes");
+    println!(
+        "{:>9} {:>8} {:>10} {:>14} {:>14} {:>15} {:>15}",
+        "state",
+        "clients",
+        "tasks/s",
+        "lease p50 ms",
+        "lease p99 ms",
+        "finish p50 ms",
+        "finish p99 ms"
+    );
+    for backend in ["redis", "embedded"] {
+        for &n in clients {
+            let store = tempfile::TempDir::new()?;
+            let redis = (backend == "redis").then(RedisServer::start).transpose()?;
+            let mut command = Command::new(&program);
+            command
+                .args(["--listen", "127.0.0.1:0", "--store"])
+                .arg(store.path())
+                .env("RUST_LOG", "warn");
+            match &redis {
+                Some(r) => command.args(["--redis", &r.url()]),
+                None => command.arg("--embedded"),
+            };
+            let service = Service::start(command)?;
+            let (elapsed, timings) = run_row(&service, n, tasks)
+                .await
+                .with_context(|| format!("{backend} with {n} clients:\n{}", service.log()))?;
+            let rate = tasks as f64 / elapsed.as_secs_f64();
+            println!(
+                "{backend:>9} {n:>8} {rate:>10.0} {:>14.2} {:>14.2} {:>15.2} {:>15.2}",
+                percentile(&timings.lease, 0.50),
+                percentile(&timings.lease, 0.99),
+                percentile(&timings.finish, 0.50),
+                percentile(&timings.finish, 0.99),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Submits one job of `tasks` renders and lets `n` clients work it off; returns the wall time
+/// from the first lease to the last completion and every client's timings.
+async fn run_row(service: &Service, n: usize, tasks: usize) -> anyhow::Result<(Duration, Timings)> {
+    let mut jobs = JobsClient::connect(service.url()).await?;
+    let prompts: String = (0..tasks).map(|i| format!("prompt {i}\n")).collect();
+    let spec = v1::JobSpec {
+        name: "bench".into(),
+        settings: Some(v1::Settings {
+            width: Some(16),
+            height: Some(16),
+            iterations: Some(1),
+            upscale_model: Some("none".into()),
+            ..Default::default()
+        }),
+        source: Some(v1::job_spec::Source::PromptsText(prompts)),
+        ..Default::default()
+    };
+    jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await?;
+    let picture = tiny_png()?;
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for i in 0..n {
+        let url = service.url();
+        let picture = picture.clone();
+        handles.push(tokio::spawn(async move { client(url, i, picture).await }));
+    }
+    let mut all = Timings::default();
+    for handle in handles {
+        let timings = handle.await??;
+        all.lease.extend(timings.lease);
+        all.finish.extend(timings.finish);
+    }
+    let elapsed = start.elapsed();
+    if all.finish.len() != tasks {
+        bail!("{} tasks were finished, expected {tasks}", all.finish.len());
+    }
+    Ok((elapsed, all))
+}
+
+/// One protocol client: registers, then leases and finishes tasks until none is left.
+async fn client(url: String, index: usize, picture: Vec<u8>) -> anyhow::Result<Timings> {
+    let mut workers = WorkersClient::connect(url).await?;
+    let id = register(&mut workers, index).await?;
+    let mut timings = Timings::default();
+    loop {
+        let started = Instant::now();
+        let request = v1::LeaseTaskRequest {
+            worker_id: id.clone(),
+            wait_ms: 0,
+        };
+        let Some(task) = workers.lease_task(request).await?.into_inner().task else {
+            return Ok(timings);
+        };
+        timings.lease.push(started.elapsed());
+        let started = Instant::now();
+        finish(&mut workers, &id, &task, &picture).await?;
+        timings.finish.push(started.elapsed());
+    }
+}
+
+async fn register(workers: &mut WorkersClient<Channel>, index: usize) -> anyhow::Result<String> {
+    let capabilities = v1::Capabilities {
+        kinds: vec![v1::TaskKind::Generate as i32],
+        models: ["ViT-B/32", "vqgan_imagenet_f16_16384"]
+            .map(String::from)
+            .to_vec(),
+        device: "cpu".into(),
+        max_pixels: 0,
+    };
+    let request = v1::RegisterRequest {
+        name: format!("bench-{index}"),
+        capabilities: Some(capabilities),
+        version: "bench".into(),
+    };
+    Ok(workers.register(request).await?.into_inner().worker_id)
+}
+
+async fn finish(
+    workers: &mut WorkersClient<Channel>,
+    id: &str,
+    task: &v1::Task,
+    picture: &[u8],
+) -> anyhow::Result<()> {
+    let header = v1::UploadHeader {
+        name: "out.png".into(),
+        worker_id: id.into(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+    };
+    let output = workers
+        .upload_artifact(upload_messages(header, picture))
+        .await?
+        .into_inner();
+    let request = v1::CompleteTaskRequest {
+        worker_id: id.into(),
+        task_id: task.task_id.clone(),
+        attempt: task.attempt,
+        output: Some(output),
+    };
+    let verdict = workers.complete_task(request).await?.into_inner().verdict();
+    if verdict != v1::CompletionVerdict::Accepted {
+        bail!("task {} was {verdict:?}", task.task_id);
+    }
+    Ok(())
+}
+
+fn tiny_png() -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    image::RgbImage::new(16, 16)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)?;
+    Ok(out)
+}
+
+/// The `q` quantile of `samples`, in milliseconds.
+fn percentile(samples: &[Duration], q: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted.get(index).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
