@@ -6,10 +6,11 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{coordinator, jobs, spec, status, submit, watch_to_end, ProtocolWorker};
+use common::{coordinator, jobs, spec, status, submit, watch_to_end};
 use tempfile::TempDir;
 use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
+use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::RedisServer;
 use tonic::Code;
 
@@ -277,7 +278,9 @@ async fn a_killed_coordinator_restarts_and_the_job_goes_on() {
     let before = status(&mut client, &job).await;
     assert_eq!(before.tasks.unwrap().done, 4);
     let mut again = ProtocolWorker {
-        client: common::workers_client(&second).await,
+        client: v1::workers_client::WorkersClient::connect(second.url())
+            .await
+            .unwrap(),
         id: worker.id.clone(),
     };
     assert_eq!(

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
+pub mod protocol;
+
 /// How long a service may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -14,12 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use tessera_proto::transfer::upload_messages;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
-use tessera_proto::v1::workers_client::WorkersClient;
+use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::{binary, RedisServer, Service};
-use tonic::transport::Channel;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of the farm's machinery on real processes")]
@@ -117,17 +115,18 @@ async fn run_row(service: &Service, n: usize, tasks: usize) -> anyhow::Result<(D
     };
     jobs.submit_job(v1::SubmitJobRequest { spec: Some(spec) })
         .await?;
-    let picture = tiny_png()?;
-    let start = Instant::now();
-    let mut handles = Vec::new();
+    let mut workers = Vec::with_capacity(n);
     for i in 0..n {
-        let url = service.url();
-        let picture = picture.clone();
-        handles.push(tokio::spawn(async move { client(url, i, picture).await }));
+        workers.push(ProtocolWorker::register(service, &format!("bench-{i}")).await);
     }
+    let start = Instant::now();
+    let handles: Vec<_> = workers
+        .into_iter()
+        .map(|w| tokio::spawn(client(w)))
+        .collect();
     let mut all = Timings::default();
     for handle in handles {
-        let timings = handle.await??;
+        let timings = handle.await?;
         all.lease.extend(timings.lease);
         all.finish.extend(timings.finish);
     }
@@ -138,78 +137,20 @@ async fn run_row(service: &Service, n: usize, tasks: usize) -> anyhow::Result<(D
     Ok((elapsed, all))
 }
 
-/// One protocol client: registers, then leases and finishes tasks until none is left.
-async fn client(url: String, index: usize, picture: Vec<u8>) -> anyhow::Result<Timings> {
-    let mut workers = WorkersClient::connect(url).await?;
-    let id = register(&mut workers, index).await?;
+/// One protocol client: leases and finishes tasks until none is left.
+async fn client(mut worker: ProtocolWorker) -> Timings {
     let mut timings = Timings::default();
     loop {
         let started = Instant::now();
-        let request = v1::LeaseTaskRequest {
-            worker_id: id.clone(),
-            wait_ms: 0,
-        };
-        let Some(task) = workers.lease_task(request).await?.into_inner().task else {
-            return Ok(timings);
+        let Some(task) = worker.lease(0).await else {
+            return timings;
         };
         timings.lease.push(started.elapsed());
         let started = Instant::now();
-        finish(&mut workers, &id, &task, &picture).await?;
+        let verdict = worker.finish(&task).await;
+        assert_eq!(verdict, v1::CompletionVerdict::Accepted, "{}", task.task_id);
         timings.finish.push(started.elapsed());
     }
-}
-
-async fn register(workers: &mut WorkersClient<Channel>, index: usize) -> anyhow::Result<String> {
-    let capabilities = v1::Capabilities {
-        kinds: vec![v1::TaskKind::Generate as i32],
-        models: ["ViT-B/32", "vqgan_imagenet_f16_16384"]
-            .map(String::from)
-            .to_vec(),
-        device: "cpu".into(),
-        max_pixels: 0,
-    };
-    let request = v1::RegisterRequest {
-        name: format!("bench-{index}"),
-        capabilities: Some(capabilities),
-        version: "bench".into(),
-    };
-    Ok(workers.register(request).await?.into_inner().worker_id)
-}
-
-async fn finish(
-    workers: &mut WorkersClient<Channel>,
-    id: &str,
-    task: &v1::Task,
-    picture: &[u8],
-) -> anyhow::Result<()> {
-    let header = v1::UploadHeader {
-        name: "out.png".into(),
-        worker_id: id.into(),
-        task_id: task.task_id.clone(),
-        attempt: task.attempt,
-    };
-    let output = workers
-        .upload_artifact(upload_messages(header, picture))
-        .await?
-        .into_inner();
-    let request = v1::CompleteTaskRequest {
-        worker_id: id.into(),
-        task_id: task.task_id.clone(),
-        attempt: task.attempt,
-        output: Some(output),
-    };
-    let verdict = workers.complete_task(request).await?.into_inner().verdict();
-    if verdict != v1::CompletionVerdict::Accepted {
-        bail!("task {} was {verdict:?}", task.task_id);
-    }
-    Ok(())
-}
-
-fn tiny_png() -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    image::RgbImage::new(16, 16)
-        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)?;
-    Ok(out)
 }
 
 /// The `q` quantile of `samples`, in milliseconds.
