@@ -4,6 +4,7 @@ pub mod bench;
 pub mod clip;
 pub mod device;
 pub mod esrgan;
+pub mod farm;
 pub mod generate;
 pub mod imageio;
 pub mod malloc;

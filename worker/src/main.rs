@@ -15,8 +15,11 @@ struct Cli {
     /// Directory of model files (default: $TESSERA_MODELS, else .deps/models).
     #[arg(long, global = true)]
     models: Option<PathBuf>,
+    /// Farm mode: with `--coordinator URL` and no command, pull tasks from the farm.
+    #[command(flatten)]
+    farm: tessera_worker::farm::FarmArgs,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,7 +79,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let models = ModelDir::resolve(cli.models);
-    match cli.command {
+    let Some(command) = cli.command else {
+        let Some(url) = cli.farm.coordinator.clone() else {
+            anyhow::bail!("give a command (see --help), or --coordinator URL to work for a farm");
+        };
+        return tessera_worker::farm::run(&models, cli.farm, url);
+    };
+    match command {
         Command::Upscale(args) => upscale(&models, args),
         Command::Render(args) => tessera_worker::render_cmd::run(&models, args),
         Command::Models {

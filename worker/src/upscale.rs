@@ -113,10 +113,8 @@ impl Upscaler {
         for tile in &plan.tiles {
             let input = tile.input();
             let crop = crop_rgb(rgb, width, input);
-            stitcher.add(
-                tile.index,
-                &self.run_tile(&crop, input.width, input.height)?,
-            )?;
+            let upscaled = self.run_tile(&crop, input.width, input.height)?;
+            stitcher.add(tile.index, &round_as_tile_file(&upscaled))?;
         }
         Ok(stitcher.finish()?)
     }
@@ -157,6 +155,38 @@ impl Upscaler {
             _ => Ok(upscaled),
         }
     }
+}
+
+/// Tiles travel between farm workers as 16-bit PNGs ([`tile_png`]); the local path rounds its
+/// tiles the same way so that both stitch identical numbers.
+pub fn round_as_tile_file(pixels: &[f32]) -> Vec<f32> {
+    pixels
+        .iter()
+        .map(|&v| f32::from(to_u16(v)) / 65535.0)
+        .collect()
+}
+
+fn to_u16(v: f32) -> u16 {
+    (v.clamp(0.0, 1.0) * 65535.0).round() as u16
+}
+
+/// An upscaled tile (interleaved RGB of `width` x `height`) as a 16-bit PNG, the form in which
+/// tile tasks hand it to the stitch task.
+pub fn tile_png(pixels: &[f32], width: u32, height: u32) -> Result<Vec<u8>, image::ImageError> {
+    let raw: Vec<u16> = pixels.iter().map(|&v| to_u16(v)).collect();
+    let buffer = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(width, height, raw)
+        .expect("tile pixels have the tile's size");
+    let mut out = Vec::new();
+    buffer.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)?;
+    Ok(out)
+}
+
+/// The pixels of a tile PNG made by [`tile_png`] (any PNG reads, at its own precision), with
+/// its width and height.
+pub fn read_tile_png(bytes: &[u8]) -> Result<(Vec<f32>, u32, u32), image::ImageError> {
+    let rgb = image::load_from_memory(bytes)?.into_rgb32f();
+    let (width, height) = rgb.dimensions();
+    Ok((rgb.into_raw(), width, height))
 }
 
 /// Pads the bottom and right edges of an NCHW batch by replication up to a multiple of

@@ -2,51 +2,10 @@
 //! formats (an OpenAI-style TorchScript CLIP archive, a converted taming-transformers checkpoint
 //! with its YAML), a PNG out, and clear errors for what users get wrong.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python(args: &[&str], dir: &Path) {
-    let status = Command::new(workspace().join(".deps/venv/bin/python"))
-        .args(args)
-        .current_dir(workspace())
-        .status()
-        .unwrap_or_else(|e| panic!("{e}: run scripts/setup.sh"));
-    assert!(
-        status.success(),
-        "python {args:?} failed for {}",
-        dir.display()
-    );
-}
-
-/// A models directory with a tiny CLIP (`vit.pt`) and a tiny VQGAN (`vq.safetensors`, `vq.yaml`).
-fn tiny_models_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    python(
-        &[
-            "scripts/fixtures/make_clip_fixtures.py",
-            "checkpoints",
-            d.to_str().unwrap(),
-        ],
-        d,
-    );
-    let fixtures = workspace().join("worker/tests/fixtures/vqgan");
-    let converted = d.join("vq.safetensors");
-    python(
-        &[
-            "scripts/convert_checkpoint.py",
-            fixtures.join("vq.ckpt").to_str().unwrap(),
-            converted.to_str().unwrap(),
-        ],
-        d,
-    );
-    std::fs::copy(fixtures.join("vq.yaml"), d.join("vq.yaml")).unwrap();
-    dir
-}
 
 fn render(models: &Path, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
@@ -64,7 +23,7 @@ fn stderr(output: &Output) -> String {
 
 #[test]
 fn renders_a_prompt_to_a_png_that_records_its_settings() {
-    let models = tiny_models_dir();
+    let models = common::tiny_generation_models();
     let out = models.path().join("lighthouse.png");
     let output = render(
         models.path(),
@@ -103,7 +62,7 @@ fn renders_a_prompt_to_a_png_that_records_its_settings() {
 
 #[test]
 fn user_mistakes_get_messages_that_say_what_to_fix() {
-    let models = tiny_models_dir();
+    let models = common::tiny_generation_models();
     let out = models.path().join("x.png");
     let out = out.to_str().unwrap();
     let tiny = [

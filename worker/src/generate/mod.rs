@@ -43,6 +43,7 @@ pub use settings::{Precision, Settings};
 pub use traits::{LatentCodec, ModelError, Perceptor};
 
 use image::RgbImage;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 /// A finished render.
@@ -107,9 +108,26 @@ where
 
 /// Steps `run` to the end, reporting and checkpointing, then renders the outputs.
 fn drive<P, C>(
-    mut run: Run<'_, P, C>,
+    run: Run<'_, P, C>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<RenderOutput>, GenerateError>
+where
+    P: Perceptor + ?Sized,
+    C: LatentCodec + ?Sized,
+{
+    let outputs = drive_until(run, &mut |report| {
+        progress(report);
+        ControlFlow::Continue(())
+    })?;
+    Ok(outputs.expect("a driver that always continues reaches the end"))
+}
+
+/// Steps `run` to the end, reporting and checkpointing, then renders the outputs; `None` when
+/// `progress` breaks off (a farm task that was cancelled or lost its lease).
+pub fn drive_until<P, C>(
+    mut run: Run<'_, P, C>,
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> Result<Option<Vec<RenderOutput>>, GenerateError>
 where
     P: Perceptor + ?Sized,
     C: LatentCodec + ?Sized,
@@ -120,11 +138,14 @@ where
         if every > 0 && run.iteration().is_multiple_of(every) && !run.is_done() {
             report.checkpoint = Some(run.checkpoint()?);
         }
-        progress(&report);
+        if progress(&report).is_break() {
+            return Ok(None);
+        }
     }
     let elapsed = run.elapsed();
     let losses = run.last_losses().to_vec();
-    run.images()
+    let outputs = run
+        .images()
         .into_iter()
         .zip(run.settings())
         .enumerate()
@@ -137,5 +158,6 @@ where
                 elapsed,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, GenerateError>>()?;
+    Ok(Some(outputs))
 }

@@ -65,3 +65,20 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
     (a - b).abs().max().double_value(&[])
 }
+
+/// A models directory with a tiny CLIP (`vit.pt`, an OpenAI-style TorchScript archive) and a
+/// tiny VQGAN (`vq.safetensors` converted from a taming-transformers checkpoint, `vq.yaml`).
+pub fn tiny_generation_models() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    run_python(&["scripts/fixtures/make_clip_fixtures.py", "checkpoints", d]);
+    let fixtures = workspace_root().join("worker/tests/fixtures/vqgan");
+    let converted = dir.path().join("vq.safetensors");
+    run_python(&[
+        "scripts/convert_checkpoint.py",
+        fixtures.join("vq.ckpt").to_str().unwrap(),
+        converted.to_str().unwrap(),
+    ]);
+    std::fs::copy(fixtures.join("vq.yaml"), dir.path().join("vq.yaml")).unwrap();
+    dir
+}

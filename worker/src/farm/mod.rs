@@ -1,0 +1,76 @@
+//! Farm mode (`tessera-worker --coordinator URL`): register this process's capabilities, then
+//! lease tasks, run them with models kept loaded, report progress, and hand back outputs.
+//!
+//! The network side is async ([`session`]); the models run on a blocking thread ([`tasks`]),
+//! which reports each iteration through a channel so heartbeats, checkpoints and previews go out
+//! while the work goes on. SIGTERM or ctrl-c drains: the running task is finished (or, for a
+//! render, checkpointed and handed back), then the worker deregisters.
+
+mod capabilities;
+mod session;
+mod tasks;
+
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::models::ModelDir;
+use session::Session;
+use tasks::ModelCache;
+
+/// Options of farm mode.
+#[derive(clap::Args, Debug, Clone)]
+pub struct FarmArgs {
+    /// The coordinator to pull tasks from, e.g. http://127.0.0.1:7470. Without it the worker
+    /// runs one of its local commands instead.
+    #[arg(long, env = "TESSERA_COORDINATOR")]
+    pub coordinator: Option<String>,
+    /// `cpu` or `cuda:N`: the device every model of farm mode runs on.
+    #[arg(
+        long = "device",
+        id = "farm_device",
+        env = "TESSERA_DEVICE",
+        default_value = "cpu"
+    )]
+    pub device: String,
+    /// A label for listings (default: host name and process id).
+    #[arg(long, env = "TESSERA_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Largest picture this worker takes, in pixels (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_pixels: u64,
+}
+
+/// Runs farm mode until a signal drains it.
+pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Result<()> {
+    let device = crate::device::parse(&args.device)?;
+    let capabilities = capabilities::detect(models, &args)?;
+    let cache = Arc::new(Mutex::new(ModelCache::new(models.clone(), device)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let stop = shutdown_on_signals();
+        let mut session = Session::register(&coordinator, &args, capabilities, &stop).await?;
+        session.serve(cache, &stop).await?;
+        session.deregister().await
+    })
+}
+
+/// A token cancelled on SIGTERM or ctrl-c.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("a SIGTERM handler can be installed");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("tessera-worker: draining (finishing or checkpointing the running task)");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,389 @@
+//! The worker's conversation with the coordinator: registration, the lease loop, heartbeats
+//! while a task runs, and handing back outputs. Every call that fails because the coordinator is
+//! unreachable is retried with backoff, and a finished output is kept until it is accepted.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tessera_proto::transfer::{read_download, upload_messages};
+use tessera_proto::v1;
+use tessera_proto::v1::workers_client::WorkersClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use super::tasks::{self, ModelCache};
+use super::FarmArgs;
+use crate::generate::Progress;
+
+/// Longest pause between retries when the coordinator is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long one lease request waits for work.
+const LEASE_WAIT_MS: u32 = 5_000;
+
+/// A registered worker's connection.
+pub struct Session {
+    client: WorkersClient<Channel>,
+    url: String,
+    id: String,
+    heartbeat: Duration,
+}
+
+/// Whether a failed call is worth retrying: the coordinator is down or restarting.
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+    )
+}
+
+/// Retries `call` with doubling pauses while it fails transiently, saying so on stderr.
+async fn retrying<T, F, Fut>(url: &str, what: &str, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(status) if transient(&status) => {
+                eprintln!(
+                    "tessera-worker: coordinator at {url} unreachable during {what} ({}); retrying in {:.1} s",
+                    status.message(),
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Session {
+    /// Connects (retrying until the coordinator answers or `stop` fires) and registers.
+    pub async fn register(
+        url: &str,
+        args: &FarmArgs,
+        capabilities: v1::Capabilities,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Session> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("--coordinator '{url}' is not a URL"))?;
+        let client = WorkersClient::new(endpoint.connect_lazy());
+        let name = args.name.clone().unwrap_or_else(default_name);
+        let request = v1::RegisterRequest {
+            name,
+            capabilities: Some(capabilities),
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let register = retrying(url, "registration", || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.register(request).await }
+        });
+        let reply = tokio::select! {
+            reply = register => reply?.into_inner(),
+            _ = stop.cancelled() => bail!("stopped before the coordinator at {url} answered"),
+        };
+        println!("tessera-worker registered as {}", reply.worker_id);
+        Ok(Session {
+            client,
+            url: url.to_string(),
+            id: reply.worker_id,
+            heartbeat: Duration::from_millis(reply.heartbeat_interval_ms.max(100)),
+        })
+    }
+
+    /// Leases and runs tasks until `stop` fires.
+    pub async fn serve(
+        &mut self,
+        cache: Arc<Mutex<ModelCache>>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        while !stop.is_cancelled() {
+            let request = v1::LeaseTaskRequest {
+                worker_id: self.id.clone(),
+                wait_ms: LEASE_WAIT_MS,
+            };
+            let lease = retrying(&self.url, "lease", || {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.lease_task(request).await }
+            });
+            let task = tokio::select! {
+                reply = lease => reply?.into_inner().task,
+                _ = stop.cancelled() => None,
+            };
+            if let Some(task) = task {
+                self.run(task, cache.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deregisters, so the coordinator stops counting on this worker at once.
+    pub async fn deregister(mut self) -> anyhow::Result<()> {
+        let request = v1::DeregisterRequest {
+            worker_id: self.id.clone(),
+        };
+        self.client.deregister(request).await?;
+        Ok(())
+    }
+
+    /// Runs one task to its end: its output accepted, its failure reported, or dropped because
+    /// the task was cancelled or handed to another worker.
+    async fn run(&mut self, task: v1::Task, cache: Arc<Mutex<ModelCache>>) -> anyhow::Result<()> {
+        match self.execute(&task, cache).await {
+            Ok(Some(output)) => self.hand_back(&task, output).await,
+            Ok(None) => Ok(()),
+            Err(error) => {
+                let request = v1::FailTaskRequest {
+                    worker_id: self.id.clone(),
+                    task_id: task.task_id.clone(),
+                    attempt: task.attempt,
+                    error: format!("{error:#}"),
+                    retryable: true,
+                };
+                eprintln!("tessera-worker: task {} failed: {error:#}", task.task_id);
+                retrying(&self.url, "failure report", || {
+                    let mut client = self.client.clone();
+                    let request = request.clone();
+                    async move { client.fail_task(request).await }
+                })
+                .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Fetches the task's inputs, runs the work on a blocking thread while heartbeating, and
+    /// returns the output (`None` when the lease ended first).
+    async fn execute(
+        &mut self,
+        task: &v1::Task,
+        cache: Arc<Mutex<ModelCache>>,
+    ) -> anyhow::Result<Option<Vec<u8>>> {
+        let spec = task.spec.clone().context("the task has no spec")?;
+        let checkpoint = match &task.checkpoint {
+            Some(c) if !c.key.is_empty() => Some(self.download(&c.key).await?),
+            _ => None,
+        };
+        let mut inputs = Vec::with_capacity(task.inputs.len());
+        for input in &task.inputs {
+            inputs.push(self.download(&input.key).await?);
+        }
+        let source = match &spec {
+            v1::task::Spec::UpscaleTile(t) => {
+                let key = t
+                    .source
+                    .as_ref()
+                    .context("the tile has no source")?
+                    .key
+                    .clone();
+                self.download(&key).await?
+            }
+            _ => Vec::new(),
+        };
+        let (events, mut reports) = mpsc::unbounded_channel::<Report>();
+        let abort = Arc::new(AtomicBool::new(false));
+        let work = {
+            let abort = abort.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Vec<u8>>> {
+                let mut cache = cache.lock().expect("one task at a time");
+                let cache = &mut *cache;
+                match &spec {
+                    v1::task::Spec::Generate(g) => {
+                        let mut report = |p: &Progress| {
+                            let _ = events.send(Report::from(p));
+                            if abort.load(Ordering::Relaxed) {
+                                ControlFlow::Break(())
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        };
+                        tasks::generate(cache, g, checkpoint.as_deref(), &mut report)
+                    }
+                    v1::task::Spec::UpscaleTile(t) => {
+                        tasks::upscale_tile(cache, t, &source).map(Some)
+                    }
+                    v1::task::Spec::Stitch(s) => {
+                        let plan = s.plan.context("the stitch has no plan")?;
+                        tasks::stitch(&plan, &inputs).map(Some)
+                    }
+                }
+            })
+        };
+        tokio::pin!(work);
+        let mut latest = Report::default();
+        let mut tick = tokio::time::interval(self.heartbeat);
+        loop {
+            tokio::select! {
+                result = &mut work => return result?,
+                Some(report) = reports.recv() => {
+                    let due = report.checkpoint.is_some() || report.preview.is_some();
+                    latest = report;
+                    if due {
+                        self.beat(task, &mut latest, &abort).await?;
+                    }
+                }
+                _ = tick.tick() => self.beat(task, &mut latest, &abort).await?,
+            }
+        }
+    }
+
+    /// Sends a heartbeat with the latest progress (uploading its checkpoint first), and stops
+    /// the work when the coordinator says the task is no longer ours.
+    async fn beat(
+        &mut self,
+        task: &v1::Task,
+        latest: &mut Report,
+        abort: &AtomicBool,
+    ) -> anyhow::Result<()> {
+        let checkpoint = match latest.checkpoint.take() {
+            Some(bytes) => match self.upload(task, "checkpoint.bin", &bytes).await {
+                Ok(artifact) => Some(artifact),
+                Err(status) if status.code() == Code::FailedPrecondition => {
+                    abort.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(status) => return Err(status.into()),
+            },
+            None => None,
+        };
+        let request = v1::HeartbeatRequest {
+            worker_id: self.id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            iteration: latest.iteration,
+            iterations: latest.iterations,
+            loss: latest.loss,
+            preview: latest.preview.take().unwrap_or_default(),
+            checkpoint_iteration: if checkpoint.is_some() {
+                latest.iteration
+            } else {
+                0
+            },
+            checkpoint,
+        };
+        let reply = retrying(&self.url, "heartbeat", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.heartbeat(request).await }
+        })
+        .await?
+        .into_inner();
+        if reply.verdict() != v1::HeartbeatVerdict::Continue {
+            eprintln!(
+                "tessera-worker: task {} ended: {:?}",
+                task.task_id,
+                reply.verdict()
+            );
+            abort.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Uploads the output and completes the task, retrying while the coordinator is away.
+    async fn hand_back(&mut self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
+        let artifact = match self.upload(task, "output.png", &output).await {
+            Ok(artifact) => artifact,
+            // The lease ended meanwhile: another worker holds the task now.
+            Err(status) if status.code() == Code::FailedPrecondition => return Ok(()),
+            Err(status) => return Err(status.into()),
+        };
+        let request = v1::CompleteTaskRequest {
+            worker_id: self.id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            output: Some(artifact),
+        };
+        retrying(&self.url, "completion", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.complete_task(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn upload(
+        &self,
+        task: &v1::Task,
+        name: &str,
+        data: &[u8],
+    ) -> Result<v1::ArtifactRef, Status> {
+        let header = v1::UploadHeader {
+            name: name.into(),
+            worker_id: self.id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+        };
+        let reply = retrying(&self.url, "upload", || {
+            let mut client = self.client.clone();
+            let messages = upload_messages(header.clone(), data);
+            async move { client.upload_artifact(messages).await }
+        })
+        .await?;
+        Ok(reply.into_inner())
+    }
+
+    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        let request = v1::DownloadArtifactRequest {
+            key: key.into(),
+            offset: 0,
+        };
+        let stream = retrying(&self.url, "download", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.download_artifact(request).await }
+        })
+        .await?
+        .into_inner();
+        let mut out = Vec::new();
+        read_download(stream, &mut out).await?;
+        Ok(out)
+    }
+}
+
+/// What the blocking work last reported, for the next heartbeat.
+#[derive(Default)]
+struct Report {
+    iteration: u32,
+    iterations: u32,
+    loss: Option<f64>,
+    checkpoint: Option<Vec<u8>>,
+    preview: Option<Vec<u8>>,
+}
+
+impl From<&Progress> for Report {
+    fn from(p: &Progress) -> Self {
+        let render = &p.renders[0];
+        let preview = render.preview.as_ref().and_then(|image| {
+            let mut bytes = Vec::new();
+            image
+                .write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Png,
+                )
+                .ok()
+                .map(|_| bytes)
+        });
+        Report {
+            iteration: p.iteration + 1,
+            iterations: p.iterations,
+            loss: Some(render.total),
+            checkpoint: p.checkpoint.clone(),
+            preview,
+        }
+    }
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
+    format!("{}/{}", host.trim(), std::process::id())
+}

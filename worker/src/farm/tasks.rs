@@ -1,0 +1,184 @@
+//! The work of each task kind, on a blocking thread, with the models loaded once per process
+//! and kept for every later task.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use anyhow::{anyhow, bail, Context};
+use tch::Device;
+use tessera_core::prompt::PromptSpec;
+use tessera_core::tiles::{Rect, Stitcher, TilePlan, TileSpec};
+use tessera_proto::v1;
+
+use crate::clip::Clip;
+use crate::esrgan::SrModel;
+use crate::generate::{drive_until, Progress, Run, Settings};
+use crate::imageio::{encode_png, from_dynamic, Picture};
+use crate::models::ModelDir;
+use crate::upscale::{crop_rgb, read_tile_png, tile_png, Upscaler};
+use crate::vqgan::VqModel;
+
+/// Models by name, loaded on first use. One task runs at a time, so the session hands the
+/// cache to each task's blocking thread behind a mutex.
+pub struct ModelCache {
+    models: ModelDir,
+    device: Device,
+    upscalers: HashMap<String, Upscaler>,
+    clips: HashMap<String, Clip>,
+    vqgans: HashMap<String, VqModel>,
+}
+
+/// The file stem a catalogue model name is stored under: OpenAI's CLIP archives replace `/`
+/// and `@` (`ViT-B/32` is `ViT-B-32.pt`).
+pub fn file_stem(name: &str) -> String {
+    name.replace(['/', '@'], "-")
+}
+
+fn load_once<T>(
+    map: &mut HashMap<String, T>,
+    name: &str,
+    load: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<()> {
+    if !map.contains_key(name) {
+        let model = load().with_context(|| format!("loading model {name}"))?;
+        map.insert(name.to_string(), model);
+    }
+    Ok(())
+}
+
+impl ModelCache {
+    /// An empty cache over `models`, loading onto `device`.
+    pub fn new(models: ModelDir, device: Device) -> Self {
+        ModelCache {
+            models,
+            device,
+            upscalers: HashMap::new(),
+            clips: HashMap::new(),
+            vqgans: HashMap::new(),
+        }
+    }
+
+    /// The tile geometry comes with each task, so the upscaler's own spec is never used.
+    fn upscaler(&mut self, name: &str) -> anyhow::Result<&Upscaler> {
+        let (models, device) = (&self.models, self.device);
+        load_once(&mut self.upscalers, name, || {
+            let file = models.find(&file_stem(name))?;
+            let model = SrModel::load(&file.path, device)?;
+            Ok(Upscaler::new(model, TileSpec::default(), device))
+        })?;
+        Ok(&self.upscalers[name])
+    }
+
+    fn generators(&mut self, clip: &str, vqgan: &str) -> anyhow::Result<(&Clip, &VqModel)> {
+        let (models, device) = (&self.models, self.device);
+        load_once(&mut self.clips, clip, || {
+            let file = models.find(&file_stem(clip))?;
+            Ok(Clip::load(&file.path, device, tch::Kind::Float)?)
+        })?;
+        load_once(&mut self.vqgans, vqgan, || {
+            let file = models.find(&file_stem(vqgan))?;
+            let yaml = file.path.with_extension("yaml");
+            Ok(VqModel::load(&yaml, &file.path, device)?)
+        })?;
+        Ok((&self.clips[clip], &self.vqgans[vqgan]))
+    }
+}
+
+/// Upscales one tile of `source` (a PNG) and returns it as a 16-bit PNG.
+pub fn upscale_tile(
+    cache: &mut ModelCache,
+    spec: &v1::UpscaleTileSpec,
+    source: &[u8],
+) -> anyhow::Result<Vec<u8>> {
+    let picture = from_dynamic(&image::load_from_memory(source)?);
+    let input = spec.input.context("the tile task has no input rectangle")?;
+    let rect = Rect {
+        x: input.x,
+        y: input.y,
+        width: input.width,
+        height: input.height,
+    };
+    if rect.x + rect.width > picture.width || rect.y + rect.height > picture.height {
+        bail!(
+            "tile {rect:?} lies outside the {}x{} source",
+            picture.width,
+            picture.height
+        );
+    }
+    let upscaler = cache.upscaler(&spec.model)?;
+    let crop = crop_rgb(&picture.rgb, picture.width, rect);
+    let scale = upscaler.scale();
+    let pixels = upscaler.run_tile(&crop, rect.width, rect.height)?;
+    Ok(tile_png(&pixels, rect.width * scale, rect.height * scale)?)
+}
+
+/// Joins the upscaled tiles (16-bit PNGs, in tile order) into the final 8-bit PNG.
+pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>> {
+    let spec = TileSpec {
+        tile: plan.tile,
+        pad: plan.pad,
+        overlap: plan.overlap,
+    };
+    let plan = TilePlan::new(plan.width, plan.height, plan.scale, spec)?;
+    if tiles.len() != plan.tiles.len() {
+        bail!(
+            "the stitch has {} tiles, its plan {}",
+            tiles.len(),
+            plan.tiles.len()
+        );
+    }
+    let (width, height) = (plan.out_width(), plan.out_height());
+    let mut stitcher = Stitcher::new(plan, 3);
+    for (index, bytes) in tiles.iter().enumerate() {
+        let (pixels, _, _) = read_tile_png(bytes)?;
+        stitcher.add(index, &pixels)?;
+    }
+    let picture = Picture {
+        width,
+        height,
+        rgb: stitcher.finish()?,
+        alpha: None,
+        grey: false,
+        sixteen_bit: false,
+    };
+    Ok(encode_png(&picture)?)
+}
+
+/// Renders a generate task, from `checkpoint` when an earlier attempt left one; `None` when
+/// `progress` broke off.
+pub fn generate(
+    cache: &mut ModelCache,
+    spec: &v1::GenerateSpec,
+    checkpoint: Option<&[u8]>,
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
+) -> anyhow::Result<Option<Vec<u8>>> {
+    let s = spec.settings.as_ref().context("the task has no settings")?;
+    let field = |name: &str| anyhow!("the task's settings lack {name}");
+    let clip_name = s.clip_model.as_deref().ok_or_else(|| field("clip_model"))?;
+    let vq_name = s
+        .vqgan_model
+        .as_deref()
+        .ok_or_else(|| field("vqgan_model"))?;
+    let (clip, vq) = cache.generators(clip_name, vq_name)?;
+    let run = match checkpoint {
+        Some(bytes) => Run::resume(bytes, clip, vq)?,
+        None => {
+            let prompts = PromptSpec::parse(&spec.prompt, "", "")?;
+            let mut settings = Settings::new(prompts, spec.seed);
+            settings.width = s.width.ok_or_else(|| field("width"))?;
+            settings.height = s.height.ok_or_else(|| field("height"))?;
+            settings.iterations = s.iterations.ok_or_else(|| field("iterations"))?;
+            settings.cutn = s.cutn.unwrap_or(settings.cutn);
+            settings.cut_pow = s.cut_pow.unwrap_or(settings.cut_pow);
+            settings.learning_rate = s.learning_rate.unwrap_or(settings.learning_rate);
+            settings.init_weight = s.init_weight.unwrap_or(settings.init_weight);
+            settings.checkpoint_every = s.checkpoint_every.unwrap_or(0);
+            settings.preview_every = s.preview_every.unwrap_or(0);
+            settings.perceptor_model = clip_name.to_string();
+            settings.codec_model = vq_name.to_string();
+            Run::start(&[settings], clip, vq)?
+        }
+    };
+    let outputs = drive_until(run, progress)?;
+    Ok(outputs.map(|mut o| o.remove(0).png))
+}

@@ -1,0 +1,222 @@
+//! The farm end to end with real processes: a coordinator, several `tessera-worker --coordinator`
+//! processes with tiny models in the official formats, and a job submitted over gRPC.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use tempfile::TempDir;
+use tessera_proto::transfer::read_download;
+use tessera_proto::v1;
+use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_proto::v1::workers_client::WorkersClient;
+use tessera_tests::{binary, Service};
+use tonic::transport::Channel;
+
+/// Worker processes, killed when the test ends however it ends.
+struct Workers(Vec<Child>);
+
+impl Workers {
+    fn start(count: usize, models: &Path, coordinator: &Service) -> Workers {
+        let children = (0..count)
+            .map(|i| {
+                Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
+                    .arg("--models")
+                    .arg(models)
+                    .args(["--coordinator", &coordinator.url(), "--name"])
+                    .arg(format!("w{i}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        Workers(children)
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The tiny generation models plus a tiny x4 RRDBNet as `tiny-sr`.
+fn models() -> TempDir {
+    let dir = common::tiny_generation_models();
+    std::fs::copy(
+        common::esrgan_fixture("rrdb_x4_basicsr.safetensors"),
+        dir.path().join("tiny-sr.safetensors"),
+    )
+    .unwrap();
+    dir
+}
+
+fn coordinator(store: &Path) -> Service {
+    let mut command = Command::new(binary("tessera-coordinator").unwrap());
+    command
+        .args(["--listen", "127.0.0.1:0", "--embedded", "--store"])
+        .arg(store)
+        .args(["--clip-models", "vit", "--vqgan-models", "vq"])
+        .args(["--upscale-models", "tiny-sr:4"])
+        .env("RUST_LOG", "warn");
+    Service::start(command).unwrap()
+}
+
+fn job(prompts: usize) -> v1::JobSpec {
+    let text: String = (0..prompts)
+        .map(|i| format!("a red lighthouse {i}\n"))
+        .collect();
+    v1::JobSpec {
+        name: "farm test".into(),
+        seeds: vec![1, 2],
+        settings: Some(v1::Settings {
+            clip_model: Some("vit".into()),
+            vqgan_model: Some("vq".into()),
+            width: Some(32),
+            height: Some(32),
+            iterations: Some(3),
+            cutn: Some(2),
+            checkpoint_every: Some(0),
+            preview_every: Some(0),
+            upscale_model: Some("tiny-sr".into()),
+            tile: Some(16),
+            tile_pad: Some(4),
+            tile_overlap: Some(4),
+            ..Default::default()
+        }),
+        source: Some(v1::job_spec::Source::PromptsText(text)),
+        ..Default::default()
+    }
+}
+
+/// Every event of the job up to its end.
+async fn watch(client: &mut JobsClient<Channel>, job: &str) -> Vec<v1::job_event::Event> {
+    let request = v1::WatchJobRequest {
+        job_id: job.into(),
+        ..Default::default()
+    };
+    let mut stream = client.watch_job(request).await.unwrap().into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        let event = event.event.unwrap();
+        let done = matches!(event, v1::job_event::Event::JobDone(_));
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+    panic!("the watch ended before the job did");
+}
+
+async fn download(url: String, key: &str) -> Vec<u8> {
+    let mut client = WorkersClient::connect(url).await.unwrap();
+    let request = v1::DownloadArtifactRequest {
+        key: key.into(),
+        offset: 0,
+    };
+    let stream = client
+        .download_artifact(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    read_download(stream, &mut out).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale() {
+    let models = models();
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path());
+    let _workers = Workers::start(3, models.path(), &service);
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    let reply = client
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(job(20)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let job_id = reply.job_id;
+    let events = watch(&mut client, &job_id).await;
+    match events.last() {
+        Some(v1::job_event::Event::JobDone(done)) => {
+            assert_eq!(done.state(), v1::JobState::Succeeded, "{events:?}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // The tiles of one picture were shared among workers.
+    let mut tile_workers: HashMap<u32, HashSet<String>> = HashMap::new();
+    for event in &events {
+        if let v1::job_event::Event::TaskDone(done) = event {
+            if done.kind() == v1::TaskKind::UpscaleTile {
+                tile_workers
+                    .entry(done.result_index)
+                    .or_default()
+                    .insert(done.worker_id.clone());
+            }
+        }
+    }
+    assert_eq!(tile_workers.len(), 40);
+    assert!(
+        tile_workers.values().any(|w| w.len() >= 2),
+        "no picture had its tiles done by two workers: {tile_workers:?}"
+    );
+
+    // A stitched result equals the local upscale of the generated picture it came from.
+    let status = client
+        .list_results(v1::ListResultsRequest {
+            job_id: job_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.total, 40);
+    let result = &status.results[7];
+    let final_png = download(service.url(), &result.output.as_ref().unwrap().key).await;
+    let generate = client
+        .get_task(v1::GetTaskRequest {
+            task_id: format!("{job_id}.{}.g", result.index),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let generated = download(service.url(), &generate.output.unwrap().key).await;
+    let scratch = TempDir::new().unwrap();
+    let (input, output) = (
+        scratch.path().join("generated.png"),
+        scratch.path().join("local.png"),
+    );
+    std::fs::write(&input, generated).unwrap();
+    let local = Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
+        .arg("--models")
+        .arg(models.path())
+        .args(["upscale", "--model", "tiny-sr", "--tile", "16"])
+        .args(["--tile-pad", "4", "--tile-overlap", "4", "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let farm = image::load_from_memory(&final_png).unwrap().to_rgb8();
+    let here = image::open(&output).unwrap().to_rgb8();
+    assert_eq!(farm.dimensions(), (128, 128));
+    assert!(
+        farm == here,
+        "the farm's picture differs from the local upscale"
+    );
+}
