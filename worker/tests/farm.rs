@@ -19,6 +19,12 @@ use tonic::transport::Channel;
 struct Workers(Vec<Child>);
 
 impl Workers {
+    /// Kills worker `index` at once (SIGKILL), as a crashed node would end.
+    fn kill(&mut self, index: usize) {
+        let _ = self.0[index].kill();
+        let _ = self.0[index].wait();
+    }
+
     fn start(count: usize, models: &Path, coordinator: &Service) -> Workers {
         let children = (0..count)
             .map(|i| {
@@ -57,11 +63,12 @@ fn models() -> TempDir {
     dir
 }
 
-fn coordinator(store: &Path) -> Service {
+fn coordinator(store: &Path, extra: &[&str]) -> Service {
     let mut command = Command::new(binary("tessera-coordinator").unwrap());
     command
         .args(["--listen", "127.0.0.1:0", "--embedded", "--store"])
         .arg(store)
+        .args(extra)
         .args(["--clip-models", "vit", "--vqgan-models", "vq"])
         .args(["--upscale-models", "tiny-sr:4"])
         .env("RUST_LOG", "warn");
@@ -134,7 +141,7 @@ async fn download(url: String, key: &str) -> Vec<u8> {
 async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale() {
     let models = models();
     let store = TempDir::new().unwrap();
-    let service = coordinator(store.path());
+    let service = coordinator(store.path(), &[]);
     let _workers = Workers::start(3, models.path(), &service);
     let mut client = JobsClient::connect(service.url()).await.unwrap();
     let reply = client
@@ -218,5 +225,65 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
     assert!(
         farm == here,
         "the farm's picture differs from the local upscale"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_worker_s_render_resumes_from_its_checkpoint_on_another() {
+    let models = models();
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path(), &["--lease-ms", "2000"]);
+    let mut first = Workers::start(1, models.path(), &service);
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    let mut spec = job(1);
+    spec.seeds = vec![5];
+    let settings = spec.settings.as_mut().unwrap();
+    settings.iterations = Some(60);
+    settings.checkpoint_every = Some(5);
+    settings.upscale_model = Some("none".into());
+    let job_id = client
+        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+
+    // Wait until the first worker has reported its second checkpoint, then kill it. Started
+    // over, the next attempt would report its own first checkpoint, at iteration 5.
+    let request = v1::WatchJobRequest {
+        job_id: job_id.clone(),
+        ..Default::default()
+    };
+    let mut stream = client.watch_job(request).await.unwrap().into_inner();
+    let checkpointed = loop {
+        let event = stream.message().await.unwrap().unwrap().event.unwrap();
+        if let v1::job_event::Event::Progress(p) = event {
+            if p.checkpoint_iteration >= 10 {
+                break p.checkpoint_iteration;
+            }
+        }
+    };
+    first.kill(0);
+    let _second = Workers::start(1, models.path(), &service);
+
+    let events = watch(&mut client, &job_id).await;
+    assert!(
+        matches!(events.last(), Some(v1::job_event::Event::JobDone(d)) if d.state() == v1::JobState::Succeeded),
+        "{events:?}"
+    );
+    let resumed: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            v1::job_event::Event::Progress(p) if p.attempt == 2 => Some(p.iteration),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !resumed.is_empty(),
+        "the second attempt reported no progress"
+    );
+    assert!(
+        resumed.iter().all(|&i| i >= checkpointed),
+        "attempt 2 went back before the checkpoint at {checkpointed}: {resumed:?}"
     );
 }

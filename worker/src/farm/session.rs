@@ -219,8 +219,13 @@ impl Session {
             })
         };
         tokio::pin!(work);
-        let mut latest = Report::default();
-        let mut tick = tokio::time::interval(self.heartbeat);
+        // Until the work reports, heartbeats say where the task resumed from.
+        let mut latest = Report {
+            iteration: task.checkpoint_iteration,
+            ..Report::default()
+        };
+        let start = tokio::time::Instant::now() + self.heartbeat;
+        let mut tick = tokio::time::interval_at(start, self.heartbeat);
         loop {
             tokio::select! {
                 result = &mut work => return result?,
