@@ -1,45 +1,86 @@
-//! `tessera`: the user's command line to the farm.
+//! `tessera`: the user's command line to the farm. Each command lives in its own module; this
+//! file only parses the command line, runs the command and turns its error into a message and
+//! an exit code (see [`error`]).
 
-use clap::{Parser, Subcommand};
-use tessera_proto::v1::jobs_client::JobsClient;
-use tessera_proto::v1::PingRequest;
+mod args;
+mod error;
+mod farm;
+mod fetch;
+mod info;
+mod output;
+mod progress;
+mod submit;
+mod upscale;
+mod watch;
 
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    /// The coordinator's gRPC address.
-    #[arg(
-        long,
-        env = "TESSERA_COORDINATOR",
-        default_value = "http://127.0.0.1:7470",
-        global = true
-    )]
-    coordinator: String,
-    #[command(subcommand)]
-    command: Command,
-}
+use std::process::ExitCode;
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Check that the coordinator answers, and print its version.
-    Ping,
-}
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::farm::Farm;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(error::exit_code(&e))
+        }
+    }
+}
+
+/// Runs one command against the coordinator at `cli.coordinator`.
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let url = cli.coordinator.as_str();
+    let json = cli.json;
+    match &cli.command {
         Command::Ping => {
-            let mut client = JobsClient::connect(cli.coordinator.clone())
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot reach the coordinator at {}: {e}", cli.coordinator)
-                })?;
-            let reply = client.ping(PingRequest {}).await?.into_inner();
-            println!(
-                "coordinator {} answers, version {}",
-                cli.coordinator, reply.version
-            );
+            let version = Farm::connect(url).await?.ping().await?;
+            if json {
+                output::print_json(&serde_json::json!({"coordinator": url, "version": version}));
+            } else {
+                println!("coordinator {url} answers, version {version}");
+            }
+        }
+        Command::Submit(args) => {
+            // Read the file before connecting, so a typo is reported as such.
+            let spec = submit::spec(args)?;
+            let job = submit::submit(&mut Farm::connect(url).await?, spec, json).await?;
+            if args.job.watch {
+                watch::watch(url, &job, json).await?;
+            }
+        }
+        Command::Watch(job) => watch::watch(url, &job.job, json).await?,
+        Command::Status(job) => {
+            info::status(&mut Farm::connect(url).await?, &job.job, json).await?
+        }
+        Command::Jobs => info::jobs(&mut Farm::connect(url).await?, json).await?,
+        Command::Cancel(job) => {
+            info::cancel(&mut Farm::connect(url).await?, &job.job, json).await?
+        }
+        Command::Workers => info::workers(&mut Farm::connect(url).await?, json).await?,
+        Command::Fetch(args) => {
+            fetch::fetch(
+                &mut Farm::connect(url).await?,
+                &args.job,
+                &args.output,
+                json,
+            )
+            .await?
+        }
+        Command::Upscale(args) => {
+            let pictures = upscale::read_pictures(&args.images)?;
+            let mut farm = Farm::connect(url).await?;
+            let job = upscale::submit(&mut farm, args, pictures, json).await?;
+            if args.job.watch {
+                // Fetch what finished even when some pictures failed, then report the failure.
+                let watched = watch::watch(url, &job, json).await;
+                fetch::fetch(&mut Farm::connect(url).await?, &job, &args.output, json).await?;
+                watched?;
+            }
         }
     }
     Ok(())

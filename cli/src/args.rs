@@ -1,0 +1,125 @@
+//! The command line's grammar: global flags and one subcommand per thing a user does with the
+//! farm. Kept apart from the code that runs the commands so `--help` reads as one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The default coordinator: the one `tessera up` starts on this machine.
+pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7470";
+
+/// Submit text-to-image and upscale jobs to a Tessera farm, watch them and bring the pictures
+/// home.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// The coordinator's gRPC address.
+    #[arg(long, env = "TESSERA_COORDINATOR", default_value = DEFAULT_COORDINATOR, global = true)]
+    pub coordinator: String,
+    /// Print machine-readable JSON instead of tables and progress bars.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands; each is run by the module of the same name.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check that the coordinator answers, and print its version.
+    Ping,
+    /// Submit a prompt file (one prompt per line, or JSONL with per-prompt settings).
+    Submit(SubmitArgs),
+    /// Follow a job until it ends: progress bars, or one JSON object per event with --json.
+    Watch(JobArg),
+    /// Show one job's state.
+    Status(JobArg),
+    /// List the jobs, newest first.
+    Jobs,
+    /// Cancel a job; results finished before stay available.
+    Cancel(JobArg),
+    /// List the workers the farm knows.
+    Workers,
+    /// Download a job's finished pictures and a manifest.json into a directory (resumable).
+    Fetch(FetchArgs),
+    /// Upscale pictures on the farm.
+    Upscale(UpscaleArgs),
+}
+
+/// A job id.
+#[derive(Args, Debug)]
+pub struct JobArg {
+    /// The job's id, as `submit` printed it.
+    pub job: String,
+}
+
+/// Settings and placement shared by every kind of submission.
+#[derive(Args, Debug)]
+pub struct JobOptions {
+    /// Larger runs first; jobs of equal priority share the farm.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// A label for listings (default: the file's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Largest upscale tile in input pixels (0: one tile per picture).
+    #[arg(long)]
+    pub tile: Option<u32>,
+    /// Follow the job until it ends, as `tessera watch` does.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `tessera submit`.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// The prompt file: `.jsonl` for one JSON object per line, any other name for one prompt
+    /// per line.
+    pub prompts: PathBuf,
+    /// Render every prompt with seeds 0 to N-1.
+    #[arg(long, value_name = "N", conflicts_with = "seed")]
+    pub seeds: Option<u64>,
+    /// Render every prompt with this seed (repeat for several).
+    #[arg(long, value_name = "S")]
+    pub seed: Vec<u64>,
+    /// Optimiser steps per picture.
+    #[arg(long)]
+    pub iterations: Option<u32>,
+    /// Picture size before upscaling, e.g. 496x496 (multiples of 16).
+    #[arg(long, value_name = "WxH")]
+    pub size: Option<String>,
+    /// Upscale model, or `none` to keep the generated picture.
+    #[arg(long, value_name = "MODEL|none")]
+    pub upscale: Option<String>,
+    /// Placement, labels and following.
+    #[command(flatten)]
+    pub job: JobOptions,
+}
+
+/// `tessera fetch`.
+#[derive(Args, Debug)]
+pub struct FetchArgs {
+    /// The job's id.
+    pub job: String,
+    /// Directory for the pictures and manifest.json (created if missing).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+}
+
+/// `tessera upscale`.
+#[derive(Args, Debug)]
+pub struct UpscaleArgs {
+    /// Pictures to upscale (PNG, JPEG or WebP).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Upscale model, e.g. realesrgan-x4plus.
+    #[arg(long)]
+    pub model: String,
+    /// Where the pictures go once the job ends (with --watch).
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    pub output: PathBuf,
+    /// Placement, labels and following.
+    #[command(flatten)]
+    pub job: JobOptions,
+}

@@ -1,0 +1,237 @@
+//! `tessera fetch`: a job's finished pictures into a directory, with a `manifest.json` saying
+//! what each was made from. Downloads are resumable: bytes go to `NAME.part` first, a rerun
+//! continues from the part's length, and a file becomes `NAME` only once its size and SHA-256
+//! match what the coordinator stored, so a finished name is always a whole, verified picture.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tessera_proto::v1;
+
+use crate::farm::Farm;
+use crate::output::{artifact_json, print_json, result_state, settings_json};
+
+/// Longest prompt slug in a file name.
+const SLUG_MAX: usize = 40;
+
+/// What a fetch did, file names relative to the directory.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Files downloaded (whole or resumed) by this run.
+    pub written: Vec<String>,
+    /// Files that were already complete.
+    pub skipped: Vec<String>,
+    /// Results not done (pending, failed or cancelled).
+    pub missing: usize,
+}
+
+/// Fetches every done result of `job` into `dir` and writes its manifest; prints what it did.
+pub async fn fetch(farm: &mut Farm, job: &str, dir: &Path, json: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+    let results = farm.results(job).await?;
+    let mut fetched = Fetched::default();
+    let mut manifest = Vec::with_capacity(results.len());
+    for result in &results {
+        let name = file_name(result);
+        let file = match (&result.output, result.state()) {
+            (Some(output), v1::ResultState::Done) => {
+                if fetch_one(farm, job, result.index, output, &dir.join(&name)).await? {
+                    fetched.written.push(name.clone());
+                } else {
+                    fetched.skipped.push(name.clone());
+                }
+                Some(name)
+            }
+            _ => {
+                fetched.missing += 1;
+                None
+            }
+        };
+        manifest.push(json!({
+            "index": result.index,
+            "state": result_state(result.state()),
+            "prompt_index": result.prompt_index,
+            "prompt": result.prompt,
+            "seed": result.seed,
+            "input_name": result.input_name,
+            "settings": settings_json(result.settings.as_ref()),
+            "file": file,
+            "sha256": result.output.as_ref().map(|o| o.sha256.clone()),
+            "output": artifact_json(result.output.as_ref()),
+            "error": result.error,
+        }));
+    }
+    let manifest_path = dir.join("manifest.json");
+    let manifest = json!({"job_id": job, "coordinator": farm.url(), "results": manifest});
+    let text = serde_json::to_string_pretty(&manifest).expect("the manifest is plain data");
+    std::fs::write(&manifest_path, text + "\n")
+        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    report(job, dir, &fetched, json);
+    Ok(())
+}
+
+fn report(job: &str, dir: &Path, fetched: &Fetched, json: bool) {
+    if json {
+        print_json(&json!({
+            "job_id": job,
+            "dir": dir.display().to_string(),
+            "written": fetched.written,
+            "skipped": fetched.skipped,
+            "missing": fetched.missing,
+            "manifest": "manifest.json",
+        }));
+        return;
+    }
+    for name in &fetched.written {
+        println!("{}", dir.join(name).display());
+    }
+    eprintln!(
+        "job {job}: {} fetched, {} already complete, {} not done; manifest in {}",
+        fetched.written.len(),
+        fetched.skipped.len(),
+        fetched.missing,
+        dir.join("manifest.json").display()
+    );
+}
+
+/// Downloads one result to `path` unless it is already there whole; returns whether it wrote.
+async fn fetch_one(
+    farm: &mut Farm,
+    job: &str,
+    index: u32,
+    output: &v1::ArtifactRef,
+    path: &Path,
+) -> anyhow::Result<bool> {
+    if let Ok(existing) = std::fs::read(path) {
+        if matches(&existing, output) {
+            return Ok(false);
+        }
+    }
+    let part = part_path(path);
+    let mut data = std::fs::read(&part).unwrap_or_default();
+    if data.len() as u64 > output.size {
+        data.clear();
+    }
+    let start = data.len();
+    farm.fetch_result(job, index, &mut data)
+        .await
+        .with_context(|| format!("cannot download result {index} to {}", path.display()))?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)
+        .with_context(|| format!("cannot write {}", part.display()))?;
+    if start == 0 {
+        file.set_len(0)?;
+    }
+    file.write_all(&data[start..])
+        .with_context(|| format!("cannot write {}", part.display()))?;
+    drop(file);
+    if !matches(&data, output) {
+        std::fs::remove_file(&part)?;
+        anyhow::bail!(
+            "result {index} of job {job} arrived as {} bytes with SHA-256 {} but the coordinator \
+             stored {} bytes with SHA-256 {}; the partial file was removed, rerun the fetch",
+            data.len(),
+            sha256(&data),
+            output.size,
+            output.sha256
+        );
+    }
+    std::fs::rename(&part, path)
+        .with_context(|| format!("cannot rename {} to its final name", part.display()))?;
+    Ok(true)
+}
+
+fn matches(data: &[u8], output: &v1::ArtifactRef) -> bool {
+    data.len() as u64 == output.size && sha256(data) == output.sha256
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(data))
+}
+
+/// `NAME.part`, where a download in progress lives.
+pub fn part_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".part");
+    PathBuf::from(name)
+}
+
+/// A result's file name: `0003-seed7-a-lighthouse-in-a-storm.png` for a prompt, or
+/// `0003-holiday-photo.png` after the input's name for an upscale-only job.
+pub fn file_name(result: &v1::ResultInfo) -> String {
+    match (result.prompt_index, result.seed) {
+        (Some(prompt), Some(seed)) => {
+            format!("{prompt:04}-seed{seed}-{}.png", slug(&result.prompt))
+        }
+        _ => {
+            let stem = Path::new(&result.input_name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{:04}-{}.png", result.index, slug(&stem))
+        }
+    }
+}
+
+/// Lower-case letters and digits of `text`, other runs as one '-', at most [`SLUG_MAX`]
+/// characters; "result" when nothing is left.
+pub fn slug(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().flat_map(char::to_lowercase) {
+        if c.is_alphanumeric() {
+            out.push(c);
+        } else if !out.is_empty() && !out.ends_with('-') {
+            out.push('-');
+        }
+        if out.chars().count() >= SLUG_MAX {
+            break;
+        }
+    }
+    let out = out.trim_end_matches('-');
+    if out.is_empty() {
+        "result".into()
+    } else {
+        out.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_short_and_plain() {
+        assert_eq!(slug("A lighthouse, in a storm!"), "a-lighthouse-in-a-storm");
+        assert_eq!(slug("  ***  "), "result");
+        assert_eq!(slug(&"word ".repeat(20)).chars().count(), 39);
+        assert_eq!(slug("Café:1.5|night"), "café-1-5-night");
+    }
+
+    #[test]
+    fn names_follow_prompt_and_seed_or_the_input() {
+        let prompt = v1::ResultInfo {
+            index: 5,
+            prompt_index: Some(2),
+            seed: Some(7),
+            prompt: "a red fox".into(),
+            ..Default::default()
+        };
+        assert_eq!(file_name(&prompt), "0002-seed7-a-red-fox.png");
+        let picture = v1::ResultInfo {
+            index: 1,
+            input_name: "Holiday Photo.JPG".into(),
+            ..Default::default()
+        };
+        assert_eq!(file_name(&picture), "0001-holiday-photo.png");
+        assert_eq!(
+            part_path(Path::new("d/x.png")),
+            PathBuf::from("d/x.png.part")
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! `tessera watch`: follows a job's event stream to its end. A coordinator that restarts or a
+//! network that drops does not end the watch: it reconnects with backoff and resumes after the
+//! last event it showed, so nothing is shown twice or missed.
+
+use std::time::Duration;
+
+use tessera_proto::v1;
+use tessera_proto::v1::job_event::Event;
+use tonic::Code;
+
+use crate::error::{with_causes, JobEnded};
+use crate::farm::Farm;
+use crate::output::{event_json, print_json};
+use crate::progress::Bars;
+
+/// First wait before reconnecting; doubled each failed try up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Tries in a row before giving up (about a minute with the backoff above).
+const MAX_RETRIES: u32 = 35;
+
+/// Follows `job` until its `JobDone`; Ok when it succeeded, [`JobEnded`] when it failed or was
+/// cancelled.
+pub async fn watch(url: &str, job: &str, json: bool) -> anyhow::Result<()> {
+    let mut farm = Farm::connect(url).await?;
+    let status = farm.job(job).await?;
+    let mut bars = (!json).then(|| Bars::new(&status));
+    let mut cursor = String::new();
+    let mut retries = 0;
+    loop {
+        let why = match farm.watch(job, &cursor).await {
+            Ok(mut stream) => loop {
+                match stream.message().await {
+                    Ok(Some(event)) => {
+                        retries = 0;
+                        cursor.clone_from(&event.cursor);
+                        match &mut bars {
+                            Some(bars) => bars.show(&event),
+                            None => print_json(&event_json(&event)),
+                        }
+                        if let Some(Event::JobDone(done)) = &event.event {
+                            if let Some(bars) = &bars {
+                                bars.finish(done);
+                            }
+                            return outcome(job, done);
+                        }
+                    }
+                    Ok(None) => break "the event stream ended early".to_string(),
+                    Err(status) if retryable(status.code()) => break with_causes(&status),
+                    Err(status) => return Err(farm.refused(status)),
+                }
+            },
+            Err(status) if retryable(status.code()) => with_causes(&status),
+            Err(status) => return Err(farm.refused(status)),
+        };
+        // Reconnect until a coordinator answers at the same address again.
+        farm = loop {
+            retries += 1;
+            if retries > MAX_RETRIES {
+                anyhow::bail!(
+                    "lost the coordinator at {url} and it did not come back: {why} (rerun \
+                     `tessera watch {job}` once it is up)"
+                );
+            }
+            let note = format!("reconnecting to {url} (try {retries}): {why}");
+            match &bars {
+                Some(bars) => bars.note(&note),
+                None => eprintln!("{note}"),
+            }
+            tokio::time::sleep(backoff(retries)).await;
+            if let Ok(farm) = Farm::connect(url).await {
+                break farm;
+            }
+        };
+    }
+}
+
+/// Whether a failed watch may succeed on a new connection: the transport failed or the server
+/// went away, as opposed to a refusal such as an unknown job.
+fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted | Code::Internal
+    )
+}
+
+fn backoff(retry: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << retry.min(10).saturating_sub(1))
+        .min(MAX_BACKOFF)
+}
+
+fn outcome(job: &str, done: &v1::JobDone) -> anyhow::Result<()> {
+    match done.state() {
+        v1::JobState::Succeeded => Ok(()),
+        state => Err(JobEnded {
+            job: job.to_string(),
+            state,
+            failed: done.results_failed,
+        }
+        .into()),
+    }
+}

@@ -1,0 +1,341 @@
+//! The `tessera` binary as a user runs it, against a real coordinator process with
+//! protocol-only workers: submit, watch, status, jobs, workers, cancel, fetch with resume,
+//! upscale, the error messages, and a watch that outlives a coordinator restart.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs;
+
+use common::{coordinator, finish, tessera, Workers, SMALL};
+use tempfile::TempDir;
+use tessera_tests::protocol::{png, ProtocolWorker};
+use tessera_tests::{free_port, RedisServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const PROMPTS: &str = "a lighthouse in a storm\n# a comment\n\nA red fox, at dawn!\n";
+
+#[tokio::test]
+async fn a_prompt_file_renders_watches_to_success_and_fetches_resumably() {
+    let dir = TempDir::new().unwrap();
+    let service = coordinator(&dir.path().join("store"), &["--embedded"], "127.0.0.1:0");
+    let url = service.url();
+    let prompts = dir.path().join("prompts.txt");
+    fs::write(&prompts, PROMPTS).unwrap();
+
+    let mut args = vec!["submit", prompts.to_str().unwrap(), "--seeds", "2"];
+    args.extend(SMALL);
+    let submitted = tessera(&url, &args).await.ok();
+    let job = submitted.stdout.trim().to_string();
+    assert!(
+        !job.is_empty() && !job.contains(char::is_whitespace),
+        "{submitted:?}"
+    );
+
+    let _workers = Workers::start(&service).await;
+    let watched = tessera(&url, &["watch", &job]).await.ok();
+    assert!(
+        watched
+            .stdout
+            .contains(&format!("job {job} succeeded: 4 result(s) done")),
+        "{watched:?}"
+    );
+
+    let out = dir.path().join("out");
+    let out_arg = out.to_str().unwrap();
+    tessera(&url, &["fetch", &job, "-o", out_arg]).await.ok();
+    let manifest: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let results = manifest["results"].as_array().unwrap();
+    let files: Vec<String> = results
+        .iter()
+        .map(|r| r["file"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        files,
+        [
+            "0000-seed0-a-lighthouse-in-a-storm.png",
+            "0000-seed1-a-lighthouse-in-a-storm.png",
+            "0001-seed0-a-red-fox-at-dawn.png",
+            "0001-seed1-a-red-fox-at-dawn.png",
+        ]
+    );
+    assert_eq!(results[2]["prompt"], "A red fox, at dawn!");
+    assert_eq!(results[2]["seed"], 0);
+    assert_eq!(results[2]["state"], "done");
+    assert_eq!(results[2]["settings"]["width"], 64);
+    let originals: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| fs::read(out.join(f)).unwrap())
+        .collect();
+    for (bytes, result) in originals.iter().zip(results) {
+        let picture = image::load_from_memory(bytes).unwrap();
+        assert_eq!((picture.width(), picture.height()), (64, 64));
+        assert_eq!(result["output"]["size"], bytes.len());
+    }
+
+    // One file lost, one left half-downloaded: the next fetch completes both, byte for byte.
+    fs::remove_file(out.join(&files[0])).unwrap();
+    let part = out.join(format!("{}.part", files[3]));
+    fs::rename(out.join(&files[3]), &part).unwrap();
+    fs::write(&part, &originals[3][..originals[3].len() / 2]).unwrap();
+    let again = tessera(&url, &["fetch", &job, "-o", out_arg]).await.ok();
+    assert!(
+        again.stderr.contains("2 fetched, 2 already complete"),
+        "{again:?}"
+    );
+    for (file, bytes) in files.iter().zip(&originals) {
+        assert_eq!(&fs::read(out.join(file)).unwrap(), bytes, "{file}");
+    }
+    assert!(!part.exists());
+}
+
+#[tokio::test]
+async fn a_jsonl_file_with_overrides_and_the_listings_as_json() {
+    let dir = TempDir::new().unwrap();
+    let service = coordinator(&dir.path().join("store"), &["--embedded"], "127.0.0.1:0");
+    let url = service.url();
+    let prompts = dir.path().join("prompts.jsonl");
+    fs::write(
+        &prompts,
+        "{\"prompt\": \"a cat\"}\n\n{\"prompt\": \"a dog\", \"seeds\": [3, 4], \"iterations\": 10}\n",
+    )
+    .unwrap();
+    let mut args = vec!["--json", "submit", prompts.to_str().unwrap(), "--watch"];
+    args.extend(SMALL);
+    let watcher = common::command(&url, &args).spawn().unwrap();
+    let _workers = Workers::start(&service).await;
+    let run = finish(watcher).await.ok();
+    let lines = run.json_lines();
+    let job = lines[0]["job_id"].as_str().unwrap().to_string();
+    assert_eq!(lines[0]["results_total"], 3);
+    let done = lines.last().unwrap();
+    assert_eq!(
+        (&done["type"], &done["state"]),
+        (&"job_done".into(), &"succeeded".into())
+    );
+    let cursors: HashSet<&str> = lines[1..]
+        .iter()
+        .map(|e| e["cursor"].as_str().unwrap())
+        .collect();
+    assert_eq!(cursors.len(), lines.len() - 1, "every event shown once");
+
+    let status = tessera(&url, &["--json", "status", &job]).await.ok().json();
+    assert_eq!(status["state"], "succeeded");
+    assert_eq!(status["results_done"], 3);
+    let jobs = tessera(&url, &["jobs", "--json"]).await.ok().json();
+    assert_eq!(jobs["total"], 1);
+    assert_eq!(jobs["jobs"][0]["job_id"], job.as_str());
+    assert_eq!(jobs["jobs"][0]["name"], "prompts.jsonl");
+    let workers = tessera(&url, &["workers", "--json"]).await.ok().json();
+    assert_eq!(workers["workers"][0]["name"], "cli-test");
+    assert_eq!(workers["workers"][0]["tasks_done"], 3);
+
+    let table = tessera(&url, &["jobs"]).await.ok();
+    assert!(table.stdout.starts_with("JOB"), "{table:?}");
+    assert!(table.stdout.contains("succeeded"), "{table:?}");
+    let out = dir.path().join("out");
+    let fetched = tessera(
+        &url,
+        &["--json", "fetch", &job, "-o", out.to_str().unwrap()],
+    )
+    .await;
+    let written = fetched.ok().json()["written"].clone();
+    assert_eq!(
+        written,
+        serde_json::json!([
+            "0000-seed0-a-cat.png",
+            "0001-seed3-a-dog.png",
+            "0001-seed4-a-dog.png"
+        ])
+    );
+}
+
+#[tokio::test]
+async fn a_cancelled_job_ends_its_watch_with_a_failure_code() {
+    let dir = TempDir::new().unwrap();
+    let service = coordinator(&dir.path().join("store"), &["--embedded"], "127.0.0.1:0");
+    let url = service.url();
+    let prompts = dir.path().join("prompts.txt");
+    fs::write(&prompts, PROMPTS).unwrap();
+    let mut args = vec!["submit", prompts.to_str().unwrap()];
+    args.extend(SMALL);
+    let job = tessera(&url, &args).await.ok().stdout.trim().to_string();
+
+    let watcher = common::command(&url, &["--json", "watch", &job])
+        .spawn()
+        .unwrap();
+    let cancelled = tessera(&url, &["cancel", &job]).await.ok();
+    assert!(cancelled.stdout.contains("cancelled"), "{cancelled:?}");
+    let watched = finish(watcher).await;
+    assert_eq!(watched.code, 4, "{watched:?}");
+    assert!(watched.stderr.contains("was cancelled"), "{watched:?}");
+    let last = watched.json_lines().pop().unwrap();
+    assert_eq!(
+        (&last["type"], &last["state"]),
+        (&"job_done".into(), &"cancelled".into())
+    );
+}
+
+#[tokio::test]
+async fn pictures_are_uploaded_upscaled_and_fetched() {
+    let dir = TempDir::new().unwrap();
+    let service = coordinator(&dir.path().join("store"), &["--embedded"], "127.0.0.1:0");
+    let url = service.url();
+    let a = dir.path().join("Beach Day.png");
+    let b = dir.path().join("b.png");
+    let notes = dir.path().join("notes.txt");
+    fs::write(&a, png(48, 32, 1)).unwrap();
+    fs::write(&b, png(32, 32, 2)).unwrap();
+    fs::write(&notes, "not a picture").unwrap();
+    let (a, b, notes) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        notes.to_str().unwrap(),
+    );
+
+    let refused = tessera(&url, &["upscale", a, notes, "--model", "realesrgan-x4plus"]).await;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("notes.txt is not a PNG, JPEG or WebP"),
+        "{refused:?}"
+    );
+
+    let out = dir.path().join("out");
+    let args = [
+        "upscale",
+        a,
+        b,
+        "--model",
+        "realesrgan-x4plus",
+        "--tile",
+        "32",
+        "--watch",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    let _workers = Workers::start(&service).await;
+    let run = tessera(&url, &args).await.ok();
+    assert!(
+        run.stdout.contains("succeeded: 2 result(s) done"),
+        "{run:?}"
+    );
+    let first = image::open(out.join("0000-beach-day.png")).unwrap();
+    assert_eq!((first.width(), first.height()), (192, 128));
+    let second = image::open(out.join("0001-b.png")).unwrap();
+    assert_eq!((second.width(), second.height()), (128, 128));
+    let manifest = fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"input_name\": \"Beach Day.png\""),
+        "{manifest}"
+    );
+}
+
+#[tokio::test]
+async fn mistakes_are_reported_with_what_to_fix() {
+    let dir = TempDir::new().unwrap();
+    let service = coordinator(&dir.path().join("store"), &["--embedded"], "127.0.0.1:0");
+    let url = service.url();
+
+    let missing = dir.path().join("nosuch.txt");
+    let run = tessera(&url, &["submit", missing.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("cannot read the prompt file"),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("nosuch.txt"), "{run:?}");
+
+    let bad = dir.path().join("bad.jsonl");
+    fs::write(
+        &bad,
+        "{\"prompt\": \"a cat\"}\n{\"prompt\": \"a dog\", \"iterations\": }\n",
+    )
+    .unwrap();
+    let run = tessera(&url, &["submit", bad.to_str().unwrap()]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("line 2"), "{run:?}");
+
+    let run = tessera(&url, &["status", "nosuchjob"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("nosuchjob"), "{run:?}");
+
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    for args in [
+        &["jobs"][..],
+        &["watch", "somejob"],
+        &["submit", bad.to_str().unwrap()],
+    ] {
+        let run = tessera(&nowhere, args).await;
+        assert_eq!(run.code, 2, "{run:?}");
+        assert!(
+            run.stderr
+                .contains(&format!("cannot reach the coordinator at {nowhere}")),
+            "{run:?}"
+        );
+        assert!(run.stderr.contains("tessera up"), "{run:?}");
+    }
+}
+
+#[tokio::test]
+async fn watch_reconnects_when_the_coordinator_restarts() {
+    let redis = RedisServer::start().unwrap();
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let state = ["--redis", &redis.url()];
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut first = coordinator(&store, &state, &listen);
+    let url = first.url();
+    let prompts = dir.path().join("prompts.txt");
+    fs::write(&prompts, PROMPTS).unwrap();
+    let mut args = vec!["submit", prompts.to_str().unwrap()];
+    args.extend(SMALL);
+    let job = tessera(&url, &args).await.ok().stdout.trim().to_string();
+
+    let mut watcher = common::command(&url, &["--json", "watch", &job])
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut worker = ProtocolWorker::register(&first, "before").await;
+    let task = worker.lease(0).await.unwrap();
+    worker.finish(&task).await;
+    let mut seen = Vec::new();
+    // Wait until the watch has shown the finished task, so it is connected when the coordinator dies.
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let shown = event["type"] == "task_done";
+        seen.push(event);
+        if shown {
+            break;
+        }
+    }
+    first.kill();
+
+    let second = coordinator(&store, &state, &listen);
+    let mut worker = ProtocolWorker::register(&second, "after").await;
+    assert_eq!(worker.drain(0).await, 1);
+    while let Some(line) = lines.next_line().await.unwrap() {
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    let run = finish(watcher).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("reconnecting to {url}")),
+        "{run:?}"
+    );
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (&last["type"], &last["state"]),
+        (&"job_done".into(), &"succeeded".into())
+    );
+    let cursors: HashSet<&str> = seen.iter().map(|e| e["cursor"].as_str().unwrap()).collect();
+    assert_eq!(
+        cursors.len(),
+        seen.len(),
+        "no event is shown twice: {seen:#?}"
+    );
+    let done = seen.iter().filter(|e| e["type"] == "task_done").count();
+    assert_eq!(done, 2);
+}
