@@ -25,6 +25,25 @@ impl Workers {
         let _ = self.0[index].wait();
     }
 
+    /// Asks worker `index` to drain (SIGTERM, as Kubernetes does) and waits for it to exit.
+    fn drain(&mut self, index: usize) -> std::process::ExitStatus {
+        let child = &mut self.0[index];
+        let pid = i32::try_from(child.id()).unwrap();
+        // SAFETY: `kill` has no memory effects; the pid is our own live child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker did not exit within 60 s of SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn start(count: usize, models: &Path, coordinator: &Service) -> Workers {
         let children = (0..count)
             .map(|i| {
@@ -100,6 +119,51 @@ fn job(prompts: usize) -> v1::JobSpec {
         source: Some(v1::job_spec::Source::PromptsText(text)),
         ..Default::default()
     }
+}
+
+/// One prompt, one seed, `iterations` iterations, no upscale: a single long generate task.
+fn single_render(iterations: u32, checkpoint_every: u32) -> v1::JobSpec {
+    let mut spec = job(1);
+    spec.seeds = vec![5];
+    let settings = spec.settings.as_mut().unwrap();
+    settings.iterations = Some(iterations);
+    settings.checkpoint_every = Some(checkpoint_every);
+    settings.upscale_model = Some("none".into());
+    spec
+}
+
+/// Follows the job's events until a progress report satisfies `reached`, and returns it.
+async fn progress_until(
+    client: &mut JobsClient<Channel>,
+    job: &str,
+    reached: impl Fn(&v1::TaskProgress) -> bool,
+) -> v1::TaskProgress {
+    let request = v1::WatchJobRequest {
+        job_id: job.into(),
+        ..Default::default()
+    };
+    let mut stream = client.watch_job(request).await.unwrap().into_inner();
+    loop {
+        let event = stream.message().await.unwrap().unwrap().event.unwrap();
+        if let v1::job_event::Event::Progress(p) = event {
+            if reached(&p) {
+                return p;
+            }
+        }
+    }
+}
+
+/// The iterations attempt `attempt` reported, and whether the job succeeded.
+fn attempt_iterations(events: &[v1::job_event::Event], attempt: u32) -> (Vec<u32>, bool) {
+    let succeeded = matches!(events.last(), Some(v1::job_event::Event::JobDone(d)) if d.state() == v1::JobState::Succeeded);
+    let iterations = events
+        .iter()
+        .filter_map(|e| match e {
+            v1::job_event::Event::Progress(p) if p.attempt == attempt => Some(p.iteration),
+            _ => None,
+        })
+        .collect();
+    (iterations, succeeded)
 }
 
 /// Every event of the job up to its end.
@@ -235,14 +299,10 @@ async fn a_killed_worker_s_render_resumes_from_its_checkpoint_on_another() {
     let service = coordinator(store.path(), &["--lease-ms", "2000"]);
     let mut first = Workers::start(1, models.path(), &service);
     let mut client = JobsClient::connect(service.url()).await.unwrap();
-    let mut spec = job(1);
-    spec.seeds = vec![5];
-    let settings = spec.settings.as_mut().unwrap();
-    settings.iterations = Some(60);
-    settings.checkpoint_every = Some(5);
-    settings.upscale_model = Some("none".into());
     let job_id = client
-        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(single_render(60, 5)),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -250,34 +310,15 @@ async fn a_killed_worker_s_render_resumes_from_its_checkpoint_on_another() {
 
     // Wait until the first worker has reported its second checkpoint, then kill it. Started
     // over, the next attempt would report its own first checkpoint, at iteration 5.
-    let request = v1::WatchJobRequest {
-        job_id: job_id.clone(),
-        ..Default::default()
-    };
-    let mut stream = client.watch_job(request).await.unwrap().into_inner();
-    let checkpointed = loop {
-        let event = stream.message().await.unwrap().unwrap().event.unwrap();
-        if let v1::job_event::Event::Progress(p) = event {
-            if p.checkpoint_iteration >= 10 {
-                break p.checkpoint_iteration;
-            }
-        }
-    };
+    let checkpointed = progress_until(&mut client, &job_id, |p| p.checkpoint_iteration >= 10)
+        .await
+        .checkpoint_iteration;
     first.kill(0);
     let _second = Workers::start(1, models.path(), &service);
 
     let events = watch(&mut client, &job_id).await;
-    assert!(
-        matches!(events.last(), Some(v1::job_event::Event::JobDone(d)) if d.state() == v1::JobState::Succeeded),
-        "{events:?}"
-    );
-    let resumed: Vec<u32> = events
-        .iter()
-        .filter_map(|e| match e {
-            v1::job_event::Event::Progress(p) if p.attempt == 2 => Some(p.iteration),
-            _ => None,
-        })
-        .collect();
+    let (resumed, succeeded) = attempt_iterations(&events, 2);
+    assert!(succeeded, "{events:?}");
     assert!(
         !resumed.is_empty(),
         "the second attempt reported no progress"
@@ -285,5 +326,53 @@ async fn a_killed_worker_s_render_resumes_from_its_checkpoint_on_another() {
     assert!(
         resumed.iter().all(|&i| i >= checkpointed),
         "attempt 2 went back before the checkpoint at {checkpointed}: {resumed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_worker_checkpoints_its_render_and_the_next_worker_goes_on_from_there() {
+    let models = models();
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path(), &[]);
+    let mut first = Workers::start(1, models.path(), &service);
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    // No periodic checkpoints: whatever the next worker resumes from, the drain wrote.
+    let job_id = client
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(single_render(60, 0)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    progress_until(&mut client, &job_id, |p| p.iteration >= 5).await;
+    let status = first.drain(0);
+    assert!(status.success(), "the drained worker exited with {status}");
+
+    // Deregistered with its checkpoint: the task waits for the next worker, well under way.
+    let task = client
+        .get_task(v1::GetTaskRequest {
+            task_id: format!("{job_id}.0.g"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(task.state(), v1::TaskState::Queued, "{task:?}");
+    let drained_at = task.checkpoint_iteration;
+    assert!((5..60).contains(&drained_at), "checkpoint at {drained_at}");
+    let workers = client
+        .list_workers(v1::ListWorkersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(workers.workers.is_empty(), "still registered: {workers:?}");
+
+    let _second = Workers::start(1, models.path(), &service);
+    let events = watch(&mut client, &job_id).await;
+    let (resumed, succeeded) = attempt_iterations(&events, 2);
+    assert!(succeeded, "{events:?}");
+    assert!(
+        !resumed.is_empty() && resumed.iter().all(|&i| i > drained_at),
+        "attempt 2 did not go on from iteration {drained_at}: {resumed:?}"
     );
 }

@@ -61,7 +61,10 @@ fn a_text_prompt_pulls_the_picture_towards_it_through_clip_and_vqgan() {
     // loss is noisy, but the whole picture must end up clearly nearer the prompt.
     let before = whole_image_distance(&clip, &start.image, prompt);
     let after = whole_image_distance(&clip, &out.image, prompt);
-    assert!(after < before - 0.1, "distance went from {before} to {after}");
+    assert!(
+        after < before - 0.1,
+        "distance went from {before} to {after}"
+    );
     let again = render(&settings(prompt, 3, 30), &clip, &vq, &mut |_| {}).unwrap();
     assert_eq!(out.png, again.png, "same seed, same picture");
 }

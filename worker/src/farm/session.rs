@@ -16,9 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::tasks::{self, ModelCache};
+use super::tasks::{self, ModelCache, Outcome};
 use super::FarmArgs;
-use crate::generate::Progress;
+use crate::generate::{Halt, Progress};
 
 /// Longest pause between retries when the coordinator is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -120,7 +120,7 @@ impl Session {
                 _ = stop.cancelled() => None,
             };
             if let Some(task) = task {
-                self.run(task, cache.clone()).await?;
+                self.run(task, cache.clone(), stop).await?;
             }
         }
         Ok(())
@@ -135,12 +135,33 @@ impl Session {
         Ok(())
     }
 
-    /// Runs one task to its end: its output accepted, its failure reported, or dropped because
-    /// the task was cancelled or handed to another worker.
-    async fn run(&mut self, task: v1::Task, cache: Arc<Mutex<ModelCache>>) -> anyhow::Result<()> {
-        match self.execute(&task, cache).await {
-            Ok(Some(output)) => self.hand_back(&task, output).await,
-            Ok(None) => Ok(()),
+    /// Runs one task to its end: its output accepted, its failure reported, dropped because
+    /// the task was cancelled or handed to another worker, or (a render, when `stop` fires)
+    /// checkpointed for the next worker; deregistration then queues it again.
+    async fn run(
+        &mut self,
+        task: v1::Task,
+        cache: Arc<Mutex<ModelCache>>,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        match self.execute(&task, cache, stop).await {
+            Ok(Outcome::Output(output)) => self.hand_back(&task, output).await,
+            Ok(Outcome::Abandoned) => Ok(()),
+            Ok(Outcome::Paused {
+                checkpoint,
+                iteration,
+            }) => {
+                eprintln!(
+                    "tessera-worker: task {} checkpointed at iteration {iteration} for the next worker",
+                    task.task_id
+                );
+                let mut last = Report {
+                    iteration,
+                    checkpoint: Some(checkpoint),
+                    ..Report::default()
+                };
+                self.beat(&task, &mut last, &AtomicBool::new(false)).await
+            }
             Err(error) => {
                 let request = v1::FailTaskRequest {
                     worker_id: self.id.clone(),
@@ -162,12 +183,14 @@ impl Session {
     }
 
     /// Fetches the task's inputs, runs the work on a blocking thread while heartbeating, and
-    /// returns the output (`None` when the lease ended first).
+    /// returns how it ended. When `stop` fires a render pauses at its next iteration; upscale
+    /// and stitch tasks are short and finish.
     async fn execute(
         &mut self,
         task: &v1::Task,
         cache: Arc<Mutex<ModelCache>>,
-    ) -> anyhow::Result<Option<Vec<u8>>> {
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Outcome> {
         let spec = task.spec.clone().context("the task has no spec")?;
         let checkpoint = match &task.checkpoint {
             Some(c) if !c.key.is_empty() => Some(self.download(&c.key).await?),
@@ -191,9 +214,10 @@ impl Session {
         };
         let (events, mut reports) = mpsc::unbounded_channel::<Report>();
         let abort = Arc::new(AtomicBool::new(false));
+        let drain = Arc::new(AtomicBool::new(false));
         let work = {
-            let abort = abort.clone();
-            tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Vec<u8>>> {
+            let (abort, drain) = (abort.clone(), drain.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<Outcome> {
                 let mut cache = cache.lock().expect("one task at a time");
                 let cache = &mut *cache;
                 match &spec {
@@ -201,7 +225,9 @@ impl Session {
                         let mut report = |p: &Progress| {
                             let _ = events.send(Report::from(p));
                             if abort.load(Ordering::Relaxed) {
-                                ControlFlow::Break(())
+                                ControlFlow::Break(Halt::Abandon)
+                            } else if drain.load(Ordering::Relaxed) {
+                                ControlFlow::Break(Halt::Pause)
                             } else {
                                 ControlFlow::Continue(())
                             }
@@ -209,11 +235,11 @@ impl Session {
                         tasks::generate(cache, g, checkpoint.as_deref(), &mut report)
                     }
                     v1::task::Spec::UpscaleTile(t) => {
-                        tasks::upscale_tile(cache, t, &source).map(Some)
+                        tasks::upscale_tile(cache, t, &source).map(Outcome::Output)
                     }
                     v1::task::Spec::Stitch(s) => {
                         let plan = s.plan.context("the stitch has no plan")?;
-                        tasks::stitch(&plan, &inputs).map(Some)
+                        tasks::stitch(&plan, &inputs).map(Outcome::Output)
                     }
                 }
             })
@@ -237,6 +263,9 @@ impl Session {
                     }
                 }
                 _ = tick.tick() => self.beat(task, &mut latest, &abort).await?,
+                _ = stop.cancelled(), if !drain.load(Ordering::Relaxed) => {
+                    drain.store(true, Ordering::Relaxed);
+                }
             }
         }
     }

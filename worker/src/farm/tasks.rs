@@ -12,7 +12,7 @@ use tessera_proto::v1;
 
 use crate::clip::Clip;
 use crate::esrgan::SrModel;
-use crate::generate::{drive_until, Progress, Run, Settings};
+use crate::generate::{drive_until, Driven, Halt, Progress, Run, Settings};
 use crate::imageio::{encode_png, from_dynamic, Picture};
 use crate::models::ModelDir;
 use crate::upscale::{crop_rgb, read_tile_png, tile_png, Upscaler};
@@ -144,14 +144,30 @@ pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>
     Ok(encode_png(&picture)?)
 }
 
-/// Renders a generate task, from `checkpoint` when an earlier attempt left one; `None` when
-/// `progress` broke off.
+/// How a task's work ended on this worker.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The output, to hand back.
+    Output(Vec<u8>),
+    /// Nothing: the task was cancelled or handed to another worker.
+    Abandoned,
+    /// A render stopped early because this worker drains: its checkpoint, for the next worker.
+    Paused {
+        /// The render's state after `iteration` iterations.
+        checkpoint: Vec<u8>,
+        /// Iterations done.
+        iteration: u32,
+    },
+}
+
+/// Renders a generate task, from `checkpoint` when an earlier attempt left one, until it ends
+/// or `progress` halts it.
 pub fn generate(
     cache: &mut ModelCache,
     spec: &v1::GenerateSpec,
     checkpoint: Option<&[u8]>,
-    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
-) -> anyhow::Result<Option<Vec<u8>>> {
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<Halt>,
+) -> anyhow::Result<Outcome> {
     let s = spec.settings.as_ref().context("the task has no settings")?;
     let field = |name: &str| anyhow!("the task's settings lack {name}");
     let clip_name = s.clip_model.as_deref().ok_or_else(|| field("clip_model"))?;
@@ -179,6 +195,15 @@ pub fn generate(
             Run::start(&[settings], clip, vq)?
         }
     };
-    let outputs = drive_until(run, progress)?;
-    Ok(outputs.map(|mut o| o.remove(0).png))
+    Ok(match drive_until(run, progress)? {
+        Driven::Finished(mut outputs) => Outcome::Output(outputs.remove(0).png),
+        Driven::Abandoned => Outcome::Abandoned,
+        Driven::Paused {
+            checkpoint,
+            iteration,
+        } => Outcome::Paused {
+            checkpoint,
+            iteration,
+        },
+    })
 }

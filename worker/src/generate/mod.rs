@@ -115,19 +115,47 @@ where
     P: Perceptor + ?Sized,
     C: LatentCodec + ?Sized,
 {
-    let outputs = drive_until(run, &mut |report| {
+    match drive_until(run, &mut |report| {
         progress(report);
         ControlFlow::Continue(())
-    })?;
-    Ok(outputs.expect("a driver that always continues reaches the end"))
+    })? {
+        Driven::Finished(outputs) => Ok(outputs),
+        _ => unreachable!("a driver that always continues reaches the end"),
+    }
 }
 
-/// Steps `run` to the end, reporting and checkpointing, then renders the outputs; `None` when
-/// `progress` breaks off (a farm task that was cancelled or lost its lease).
+/// Why a driver stops a run before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Halt {
+    /// The work is no longer wanted (cancelled, or the task went to another worker).
+    Abandon,
+    /// The process is going away: keep the state so another process can continue it.
+    Pause,
+}
+
+/// How a driven run ended.
+#[derive(Debug)]
+pub enum Driven {
+    /// It reached its last iteration.
+    Finished(Vec<RenderOutput>),
+    /// The driver abandoned it.
+    Abandoned,
+    /// The driver paused it: a checkpoint of the iteration it had reached.
+    Paused {
+        /// [`Run::checkpoint`] at `iteration`.
+        checkpoint: Vec<u8>,
+        /// Iterations done.
+        iteration: u32,
+    },
+}
+
+/// Steps `run` to the end, reporting and checkpointing, then renders the outputs, unless
+/// `progress` halts it first (a farm task that was cancelled, lost its lease, or whose worker
+/// is draining).
 pub fn drive_until<P, C>(
     mut run: Run<'_, P, C>,
-    progress: &mut dyn FnMut(&Progress) -> ControlFlow<()>,
-) -> Result<Option<Vec<RenderOutput>>, GenerateError>
+    progress: &mut dyn FnMut(&Progress) -> ControlFlow<Halt>,
+) -> Result<Driven, GenerateError>
 where
     P: Perceptor + ?Sized,
     C: LatentCodec + ?Sized,
@@ -138,8 +166,15 @@ where
         if every > 0 && run.iteration().is_multiple_of(every) && !run.is_done() {
             report.checkpoint = Some(run.checkpoint()?);
         }
-        if progress(&report).is_break() {
-            return Ok(None);
+        match progress(&report) {
+            ControlFlow::Continue(()) => {}
+            ControlFlow::Break(Halt::Abandon) => return Ok(Driven::Abandoned),
+            ControlFlow::Break(Halt::Pause) => {
+                return Ok(Driven::Paused {
+                    checkpoint: run.checkpoint()?,
+                    iteration: run.iteration(),
+                })
+            }
         }
     }
     let elapsed = run.elapsed();
@@ -159,5 +194,5 @@ where
             })
         })
         .collect::<Result<Vec<_>, GenerateError>>()?;
-    Ok(Some(outputs))
+    Ok(Driven::Finished(outputs))
 }
