@@ -45,6 +45,10 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Upscale pictures on the farm.
     Upscale(UpscaleArgs),
+    /// Run a whole farm on this machine: a coordinator with its state on disk and local
+    /// workers. Runs until ctrl-c or SIGTERM, or, with --run, renders one prompt file, fetches
+    /// the pictures and stops.
+    Up(UpArgs),
 }
 
 /// A job id.
@@ -55,7 +59,7 @@ pub struct JobArg {
 }
 
 /// Settings and placement shared by every kind of submission.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct JobOptions {
     /// Larger runs first; jobs of equal priority share the farm.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
@@ -77,6 +81,17 @@ pub struct SubmitArgs {
     /// The prompt file: `.jsonl` for one JSON object per line, any other name for one prompt
     /// per line.
     pub prompts: PathBuf,
+    /// Seeds, steps, size and upscaling.
+    #[command(flatten)]
+    pub render: RenderOptions,
+    /// Placement, labels and following.
+    #[command(flatten)]
+    pub job: JobOptions,
+}
+
+/// How every prompt of a file is rendered, unless its JSONL line says otherwise.
+#[derive(Args, Debug)]
+pub struct RenderOptions {
     /// Render every prompt with seeds 0 to N-1.
     #[arg(long, value_name = "N", conflicts_with = "seed")]
     pub seeds: Option<u64>,
@@ -92,9 +107,6 @@ pub struct SubmitArgs {
     /// Upscale model, or `none` to keep the generated picture.
     #[arg(long, value_name = "MODEL|none")]
     pub upscale: Option<String>,
-    /// Placement, labels and following.
-    #[command(flatten)]
-    pub job: JobOptions,
 }
 
 /// `tessera fetch`.
@@ -122,4 +134,38 @@ pub struct UpscaleArgs {
     /// Placement, labels and following.
     #[command(flatten)]
     pub job: JobOptions,
+}
+
+/// `tessera up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Worker processes to start.
+    #[arg(long, default_value_t = 1)]
+    pub workers: u32,
+    /// The workers' device: `cpu`, or `cuda` for one GPU per worker (worker i on cuda:i).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// Address the coordinator serves on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7470")]
+    pub listen: String,
+    /// The farm's state, artifacts and logs; a farm started again on the same directory
+    /// resumes the jobs it had.
+    #[arg(long, value_name = "DIR", default_value = ".tessera")]
+    pub dir: PathBuf,
+    /// The workers' models directory (default: theirs, $TESSERA_MODELS or .deps/models).
+    #[arg(long, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Render this prompt file, fetch the pictures into --output, then stop the farm.
+    #[arg(long, value_name = "PROMPTS")]
+    pub run: Option<PathBuf>,
+    /// Where --run puts the pictures and manifest.json.
+    #[arg(short, long, value_name = "DIR", default_value = "out")]
+    pub output: PathBuf,
+    /// With --run, when the workers lack the generation weights: upscale these pictures
+    /// instead, so the rest of the farm still runs.
+    #[arg(long, value_name = "PICTURE")]
+    pub fallback_pictures: Vec<PathBuf>,
+    /// Seeds, steps, size and upscaling of --run.
+    #[command(flatten)]
+    pub render: RenderOptions,
 }

@@ -10,6 +10,7 @@ mod info;
 mod output;
 mod progress;
 mod submit;
+mod up;
 mod upscale;
 mod watch;
 
@@ -37,6 +38,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let url = cli.coordinator.as_str();
     let json = cli.json;
     match &cli.command {
+        Command::Up(args) => up::up(args, json).await?,
         Command::Ping => {
             let version = Farm::connect(url).await?.ping().await?;
             if json {
@@ -47,7 +49,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Submit(args) => {
             // Read the file before connecting, so a typo is reported as such.
-            let spec = submit::spec(args)?;
+            let spec = submit::spec(&args.prompts, &args.render, &args.job)?;
             let job = submit::submit(&mut Farm::connect(url).await?, spec, json).await?;
             if args.job.watch {
                 watch::watch(url, &job, json).await?;
@@ -74,7 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Upscale(args) => {
             let pictures = upscale::read_pictures(&args.images)?;
             let mut farm = Farm::connect(url).await?;
-            let job = upscale::submit(&mut farm, args, pictures, json).await?;
+            let job = upscale::submit(&mut farm, &args.model, &args.job, pictures, json).await?;
             if args.job.watch {
                 // Fetch what finished even when some pictures failed, then report the failure.
                 let watched = watch::watch(url, &job, json).await;

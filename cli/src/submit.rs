@@ -9,13 +9,12 @@ use tessera_core::job::parse_size;
 use tessera_proto::v1;
 use tessera_proto::v1::job_spec::Source;
 
-use crate::args::{JobOptions, SubmitArgs};
+use crate::args::{JobOptions, RenderOptions};
 use crate::farm::Farm;
 use crate::output::{job_state, print_json};
 
-/// Builds the job a `submit` command line describes, reading its prompt file.
-pub fn spec(args: &SubmitArgs) -> anyhow::Result<v1::JobSpec> {
-    let path = &args.prompts;
+/// Builds the job of the prompt file at `path` rendered as `args` says, placed as `job` says.
+pub fn spec(path: &Path, args: &RenderOptions, job: &JobOptions) -> anyhow::Result<v1::JobSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the prompt file {}", path.display()))?;
     let jsonl = path.extension().is_some_and(|e| e == "jsonl");
@@ -40,10 +39,10 @@ pub fn spec(args: &SubmitArgs) -> anyhow::Result<v1::JobSpec> {
         height,
         iterations: args.iterations,
         upscale_model: args.upscale.clone(),
-        tile: args.job.tile,
+        tile: job.tile,
         ..v1::Settings::default()
     };
-    Ok(job_spec(&args.job, path, settings, seeds, source))
+    Ok(job_spec(job, path, settings, seeds, source))
 }
 
 /// A job of `source` with the placement and label of `options`, named after `path` unless

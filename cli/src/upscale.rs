@@ -8,7 +8,7 @@ use anyhow::Context;
 use tessera_proto::v1;
 use tessera_proto::v1::job_spec::Source;
 
-use crate::args::UpscaleArgs;
+use crate::args::JobOptions;
 use crate::farm::Farm;
 
 /// A picture read from disk, ready to upload.
@@ -42,13 +42,16 @@ fn read_picture(path: &Path) -> anyhow::Result<Picture<'_>> {
     Ok(Picture { path, name, data })
 }
 
-/// Uploads the pictures and submits them as one upscale-only job; returns its id.
+/// Uploads the pictures (at least one) and submits them as one upscale-only job with `model`;
+/// returns its id.
 pub async fn submit(
     farm: &mut Farm,
-    args: &UpscaleArgs,
+    model: &str,
+    options: &JobOptions,
     pictures: Vec<Picture<'_>>,
     json: bool,
 ) -> anyhow::Result<String> {
+    let first = pictures.first().context("no pictures to upscale")?.path;
     let mut images = Vec::with_capacity(pictures.len());
     for picture in pictures {
         let uploaded = farm
@@ -61,13 +64,13 @@ pub async fn submit(
         });
     }
     let settings = v1::Settings {
-        upscale_model: Some(args.model.clone()),
-        tile: args.job.tile,
+        upscale_model: Some(model.to_string()),
+        tile: options.tile,
         ..v1::Settings::default()
     };
     let spec = crate::submit::job_spec(
-        &args.job,
-        &args.images[0],
+        options,
+        first,
         settings,
         Vec::new(),
         Source::Images(v1::ImageList { images }),
