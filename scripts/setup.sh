@@ -108,7 +108,7 @@ install_checkpoints() {
     [ -n "${TESSERA_VQGAN_CKPT:-}" ] || rm -f "$ckpt"
   fi
   if [ ${#missing[@]} -gt 0 ]; then
-    say "official checkpoints not installed (offline, or TESSERA_CLIP_CKPT/TESSERA_VQGAN_CKPT unusable): ${missing[*]}; only \`tessera-worker render\` needs them (see README, Rendering)"
+    say "official checkpoints not installed (offline, or TESSERA_CLIP_CKPT/TESSERA_VQGAN_CKPT unusable): ${missing[*]}; text-to-image rendering needs them, upscaling does not (see README, Rendering)"
   fi
 }
 

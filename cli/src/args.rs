@@ -136,8 +136,9 @@ pub struct UpscaleArgs {
     pub job: JobOptions,
 }
 
-/// `tessera up`.
+/// `tessera up`. A flag given twice keeps its last value, so scripts can append overrides.
 #[derive(Args, Debug)]
+#[command(args_override_self = true)]
 pub struct UpArgs {
     /// Worker processes to start.
     #[arg(long, default_value_t = 1)]

@@ -83,9 +83,14 @@ fn models() -> TempDir {
 }
 
 fn coordinator(store: &Path, extra: &[&str]) -> Service {
+    coordinator_on("127.0.0.1:0", store, extra)
+}
+
+/// A coordinator listening on `listen`, so a restarted one can take the same address.
+fn coordinator_on(listen: &str, store: &Path, extra: &[&str]) -> Service {
     let mut command = Command::new(binary("tessera-coordinator").unwrap());
     command
-        .args(["--listen", "127.0.0.1:0", "--embedded", "--store"])
+        .args(["--listen", listen, "--embedded", "--store"])
         .arg(store)
         .args(extra)
         .args(["--clip-models", "vit", "--vqgan-models", "vq"])
@@ -375,4 +380,59 @@ async fn a_draining_worker_checkpoints_its_render_and_the_next_worker_goes_on_fr
         !resumed.is_empty() && resumed.iter().all(|&i| i > drained_at),
         "attempt 2 did not go on from iteration {drained_at}: {resumed:?}"
     );
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_mid_job_restarts_and_the_workers_and_the_cli_watch_carry_on() {
+    let models = models();
+    let dir = TempDir::new().unwrap();
+    let listen = format!("127.0.0.1:{}", tessera_tests::free_port());
+    let state = dir.path().join("state");
+    let extra = ["--state-dir", state.to_str().unwrap()];
+    let mut service = coordinator_on(&listen, &dir.path().join("store"), &extra);
+    let _workers = Workers::start(2, models.path(), &service);
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    let mut spec = job(4);
+    spec.seeds = vec![1];
+    let job_id = client
+        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    let watch = tokio::process::Command::new(binary("tessera").unwrap())
+        .args(["--coordinator", &service.url(), "watch", &job_id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    // Kill the coordinator once the job is under way, not before.
+    progress_until(&mut client, &job_id, |p| p.iteration >= 1).await;
+    service.kill();
+    let service = coordinator_on(&listen, &dir.path().join("store"), &extra);
+
+    let watched = tokio::time::timeout(
+        std::time::Duration::from_secs(300),
+        watch.wait_with_output(),
+    )
+    .await
+    .expect("the watch ends")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    assert!(
+        watched.status.success() && stdout.contains("succeeded: 4 result(s) done"),
+        "{watched:?}"
+    );
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    let status = client
+        .get_job(v1::GetJobRequest {
+            job_id: job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.state(), v1::JobState::Succeeded, "{status:?}");
+    assert_eq!(status.results_done, 4);
 }

@@ -39,6 +39,11 @@ pub struct FarmArgs {
     /// Largest picture this worker takes, in pixels (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_pixels: u64,
+    /// Append one JSON line per task to this file: how long its lease request, input
+    /// downloads, work and hand-back took. `tessera-bench farm` reads these to show what the
+    /// farm adds to the work.
+    #[arg(long, env = "TESSERA_TIMINGS", value_name = "FILE")]
+    pub timings: Option<std::path::PathBuf>,
 }
 
 /// Runs farm mode until a signal drains it.

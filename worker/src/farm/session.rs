@@ -2,10 +2,11 @@
 //! while a task runs, and handing back outputs. Every call that fails because the coordinator is
 //! unreachable is retried with backoff, and a finished output is kept until it is accepted.
 
+use std::io::Write;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tessera_proto::transfer::{read_download, upload_messages};
@@ -31,6 +32,35 @@ pub struct Session {
     url: String,
     id: String,
     heartbeat: Duration,
+    timings: Option<std::fs::File>,
+}
+
+/// Where one task's wall time went on this worker, as `--timings` records it.
+#[derive(serde::Serialize)]
+struct TaskTiming<'a> {
+    task: &'a str,
+    kind: &'static str,
+    /// The lease request that brought the task, from asking to the reply.
+    lease_ms: f64,
+    /// From the lease to the start of the work: downloading the inputs.
+    fetch_ms: f64,
+    /// The work itself (model time, with heartbeats going out alongside).
+    work_ms: f64,
+    /// From the end of the work to the accepted completion: upload and complete.
+    hand_back_ms: f64,
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn kind_name(task: &v1::Task) -> &'static str {
+    match task.spec {
+        Some(v1::task::Spec::Generate(_)) => "generate",
+        Some(v1::task::Spec::UpscaleTile(_)) => "upscale_tile",
+        Some(v1::task::Spec::Stitch(_)) => "stitch",
+        None => "unknown",
+    }
 }
 
 /// Whether a failed call is worth retrying: the coordinator is down or restarting.
@@ -91,11 +121,22 @@ impl Session {
             _ = stop.cancelled() => bail!("stopped before the coordinator at {url} answered"),
         };
         println!("tessera-worker registered as {}", reply.worker_id);
+        let timings = match &args.timings {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open --timings {}", path.display()))?,
+            ),
+            None => None,
+        };
         Ok(Session {
             client,
             url: url.to_string(),
             id: reply.worker_id,
             heartbeat: Duration::from_millis(reply.heartbeat_interval_ms.max(100)),
+            timings,
         })
     }
 
@@ -106,6 +147,7 @@ impl Session {
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         while !stop.is_cancelled() {
+            let asked = Instant::now();
             let request = v1::LeaseTaskRequest {
                 worker_id: self.id.clone(),
                 wait_ms: LEASE_WAIT_MS,
@@ -120,7 +162,8 @@ impl Session {
                 _ = stop.cancelled() => None,
             };
             if let Some(task) = task {
-                self.run(task, cache.clone(), stop).await?;
+                let leased = asked.elapsed();
+                self.run(task, cache.clone(), stop, leased).await?;
             }
         }
         Ok(())
@@ -143,14 +186,31 @@ impl Session {
         task: v1::Task,
         cache: Arc<Mutex<ModelCache>>,
         stop: &CancellationToken,
+        leased: Duration,
     ) -> anyhow::Result<()> {
+        let began = Instant::now();
         match self.execute(&task, cache, stop).await {
-            Ok(Outcome::Output(output)) => self.hand_back(&task, output).await,
-            Ok(Outcome::Abandoned) => Ok(()),
-            Ok(Outcome::Paused {
-                checkpoint,
-                iteration,
-            }) => {
+            Ok((Outcome::Output(output), fetched)) => {
+                let worked = began.elapsed();
+                self.hand_back(&task, output).await?;
+                let timing = TaskTiming {
+                    task: &task.task_id,
+                    kind: kind_name(&task),
+                    lease_ms: millis(leased),
+                    fetch_ms: millis(fetched),
+                    work_ms: millis(worked - fetched),
+                    hand_back_ms: millis(began.elapsed() - worked),
+                };
+                self.record(&timing)
+            }
+            Ok((Outcome::Abandoned, _)) => Ok(()),
+            Ok((
+                Outcome::Paused {
+                    checkpoint,
+                    iteration,
+                },
+                _,
+            )) => {
                 eprintln!(
                     "tessera-worker: task {} checkpointed at iteration {iteration} for the next worker",
                     task.task_id
@@ -182,15 +242,24 @@ impl Session {
         }
     }
 
+    /// Appends a task's timing to the `--timings` file, if there is one.
+    fn record(&mut self, timing: &TaskTiming) -> anyhow::Result<()> {
+        if let Some(file) = &mut self.timings {
+            writeln!(file, "{}", serde_json::to_string(timing)?)?;
+        }
+        Ok(())
+    }
+
     /// Fetches the task's inputs, runs the work on a blocking thread while heartbeating, and
-    /// returns how it ended. When `stop` fires a render pauses at its next iteration; upscale
-    /// and stitch tasks are short and finish.
+    /// returns how it ended and how long fetching the inputs took. When `stop` fires a render
+    /// pauses at its next iteration; upscale and stitch tasks are short and finish.
     async fn execute(
         &mut self,
         task: &v1::Task,
         cache: Arc<Mutex<ModelCache>>,
         stop: &CancellationToken,
-    ) -> anyhow::Result<Outcome> {
+    ) -> anyhow::Result<(Outcome, Duration)> {
+        let began = Instant::now();
         let spec = task.spec.clone().context("the task has no spec")?;
         let checkpoint = match &task.checkpoint {
             Some(c) if !c.key.is_empty() => Some(self.download(&c.key).await?),
@@ -212,6 +281,7 @@ impl Session {
             }
             _ => Vec::new(),
         };
+        let fetched = began.elapsed();
         let (events, mut reports) = mpsc::unbounded_channel::<Report>();
         let abort = Arc::new(AtomicBool::new(false));
         let drain = Arc::new(AtomicBool::new(false));
@@ -254,7 +324,7 @@ impl Session {
         let mut tick = tokio::time::interval_at(start, self.heartbeat);
         loop {
             tokio::select! {
-                result = &mut work => return result?,
+                result = &mut work => return Ok((result??, fetched)),
                 Some(report) = reports.recv() => {
                     let due = report.checkpoint.is_some() || report.preview.is_some();
                     latest = report;
