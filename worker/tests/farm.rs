@@ -137,24 +137,41 @@ fn single_render(iterations: u32, checkpoint_every: u32) -> v1::JobSpec {
     spec
 }
 
-/// Follows the job's events until a progress report satisfies `reached`, and returns it.
-async fn progress_until(
+/// Follows the job's events until one satisfies `wanted`, and returns it.
+async fn event_until(
     client: &mut JobsClient<Channel>,
     job: &str,
-    reached: impl Fn(&v1::TaskProgress) -> bool,
-) -> v1::TaskProgress {
+    wanted: impl Fn(&v1::job_event::Event) -> bool,
+) -> v1::job_event::Event {
     let request = v1::WatchJobRequest {
         job_id: job.into(),
         ..Default::default()
     };
     let mut stream = client.watch_job(request).await.unwrap().into_inner();
     loop {
-        let event = stream.message().await.unwrap().unwrap().event.unwrap();
-        if let v1::job_event::Event::Progress(p) = event {
-            if reached(&p) {
-                return p;
-            }
+        let message = stream.message().await.unwrap();
+        let event = message.expect("the job ended first").event.unwrap();
+        if wanted(&event) {
+            return event;
         }
+    }
+}
+
+/// Follows the job's events until a progress report satisfies `reached`, and returns it.
+async fn progress_until(
+    client: &mut JobsClient<Channel>,
+    job: &str,
+    reached: impl Fn(&v1::TaskProgress) -> bool,
+) -> v1::TaskProgress {
+    let event = event_until(
+        client,
+        job,
+        |e| matches!(e, v1::job_event::Event::Progress(p) if reached(p)),
+    )
+    .await;
+    match event {
+        v1::job_event::Event::Progress(p) => p,
+        _ => unreachable!("event_until returns a progress report"),
     }
 }
 
@@ -409,7 +426,10 @@ async fn a_coordinator_killed_mid_job_restarts_and_the_workers_and_the_cli_watch
         .unwrap();
 
     // Kill the coordinator once the job is under way, not before.
-    progress_until(&mut client, &job_id, |p| p.iteration >= 1).await;
+    event_until(&mut client, &job_id, |e| {
+        matches!(e, v1::job_event::Event::TaskDone(_))
+    })
+    .await;
     service.kill();
     let service = coordinator_on(&listen, &dir.path().join("store"), &extra);
 

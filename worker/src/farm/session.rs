@@ -13,6 +13,7 @@ use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
 use tessera_proto::v1::workers_client::WorkersClient;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -28,11 +29,22 @@ const LEASE_WAIT_MS: u32 = 5_000;
 
 /// A registered worker's connection.
 pub struct Session {
+    link: Link,
+    heartbeat: Duration,
+    timings: Option<std::fs::File>,
+    /// The last upscale source downloaded, by artifact key: the tiles of one picture often
+    /// come to the same worker in a row, and artifacts never change once stored.
+    last_source: Option<(String, Arc<Vec<u8>>)>,
+    /// The previous task's hand-back, still uploading while the next task runs.
+    handing_back: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// What a call to the coordinator needs, cheap to clone into a background hand-back.
+#[derive(Clone)]
+struct Link {
     client: WorkersClient<Channel>,
     url: String,
     id: String,
-    heartbeat: Duration,
-    timings: Option<std::fs::File>,
 }
 
 /// Where one task's wall time went on this worker, as `--timings` records it.
@@ -132,11 +144,15 @@ impl Session {
             None => None,
         };
         Ok(Session {
-            client,
-            url: url.to_string(),
-            id: reply.worker_id,
+            link: Link {
+                client,
+                url: url.to_string(),
+                id: reply.worker_id,
+            },
             heartbeat: Duration::from_millis(reply.heartbeat_interval_ms.max(100)),
             timings,
+            last_source: None,
+            handing_back: None,
         })
     }
 
@@ -149,11 +165,11 @@ impl Session {
         while !stop.is_cancelled() {
             let asked = Instant::now();
             let request = v1::LeaseTaskRequest {
-                worker_id: self.id.clone(),
+                worker_id: self.link.id.clone(),
                 wait_ms: LEASE_WAIT_MS,
             };
-            let lease = retrying(&self.url, "lease", || {
-                let mut client = self.client.clone();
+            let lease = retrying(&self.link.url, "lease", || {
+                let mut client = self.link.client.clone();
                 let request = request.clone();
                 async move { client.lease_task(request).await }
             });
@@ -169,12 +185,14 @@ impl Session {
         Ok(())
     }
 
-    /// Deregisters, so the coordinator stops counting on this worker at once.
+    /// Deregisters once the last output is handed back, so the coordinator stops counting on
+    /// this worker at once.
     pub async fn deregister(mut self) -> anyhow::Result<()> {
+        self.finish_hand_back().await?;
         let request = v1::DeregisterRequest {
-            worker_id: self.id.clone(),
+            worker_id: self.link.id.clone(),
         };
-        self.client.deregister(request).await?;
+        self.link.client.deregister(request).await?;
         Ok(())
     }
 
@@ -192,7 +210,7 @@ impl Session {
         match self.execute(&task, cache, stop).await {
             Ok((Outcome::Output(output), fetched)) => {
                 let worked = began.elapsed();
-                self.hand_back(&task, output).await?;
+                self.hand_back_later(&task, output).await?;
                 let timing = TaskTiming {
                     task: &task.task_id,
                     kind: kind_name(&task),
@@ -224,21 +242,41 @@ impl Session {
             }
             Err(error) => {
                 let request = v1::FailTaskRequest {
-                    worker_id: self.id.clone(),
+                    worker_id: self.link.id.clone(),
                     task_id: task.task_id.clone(),
                     attempt: task.attempt,
                     error: format!("{error:#}"),
                     retryable: true,
                 };
                 eprintln!("tessera-worker: task {} failed: {error:#}", task.task_id);
-                retrying(&self.url, "failure report", || {
-                    let mut client = self.client.clone();
+                retrying(&self.link.url, "failure report", || {
+                    let mut client = self.link.client.clone();
                     let request = request.clone();
                     async move { client.fail_task(request).await }
                 })
                 .await?;
                 Ok(())
             }
+        }
+    }
+
+    /// Starts handing `output` back in the background, so the next task's lease and work
+    /// overlap its upload; first waits for the previous hand-back, so at most one finished
+    /// output is in flight (and kept, retried, until the coordinator accepts it).
+    async fn hand_back_later(&mut self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
+        self.finish_hand_back().await?;
+        let (link, task) = (self.link.clone(), task.clone());
+        self.handing_back = Some(tokio::spawn(
+            async move { link.hand_back(&task, output).await },
+        ));
+        Ok(())
+    }
+
+    /// Waits for the hand-back in flight, if any.
+    async fn finish_hand_back(&mut self) -> anyhow::Result<()> {
+        match self.handing_back.take() {
+            Some(pending) => pending.await?,
+            None => Ok(()),
         }
     }
 
@@ -271,15 +309,10 @@ impl Session {
         }
         let source = match &spec {
             v1::task::Spec::UpscaleTile(t) => {
-                let key = t
-                    .source
-                    .as_ref()
-                    .context("the tile has no source")?
-                    .key
-                    .clone();
-                self.download(&key).await?
+                let key = &t.source.as_ref().context("the tile has no source")?.key;
+                self.source(key).await?
             }
-            _ => Vec::new(),
+            _ => Arc::default(),
         };
         let fetched = began.elapsed();
         let (events, mut reports) = mpsc::unbounded_channel::<Report>();
@@ -349,7 +382,7 @@ impl Session {
         abort: &AtomicBool,
     ) -> anyhow::Result<()> {
         let checkpoint = match latest.checkpoint.take() {
-            Some(bytes) => match self.upload(task, "checkpoint.bin", &bytes).await {
+            Some(bytes) => match self.link.upload(task, "checkpoint.bin", &bytes).await {
                 Ok(artifact) => Some(artifact),
                 Err(status) if status.code() == Code::FailedPrecondition => {
                     abort.store(true, Ordering::Relaxed);
@@ -360,7 +393,7 @@ impl Session {
             None => None,
         };
         let request = v1::HeartbeatRequest {
-            worker_id: self.id.clone(),
+            worker_id: self.link.id.clone(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             iteration: latest.iteration,
@@ -374,8 +407,8 @@ impl Session {
             },
             checkpoint,
         };
-        let reply = retrying(&self.url, "heartbeat", || {
-            let mut client = self.client.clone();
+        let reply = retrying(&self.link.url, "heartbeat", || {
+            let mut client = self.link.client.clone();
             let request = request.clone();
             async move { client.heartbeat(request).await }
         })
@@ -392,8 +425,39 @@ impl Session {
         Ok(())
     }
 
+    /// An upscale source picture, downloaded unless it is the one the last tile used.
+    async fn source(&mut self, key: &str) -> anyhow::Result<Arc<Vec<u8>>> {
+        if let Some((cached, bytes)) = &self.last_source {
+            if cached == key {
+                return Ok(bytes.clone());
+            }
+        }
+        let bytes = Arc::new(self.download(key).await?);
+        self.last_source = Some((key.to_string(), bytes.clone()));
+        Ok(bytes)
+    }
+
+    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        let request = v1::DownloadArtifactRequest {
+            key: key.into(),
+            offset: 0,
+        };
+        let stream = retrying(&self.link.url, "download", || {
+            let mut client = self.link.client.clone();
+            let request = request.clone();
+            async move { client.download_artifact(request).await }
+        })
+        .await?
+        .into_inner();
+        let mut out = Vec::new();
+        read_download(stream, &mut out).await?;
+        Ok(out)
+    }
+}
+
+impl Link {
     /// Uploads the output and completes the task, retrying while the coordinator is away.
-    async fn hand_back(&mut self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
+    async fn hand_back(&self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
         let artifact = match self.upload(task, "output.png", &output).await {
             Ok(artifact) => artifact,
             // The lease ended meanwhile: another worker holds the task now.
@@ -434,23 +498,6 @@ impl Session {
         })
         .await?;
         Ok(reply.into_inner())
-    }
-
-    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
-        let request = v1::DownloadArtifactRequest {
-            key: key.into(),
-            offset: 0,
-        };
-        let stream = retrying(&self.url, "download", || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.download_artifact(request).await }
-        })
-        .await?
-        .into_inner();
-        let mut out = Vec::new();
-        read_download(stream, &mut out).await?;
-        Ok(out)
     }
 }
 

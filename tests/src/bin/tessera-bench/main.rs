@@ -8,6 +8,16 @@
 //!
 //!     cargo build --release -p tessera-coordinator -p tessera-tests
 //!     target/release/tessera-bench coordinator --clients 1,10,100 --tasks 3000
+//!
+//! `tessera-bench farm` measures what the farm adds to real work: for each worker count it
+//! starts a coordinator and that many real `tessera-worker` processes, submits an upscale job
+//! of small pictures (four tile tasks and a stitch per picture, on the real Real-ESRGAN
+//! weights), and reads each worker's `--timings` record. Per task it reports the time from the
+//! lease to the start of the work (downloading inputs) and from the end of the work to the next
+//! lease (upload, completion, the next lease request), as a share of the work.
+//!
+//!     cargo build --release -p tessera-coordinator -p tessera-worker -p tessera-tests
+//!     target/release/tessera-bench farm --workers 1,2,4,8 --pictures 40
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -18,6 +28,8 @@ use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::{binary, RedisServer, Service};
+
+mod farm;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of the farm's machinery on real processes")]
@@ -37,12 +49,15 @@ enum Target {
         #[arg(long, default_value_t = 3000)]
         tasks: usize,
     },
+    /// The farm's overhead around real tasks on real worker processes.
+    Farm(farm::FarmBench),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().target {
         Target::Coordinator { clients, tasks } => bench_coordinator(&clients, tasks).await,
+        Target::Farm(args) => farm::run(&args).await,
     }
 }
 
