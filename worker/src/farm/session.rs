@@ -303,10 +303,7 @@ impl Session {
             Some(c) if !c.key.is_empty() => Some(self.download(&c.key).await?),
             _ => None,
         };
-        let mut inputs = Vec::with_capacity(task.inputs.len());
-        for input in &task.inputs {
-            inputs.push(self.download(&input.key).await?);
-        }
+        let inputs = self.download_all(&task.inputs).await?;
         let source = match &spec {
             v1::task::Spec::UpscaleTile(t) => {
                 let key = &t.source.as_ref().context("the tile has no source")?.key;
@@ -437,21 +434,23 @@ impl Session {
         Ok(bytes)
     }
 
-    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
-        let request = v1::DownloadArtifactRequest {
-            key: key.into(),
-            offset: 0,
-        };
-        let stream = retrying(&self.link.url, "download", || {
-            let mut client = self.link.client.clone();
-            let request = request.clone();
-            async move { client.download_artifact(request).await }
-        })
-        .await?
-        .into_inner();
-        let mut out = Vec::new();
-        read_download(stream, &mut out).await?;
+    /// Downloads every input at once (a stitch has one per tile), in their order.
+    async fn download_all(&self, inputs: &[v1::ArtifactRef]) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut downloads = tokio::task::JoinSet::new();
+        for (index, input) in inputs.iter().enumerate() {
+            let (link, key) = (self.link.clone(), input.key.clone());
+            downloads.spawn(async move { (index, link.download(&key).await) });
+        }
+        let mut out = vec![Vec::new(); inputs.len()];
+        while let Some(joined) = downloads.join_next().await {
+            let (index, bytes) = joined?;
+            out[index] = bytes?;
+        }
         Ok(out)
+    }
+
+    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        self.link.download(key).await
     }
 }
 
@@ -498,6 +497,24 @@ impl Link {
         })
         .await?;
         Ok(reply.into_inner())
+    }
+
+    /// Downloads one artifact whole.
+    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        let request = v1::DownloadArtifactRequest {
+            key: key.into(),
+            offset: 0,
+        };
+        let stream = retrying(&self.url, "download", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.download_artifact(request).await }
+        })
+        .await?
+        .into_inner();
+        let mut out = Vec::new();
+        read_download(stream, &mut out).await?;
+        Ok(out)
     }
 }
 
