@@ -67,3 +67,40 @@ async fn scrape(State(source): State<Arc<dyn MetricsSource>>) -> Response {
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_registry_is_served_on_get_metrics() {
+        let mut registry = Registry::default();
+        let counter = Counter::<u64>::default();
+        registry.register("things", "Things counted", counter.clone());
+        counter.inc_by(3);
+        let (listener, address) = bind_metrics("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_metrics(
+            listener,
+            Arc::new(registry),
+            shutdown.clone(),
+        ));
+
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains(CONTENT_TYPE), "{response}");
+        assert!(response.contains("things_total 3\n"), "{response}");
+        assert!(response.ends_with("# EOF\n"), "{response}");
+
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
+}

@@ -82,3 +82,51 @@ impl Extractor for MetadataExtractor<'_> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tonic::service::Interceptor;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    fn trace_id(span: &tracing::Span) -> opentelemetry::trace::TraceId {
+        span.context().span().span_context().trace_id()
+    }
+
+    #[test]
+    fn a_request_span_continues_the_caller_s_trace() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let client = tracing::info_span!("client");
+            let sent = client
+                .in_scope(|| TraceContextInterceptor.call(tonic::Request::new(())))
+                .unwrap();
+            let traceparent = sent
+                .metadata()
+                .get("traceparent")
+                .unwrap()
+                .to_str()
+                .unwrap();
+            assert!(traceparent.starts_with("00-"), "{traceparent}");
+
+            let mut received = tonic::codegen::http::Request::new(());
+            *received.uri_mut() = "/tessera.v1.Jobs/SubmitJob".parse().unwrap();
+            *received.headers_mut() = sent.metadata().clone().into_headers();
+            let server = server_span(&received);
+            assert_eq!(trace_id(&server), trace_id(&client));
+
+            let unrelated = server_span(&tonic::codegen::http::Request::new(()));
+            assert_ne!(
+                trace_id(&unrelated),
+                trace_id(&client),
+                "no context, new trace"
+            );
+        });
+    }
+}
