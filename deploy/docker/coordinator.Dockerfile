@@ -9,7 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends protobuf-compil
 WORKDIR /src
 COPY . .
 # Only the coordinator and the CLI are built: the worker crate (libtorch) is never compiled here.
-RUN cargo build --release --locked -p tessera-coordinator --features s3 -p tessera-cli
+RUN cargo build --release --locked -p tessera-coordinator -p tessera-cli --features tessera-coordinator/s3
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
