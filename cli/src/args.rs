@@ -172,6 +172,10 @@ pub struct UpArgs {
     /// Address the coordinator serves on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7470")]
     pub listen: String,
+    /// Address of the coordinator's Prometheus /metrics endpoint (port 0 picks a free one, so
+    /// farms side by side do not collide).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_listen: String,
     /// The farm's state, artifacts and logs; a farm started again on the same directory
     /// resumes the jobs it had.
     #[arg(long, value_name = "DIR", default_value = ".tessera")]
