@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tessera_telemetry::LogFormat;
 
 /// The default coordinator: the one `tessera up` starts on this machine.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7470";
@@ -19,6 +20,10 @@ pub struct Cli {
     /// Print machine-readable JSON instead of tables and progress bars.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Log lines on standard error: `human` or `json`. With OTEL_EXPORTER_OTLP_ENDPOINT set, the
+    /// command's spans are also exported over OTLP, as the parents of the coordinator's.
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -49,6 +54,24 @@ pub enum Command {
     /// workers. Runs until ctrl-c or SIGTERM, or, with --run, renders one prompt file, fetches
     /// the pictures and stops.
     Up(UpArgs),
+}
+
+impl Command {
+    /// The subcommand as typed, for the command's trace span.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping => "ping",
+            Command::Submit(_) => "submit",
+            Command::Watch(_) => "watch",
+            Command::Status(_) => "status",
+            Command::Jobs => "jobs",
+            Command::Cancel(_) => "cancel",
+            Command::Workers => "workers",
+            Command::Fetch(_) => "fetch",
+            Command::Upscale(_) => "upscale",
+            Command::Up(_) => "up",
+        }
+    }
 }
 
 /// A job id.
@@ -149,6 +172,10 @@ pub struct UpArgs {
     /// Address the coordinator serves on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7470")]
     pub listen: String,
+    /// Address of the coordinator's Prometheus /metrics endpoint (port 0 picks a free one, so
+    /// farms side by side do not collide).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub metrics_listen: String,
     /// The farm's state, artifacts and logs; a farm started again on the same directory
     /// resumes the jobs it had.
     #[arg(long, value_name = "DIR", default_value = ".tessera")]

@@ -8,6 +8,8 @@ use anyhow::Context;
 use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_telemetry::propagation::TraceContextInterceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
@@ -21,7 +23,7 @@ const RESULTS_PAGE: u32 = 1000;
 
 /// A connected client of one coordinator.
 pub struct Farm {
-    client: JobsClient<Channel>,
+    client: JobsClient<InterceptedService<Channel, TraceContextInterceptor>>,
     url: String,
 }
 
@@ -38,7 +40,7 @@ impl Farm {
             detail: with_causes(&e),
         })?;
         Ok(Farm {
-            client: JobsClient::new(channel),
+            client: JobsClient::with_interceptor(channel, TraceContextInterceptor),
             url: url.to_string(),
         })
     }

@@ -17,6 +17,7 @@ mod watch;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing::Instrument;
 
 use crate::args::{Cli, Command};
 use crate::farm::Farm;
@@ -24,7 +25,20 @@ use crate::farm::Farm;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli).await {
+    let telemetry = match tessera_telemetry::init("tessera-cli", cli.log_format) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One span per command: the parent of every request it makes, so its trace holds the
+    // coordinator's work for it.
+    let span = tracing::info_span!("tessera", command = cli.command.name());
+    let result = run(cli).instrument(span).await;
+    // Exports the command's spans before the process ends.
+    drop(telemetry);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -64,7 +64,7 @@ impl LocalFarm {
         let logs = args.dir.join("logs");
         std::fs::create_dir_all(&logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
-        let (coordinator, url) = start_coordinator(args, &logs).await?;
+        let (coordinator, url, metrics) = start_coordinator(args, &logs).await?;
         let names: Vec<String> = (0..args.workers)
             .map(|i| format!("local-{}-{i}", std::process::id()))
             .collect();
@@ -80,7 +80,7 @@ impl LocalFarm {
         };
         farm.wait_registered(&names).await?;
         eprintln!(
-            "tessera farm up: coordinator {} with {} worker(s) on {}; state in {}, logs in {}",
+            "tessera farm up: coordinator {} with {} worker(s) on {}; state in {}, logs in {}, metrics on http://{metrics}/metrics",
             farm.url,
             names.len(),
             args.device,
@@ -231,22 +231,28 @@ fn missing_weights(missing: &[&str], models: Option<&Path>) -> String {
     )
 }
 
-/// Starts the coordinator and reads the address it listens on.
-async fn start_coordinator(args: &UpArgs, logs: &Path) -> anyhow::Result<(Child, String)> {
+/// Starts the coordinator and reads the addresses it serves gRPC (as a URL) and metrics on.
+async fn start_coordinator(args: &UpArgs, logs: &Path) -> anyhow::Result<(Child, String, String)> {
     let log_path = logs.join("coordinator.log");
     let mut command = Command::new(sibling_binary("tessera-coordinator"));
     command
-        .args(["--embedded", "--listen", &args.listen, "--state-dir"])
+        .args(["--embedded", "--listen", &args.listen])
+        .args(["--metrics-listen", &args.metrics_listen, "--state-dir"])
         .arg(args.dir.join("state"))
         .arg("--store")
         .arg(args.dir.join("artifacts"));
     let mut child = spawn(command, Stdio::piped(), &log_path)?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(LISTEN_TIMEOUT, async {
+    let (addr, metrics) = tokio::time::timeout(LISTEN_TIMEOUT, async {
+        // It prints where its metrics are, then where it listens.
+        let mut metrics = String::new();
         while let Some(line) = lines.next_line().await? {
+            if let Some((_, addr)) = line.rsplit_once("metrics on ") {
+                metrics = addr.trim().to_string();
+            }
             if let Some((_, addr)) = line.rsplit_once("listening on ") {
-                return Ok(addr.trim().to_string());
+                return Ok((addr.trim().to_string(), metrics));
             }
         }
         bail!(
@@ -258,7 +264,7 @@ async fn start_coordinator(args: &UpArgs, logs: &Path) -> anyhow::Result<(Child,
     .context("the coordinator did not start listening in time")??;
     // Keep draining its standard output so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, format!("http://{addr}")))
+    Ok((child, format!("http://{addr}"), metrics))
 }
 
 /// Starts worker `index` (on `cuda:index` when the device is `cuda`).

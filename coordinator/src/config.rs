@@ -6,6 +6,7 @@ use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tessera_core::job::{Limits, ModelCatalog, UpscaleModel};
+use tessera_telemetry::LogFormat;
 
 /// `tessera-coordinator`: serves the `tessera.v1` API over gRPC.
 #[derive(Parser, Debug, Clone)]
@@ -15,6 +16,17 @@ pub struct Config {
     /// standard output as `tessera-coordinator listening on ADDR`.
     #[arg(long, env = "TESSERA_LISTEN", default_value = "127.0.0.1:7470")]
     pub listen: SocketAddr,
+
+    /// Address of the Prometheus endpoint `GET /metrics`; port 0 picks a free port. The bound
+    /// address is printed on standard output as `tessera-coordinator metrics on ADDR`.
+    #[arg(long, env = "TESSERA_METRICS_LISTEN", default_value = "0.0.0.0:9464")]
+    pub metrics_listen: SocketAddr,
+
+    /// Log lines on standard error: `human` or `json`. Spans are also exported over OTLP when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is set (service name: OTEL_SERVICE_NAME, default
+    /// tessera-coordinator).
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 
     /// Keep state in Redis at this URL (e.g. redis://127.0.0.1:6379/0); several coordinators
     /// may share it.

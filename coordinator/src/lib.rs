@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod store;

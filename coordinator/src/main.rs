@@ -6,12 +6,7 @@ use tessera_coordinator::server::{serve, shutdown_on_signals};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = Config::parse();
+    let _telemetry = tessera_telemetry::init("tessera-coordinator", config.log_format)?;
     serve(config, shutdown_on_signals()).await
 }

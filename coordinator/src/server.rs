@@ -6,6 +6,7 @@ use crate::api::jobs::JobsApi;
 use crate::api::workers::WorkersApi;
 use crate::api::{now_ms, Coordinator};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::state::embedded::EmbeddedBackend;
 use crate::state::redis::RedisBackend;
 use crate::state::StateBackend;
@@ -17,6 +18,8 @@ use std::time::Duration;
 use tessera_core::job::Settings;
 use tessera_proto::v1::jobs_server::JobsServer;
 use tessera_proto::v1::workers_server::WorkersServer;
+use tessera_telemetry::metrics::{bind_metrics, serve_metrics};
+use tessera_telemetry::propagation::server_span;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
@@ -56,6 +59,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("the state store does not answer")?;
     let store = ArtifactStore::open(&config.store, config.max_artifact_bytes)?;
+    let metrics = Arc::new(Metrics::new(backend.clone(), 3 * config.lease_ms));
     let coordinator = Arc::new(Coordinator {
         backend: backend.clone(),
         store,
@@ -65,8 +69,12 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         limits: config.limits(),
         catalog: config.catalog(),
         defaults: Settings::farm_defaults(),
+        metrics: metrics.clone(),
         shutdown: shutdown.clone(),
     });
+
+    let (metrics_listener, metrics_address) = bind_metrics(config.metrics_listen).await?;
+    println!("tessera-coordinator metrics on {metrics_address}");
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -85,8 +93,14 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
         )),
         tokio::spawn(watch_health(backend, health, shutdown.clone())),
+        tokio::spawn(serve_metrics_logged(
+            metrics_listener,
+            metrics,
+            shutdown.clone(),
+        )),
     ];
     let result = tonic::transport::Server::builder()
+        .trace_fn(server_span)
         .add_service(health_service)
         .add_service(
             JobsServer::new(JobsApi::new(coordinator.clone()))
@@ -109,6 +123,17 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(result?)
 }
 
+/// Serves `/metrics`; a failure is logged, not fatal: the farm keeps working unobserved.
+async fn serve_metrics_logged(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    if let Err(e) = serve_metrics(listener, metrics, shutdown).await {
+        tracing::error!("{e:#}");
+    }
+}
+
 /// Requeues tasks whose lease expired. Safe with several coordinators: each step is one atomic
 /// transition, so a task is requeued once whoever gets there first.
 async fn reap(c: Arc<Coordinator>, every_ms: u64, shutdown: CancellationToken) {
@@ -122,6 +147,7 @@ async fn reap(c: Arc<Coordinator>, every_ms: u64, shutdown: CancellationToken) {
         loop {
             match c.backend.expire(&c.policy, now_ms(), REAP_BATCH).await {
                 Ok(requeued) => {
+                    c.metrics.leases_expired(requeued.len());
                     if !requeued.is_empty() {
                         tracing::info!(?requeued, "leases expired");
                     }

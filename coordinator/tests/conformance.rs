@@ -10,8 +10,9 @@ use tempfile::TempDir;
 use tessera_coordinator::state::embedded::EmbeddedBackend;
 use tessera_coordinator::state::redis::RedisBackend;
 use tessera_coordinator::state::{
-    CancelOutcome, CompleteOutcome, EventKind, FailVerdict, HeartbeatOutcome, JobState, LeaseRef,
-    NewJob, Policy, Progress, ResultState, StateBackend, TaskRecord, TaskState, WorkerRecord,
+    CancelOutcome, CompleteOutcome, EventKind, FailVerdict, FarmStats, HeartbeatOutcome, JobState,
+    LeaseRef, NewJob, Policy, Progress, ResultState, StateBackend, TaskRecord, TaskState,
+    WorkerRecord,
 };
 use tessera_core::job::{
     JobRequest, JobSource, Limits, ModelCatalog, PromptEntry, Settings, SettingsPatch,
@@ -287,7 +288,57 @@ conformance!(
     deregistering_a_worker_requeues_its_task,
     events_resume_from_a_cursor,
     the_state_survives_a_restart,
+    stats_count_queues_and_states_over_every_job,
 );
+
+async fn stats_count_queues_and_states_over_every_job(mut s: Store) {
+    assert_eq!(s.backend.stats().await.unwrap(), FarmStats::default());
+    s.submit(&job("low", 3, 0, true)).await;
+    s.submit(&job("high", 2, 5, false)).await;
+    let stats = s.backend.stats().await.unwrap();
+    assert_eq!(
+        stats.queued.into_iter().collect::<Vec<_>>(),
+        [((0, TaskKind::Generate), 3), ((5, TaskKind::Generate), 2)]
+    );
+    assert_eq!((stats.tasks.queued, stats.tasks.active()), (5, 5));
+
+    let leased_at = s.tick(7);
+    let render = s.lease("w").await.unwrap();
+    assert_eq!(
+        (render.job.as_str(), render.started_ms),
+        ("high", leased_at)
+    );
+    s.complete(&render).await;
+    let render = s.lease("w").await.unwrap();
+    s.complete(&render).await;
+    let render = s.lease("w").await.unwrap();
+    assert_eq!(render.job, "low");
+    s.complete(&render).await;
+    // The finished low-priority render queued its four tiles.
+    let stats = s.backend.stats().await.unwrap();
+    assert_eq!(
+        stats.queued.into_iter().collect::<Vec<_>>(),
+        [
+            ((0, TaskKind::Generate), 2),
+            ((0, TaskKind::UpscaleTile), 4)
+        ]
+    );
+    assert_eq!(
+        (stats.tasks.queued, stats.tasks.blocked, stats.tasks.done),
+        (6, 1, 3)
+    );
+    s.backend.cancel("low", &s.policy, s.now).await.unwrap();
+    let stats = s.backend.stats().await.unwrap();
+    assert!(stats.queued.is_empty());
+    assert_eq!(
+        (
+            stats.tasks.cancelled,
+            stats.tasks.done,
+            stats.tasks.active()
+        ),
+        (7, 3, 0)
+    );
+}
 
 async fn a_job_runs_from_generate_through_tiles_to_stitch(mut s: Store) {
     s.submit(&job("j1", 2, 0, true)).await;

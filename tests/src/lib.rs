@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
+pub mod otlp;
 pub mod protocol;
+pub mod scrape;
 
 /// How long a service may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -106,15 +108,25 @@ pub struct Service {
     child: Child,
     /// Where it listens, as it printed at start.
     pub addr: SocketAddr,
+    /// Where it serves `/metrics`, when it printed a `metrics on ADDR` line before listening.
+    pub metrics: Option<SocketAddr>,
     log: PathBuf,
     _dir: TempDir,
 }
 
 impl Service {
     /// Starts `command` and waits for the standard-output line that ends in
-    /// `listening on ADDR`, the convention of every Tessera server.
+    /// `listening on ADDR`, the convention of every Tessera server (and notes a `metrics on
+    /// ADDR` line before it). Unless the command sets `TESSERA_METRICS_LISTEN`, its metrics go
+    /// on a free port, so services started side by side do not fight over the default one.
     pub fn start(mut command: Command) -> anyhow::Result<Service> {
         let dir = TempDir::new()?;
+        if !command
+            .get_envs()
+            .any(|(name, _)| name == "TESSERA_METRICS_LISTEN")
+        {
+            command.env("TESSERA_METRICS_LISTEN", "127.0.0.1:0");
+        }
         let log = dir.path().join("stderr.log");
         let mut child = command
             .stdin(Stdio::null())
@@ -124,6 +136,7 @@ impl Service {
             .with_context(|| format!("cannot start {command:?}"))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics = None;
         let addr = loop {
             let Some(line) = lines.next().transpose()? else {
                 let status = child.wait()?;
@@ -135,12 +148,16 @@ impl Service {
             if let Some((_, addr)) = line.rsplit_once("listening on ") {
                 break addr.trim().parse()?;
             }
+            if let Some((_, addr)) = line.rsplit_once("metrics on ") {
+                metrics = Some(addr.trim().parse()?);
+            }
         };
         // Keep draining standard output so the process never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         Ok(Service {
             child,
             addr,
+            metrics,
             log,
             _dir: dir,
         })

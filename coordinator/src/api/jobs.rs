@@ -4,7 +4,7 @@ use super::convert::{job_event, job_status, result_info, task_info, worker_info}
 use super::{
     async_stream, new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream,
 };
-use crate::state::{CancelOutcome, EventKind, NewJob, ResultState};
+use crate::state::{CancelOutcome, EventKind, JobRecord, NewJob, ResultState};
 use crate::store::{check_name, describe, preview_key, upload_key};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tessera_core::task::job_of_task;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_server::Jobs;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Span;
 
 /// Most events sent per read of a job's stream.
 const EVENT_BATCH: usize = 256;
@@ -101,14 +102,16 @@ impl JobsApi {
         })
     }
 
-    async fn status(&self, id: &str) -> Result<v1::JobStatus, Status> {
-        let job = self
-            .c
+    async fn record(&self, id: &str) -> Result<JobRecord, Status> {
+        self.c
             .backend
             .job(id)
             .await?
-            .ok_or_else(|| Status::not_found(format!("no job {id}")))?;
-        Ok(job_status(&job))
+            .ok_or_else(|| Status::not_found(format!("no job {id}")))
+    }
+
+    async fn status(&self, id: &str) -> Result<v1::JobStatus, Status> {
+        Ok(job_status(&self.record(id).await?))
     }
 }
 
@@ -130,6 +133,7 @@ impl Jobs for JobsApi {
             .ok_or_else(|| Status::invalid_argument("the request has no job spec"))?;
         let request = self.request(spec).await?;
         let id = new_id();
+        Span::current().record("job", &id);
         let c = &self.c;
         let plan = plan_job(&id, &request, &c.defaults, &c.catalog, &c.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -144,6 +148,7 @@ impl Jobs for JobsApi {
             tasks: plan.tasks,
         };
         c.backend.create_job(&job, now_ms()).await?;
+        c.metrics.job_planned(&job.expected);
         tracing::info!(job = %id, results = job.units.len(), "job submitted");
         let status = self.status(&id).await?;
         Ok(Response::new(v1::SubmitJobReply {
@@ -173,9 +178,9 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::JobStatus>, Status> {
-        Ok(Response::new(
-            self.status(&request.into_inner().job_id).await?,
-        ))
+        let id = request.into_inner().job_id;
+        Span::current().record("job", &id);
+        Ok(Response::new(self.status(&id).await?))
     }
 
     async fn list_jobs(
@@ -202,6 +207,7 @@ impl Jobs for JobsApi {
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         let r = request.into_inner();
+        Span::current().record("job", &r.job_id);
         self.status(&r.job_id).await?;
         let c = self.c.clone();
         let stream = async_stream(move |tx| async move {
@@ -254,12 +260,16 @@ impl Jobs for JobsApi {
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::JobStatus>, Status> {
         let id = request.into_inner().job_id;
+        Span::current().record("job", &id);
         match self.c.backend.cancel(&id, &self.c.policy, now_ms()).await? {
             CancelOutcome::NotFound => Err(Status::not_found(format!("no job {id}"))),
-            CancelOutcome::Cancelled | CancelOutcome::AlreadyEnded(_) => {
+            CancelOutcome::Cancelled => {
                 tracing::info!(job = %id, "job cancelled");
-                Ok(Response::new(self.status(&id).await?))
+                let job = self.record(&id).await?;
+                self.c.metrics.job_ended(&job);
+                Ok(Response::new(job_status(&job)))
             }
+            CancelOutcome::AlreadyEnded(_) => Ok(Response::new(self.status(&id).await?)),
         }
     }
 
@@ -268,6 +278,7 @@ impl Jobs for JobsApi {
         request: Request<v1::ListResultsRequest>,
     ) -> Result<Response<v1::ListResultsReply>, Status> {
         let r = request.into_inner();
+        Span::current().record("job", &r.job_id);
         let limit = if r.limit == 0 {
             1000
         } else {
@@ -292,6 +303,7 @@ impl Jobs for JobsApi {
         request: Request<v1::FetchResultRequest>,
     ) -> Result<Response<Self::FetchResultStream>, Status> {
         let r = request.into_inner();
+        Span::current().record("job", &r.job_id);
         let (results, total) = self
             .c
             .backend
@@ -328,6 +340,7 @@ impl Jobs for JobsApi {
         request: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
         let id = request.into_inner().task_id;
+        Span::current().record("task", &id);
         let task = self
             .c
             .backend

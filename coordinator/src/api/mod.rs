@@ -5,6 +5,7 @@ pub mod convert;
 pub mod jobs;
 pub mod workers;
 
+use crate::metrics::Metrics;
 use crate::state::{Policy, StateBackend, StateError};
 use crate::store::{ArtifactStore, StoreError};
 use bytes::{Bytes, BytesMut};
@@ -38,6 +39,8 @@ pub struct Coordinator {
     pub catalog: ModelCatalog,
     /// Settings of a job that sets nothing.
     pub defaults: Settings,
+    /// What this coordinator counts, and the farm gauges it reads at each scrape.
+    pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown: long waits and streams end.
     pub shutdown: CancellationToken,
 }

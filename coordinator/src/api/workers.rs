@@ -11,10 +11,11 @@ use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::plan::plan_followups;
-use tessera_core::task::{ArtifactRef, Capabilities, FinishedTask};
+use tessera_core::task::{job_of_task, ArtifactRef, Capabilities, FinishedTask};
 use tessera_proto::v1;
 use tessera_proto::v1::workers_server::Workers;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Span;
 
 /// How often a waiting lease request looks again even without a wake-up (covers a wake-up
 /// missed while the Redis channel reconnects).
@@ -51,6 +52,14 @@ impl WorkersApi {
             .ok_or_else(|| Status::not_found(format!("no task {id}")))
     }
 
+    /// Counts the job's duration when it has ended.
+    async fn observe_job_end(&self, job: &str) -> Result<(), Status> {
+        if let Some(record) = self.c.backend.job(job).await? {
+            self.c.metrics.job_ended(&record);
+        }
+        Ok(())
+    }
+
     /// A file a worker says belongs to this attempt must be stored under its key prefix.
     async fn check_own_artifact(
         &self,
@@ -74,6 +83,19 @@ impl WorkersApi {
         }
         Ok(())
     }
+}
+
+/// Names the task (and its job) and the worker on the request's span.
+fn record_lease(task: &str, worker: &str) {
+    record_task(task);
+    Span::current().record("worker", worker);
+}
+
+/// Names the task and its job on the request's span.
+fn record_task(task: &str) {
+    let span = Span::current();
+    span.record("task", task);
+    span.record("job", job_of_task(task));
 }
 
 fn holds(task: &TaskRecord, attempt: u32, worker: &str) -> bool {
@@ -106,6 +128,7 @@ impl Workers for WorkersApi {
             current_task: None,
             tasks_done: 0,
         };
+        Span::current().record("worker", &worker.id);
         self.c.backend.register_worker(&worker).await?;
         tracing::info!(worker = %worker.id, name = %worker.name, "worker registered");
         Ok(Response::new(v1::RegisterReply {
@@ -120,6 +143,7 @@ impl Workers for WorkersApi {
         request: Request<v1::DeregisterRequest>,
     ) -> Result<Response<v1::DeregisterReply>, Status> {
         let id = request.into_inner().worker_id;
+        Span::current().record("worker", &id);
         let released = self
             .c
             .backend
@@ -136,6 +160,7 @@ impl Workers for WorkersApi {
         request: Request<v1::LeaseTaskRequest>,
     ) -> Result<Response<v1::LeaseTaskReply>, Status> {
         let r = request.into_inner();
+        Span::current().record("worker", &r.worker_id);
         let caps = self.capabilities(&r.worker_id).await?;
         let wait = Duration::from_millis(u64::from(r.wait_ms).min(self.c.max_wait_ms));
         let deadline = tokio::time::Instant::now() + wait;
@@ -157,6 +182,7 @@ impl Workers for WorkersApi {
                 )
                 .await?;
             if let Some(task) = leased {
+                record_task(&task.id);
                 tracing::debug!(task = %task.id, attempt = task.attempt, worker = %r.worker_id, "leased");
                 return Ok(Response::new(v1::LeaseTaskReply {
                     task: Some(leased_task(&task, self.heartbeat_interval_ms())),
@@ -181,6 +207,7 @@ impl Workers for WorkersApi {
         request: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatReply>, Status> {
         let r = request.into_inner();
+        record_lease(&r.task_id, &r.worker_id);
         let task = self.task(&r.task_id).await?;
         let current = holds(&task, r.attempt, &r.worker_id);
         let checkpoint = match r.checkpoint {
@@ -237,6 +264,7 @@ impl Workers for WorkersApi {
             r.output
                 .ok_or_else(|| Status::invalid_argument("the completion has no output"))?,
         );
+        record_lease(&r.task_id, &r.worker_id);
         let task = self.task(&r.task_id).await?;
         // Only the current holder's output is checked and planned from; any other report is
         // answered by the state store (duplicate, stale or cancelled) without changes.
@@ -258,11 +286,19 @@ impl Workers for WorkersApi {
             attempt: r.attempt,
             worker: &r.worker_id,
         };
+        let now = now_ms();
         let outcome = self
             .c
             .backend
-            .complete(lease, &output, &followups, &self.c.policy, now_ms())
+            .complete(lease, &output, &followups, &self.c.policy, now)
             .await?;
+        if outcome == CompleteOutcome::Accepted {
+            let seconds = now.saturating_sub(task.started_ms) as f64 / 1000.0;
+            self.c.metrics.task_completed(task.kind, seconds);
+            if task.is_final {
+                self.observe_job_end(&task.job).await?;
+            }
+        }
         let verdict = match outcome {
             CompleteOutcome::Accepted => v1::CompletionVerdict::Accepted,
             CompleteOutcome::Duplicate => v1::CompletionVerdict::Duplicate,
@@ -280,6 +316,7 @@ impl Workers for WorkersApi {
         request: Request<v1::FailTaskRequest>,
     ) -> Result<Response<v1::FailTaskReply>, Status> {
         let r = request.into_inner();
+        record_lease(&r.task_id, &r.worker_id);
         let lease = LeaseRef {
             task: &r.task_id,
             attempt: r.attempt,
@@ -290,6 +327,11 @@ impl Workers for WorkersApi {
             .backend
             .fail(lease, &r.error, r.retryable, &self.c.policy, now_ms())
             .await?;
+        match outcome.verdict {
+            FailVerdict::Retrying => self.c.metrics.task_retried(),
+            FailVerdict::Failed => self.observe_job_end(job_of_task(&r.task_id)).await?,
+            FailVerdict::Stale | FailVerdict::Cancelled => {}
+        }
         let verdict = match outcome.verdict {
             FailVerdict::Retrying => v1::FailVerdict::Retrying,
             FailVerdict::Failed => v1::FailVerdict::Failed,
@@ -309,6 +351,7 @@ impl Workers for WorkersApi {
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::ArtifactRef>, Status> {
         let (header, data) = read_upload(request.into_inner(), self.c.store.max_bytes()).await?;
+        record_lease(&header.task_id, &header.worker_id);
         check_name(&header.name)?;
         let task = self.task(&header.task_id).await?;
         if !holds(&task, header.attempt, &header.worker_id) {

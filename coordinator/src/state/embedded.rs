@@ -9,9 +9,9 @@
 
 use super::model::Model;
 use super::{
-    CancelOutcome, CompleteOutcome, Event, FailOutcome, HeartbeatOutcome, JobRecord, LeaseRef,
-    NewJob, Policy, Progress, ResultRecord, StateBackend, StateError, StateResult, TaskRecord,
-    WorkerRecord,
+    CancelOutcome, CompleteOutcome, Event, FailOutcome, FarmStats, HeartbeatOutcome, JobRecord,
+    LeaseRef, NewJob, Policy, Progress, ResultRecord, StateBackend, StateError, StateResult,
+    TaskRecord, WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -572,6 +572,10 @@ impl StateBackend for EmbeddedBackend {
 
     fn work_signal(&self) -> Arc<Notify> {
         self.work.clone()
+    }
+
+    async fn stats(&self) -> StateResult<FarmStats> {
+        Ok(self.read(|m| m.stats()))
     }
 
     async fn ping(&self) -> StateResult<()> {

@@ -76,18 +76,19 @@ impl TaskState {
         }
     }
 
+    /// Every state, for counting by state.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Blocked,
+        TaskState::Running,
+        TaskState::Done,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
     /// The state called `name`.
     pub fn parse(name: &str) -> Option<TaskState> {
-        [
-            TaskState::Queued,
-            TaskState::Blocked,
-            TaskState::Running,
-            TaskState::Done,
-            TaskState::Failed,
-            TaskState::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == name)
+        TaskState::ALL.into_iter().find(|s| s.as_str() == name)
     }
 }
 
@@ -147,6 +148,18 @@ pub struct StateCounts {
 }
 
 impl StateCounts {
+    /// The count of tasks in `state`.
+    pub fn get(&self, state: TaskState) -> u64 {
+        match state {
+            TaskState::Queued => self.queued,
+            TaskState::Blocked => self.blocked,
+            TaskState::Running => self.running,
+            TaskState::Done => self.done,
+            TaskState::Failed => self.failed,
+            TaskState::Cancelled => self.cancelled,
+        }
+    }
+
     /// The count of tasks in `state`, for updating.
     pub fn get_mut(&mut self, state: TaskState) -> &mut u64 {
         match state {
@@ -291,6 +304,9 @@ pub struct TaskRecord {
     pub checkpoint: Option<ArtifactRef>,
     /// Step of that checkpoint.
     pub checkpoint_iteration: u32,
+    /// Start of the latest lease (0 before the first), for task durations.
+    #[serde(default)]
+    pub started_ms: u64,
     /// Latest reported step.
     pub iteration: u32,
     /// Latest reported loss.
@@ -543,6 +559,16 @@ pub enum EventKind {
     },
 }
 
+/// The whole farm's state at one moment, for the metrics gauges: read from the store at each
+/// scrape, so every coordinator sharing the store reports the same numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FarmStats {
+    /// Queued tasks per job priority and task kind (only pairs with queued tasks).
+    pub queued: BTreeMap<(i32, TaskKind), u64>,
+    /// Tasks of every job per state.
+    pub tasks: StateCounts,
+}
+
 /// A failure of the state store itself (not of a request).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -666,6 +692,9 @@ pub trait StateBackend: Send + Sync + 'static {
     /// Woken whenever tasks may have become available (on this coordinator or, with Redis,
     /// on any), so waiting lease requests retry at once.
     fn work_signal(&self) -> Arc<Notify>;
+
+    /// Queue depths and task counts of the whole farm.
+    async fn stats(&self) -> StateResult<FarmStats>;
 
     /// Checks that the store answers.
     async fn ping(&self) -> StateResult<()>;

@@ -7,9 +7,9 @@
 //! which is what lets the embedded backend persist a journal of operations and replay it.
 
 use super::{
-    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, HeartbeatOutcome,
-    JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord, ResultState,
-    StateCounts, TaskRecord, TaskState, WorkerRecord,
+    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, FarmStats,
+    HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord,
+    ResultState, StateCounts, TaskRecord, TaskState, WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -28,7 +28,6 @@ struct Task {
     seq: u64,
     planned_tiles: u32,
     planned_stitches: u32,
-    started_ms: u64,
 }
 
 /// A job with its queues, results, bans and events.
@@ -131,6 +130,25 @@ impl Model {
             })
             .collect();
         Some((page, job.units.len() as u64))
+    }
+
+    /// Queue depths per priority and kind, and task counts, over every job.
+    pub fn stats(&self) -> FarmStats {
+        let mut stats = FarmStats::default();
+        for job in self.jobs.values() {
+            let counts = &job.record.counts;
+            for state in TaskState::ALL {
+                *stats.tasks.get_mut(state) += counts.get(state);
+            }
+            for queue in job.queues.values() {
+                let Some((_, first)) = queue.first() else {
+                    continue;
+                };
+                let kind = self.tasks[first].record.kind;
+                *stats.queued.entry((job.record.priority, kind)).or_default() += queue.len() as u64;
+            }
+        }
+        stats
     }
 
     /// A task.
@@ -262,7 +280,7 @@ impl Model {
         task.record.attempt += 1;
         task.record.worker = worker.to_string();
         task.record.deadline_ms = deadline;
-        task.started_ms = now;
+        task.record.started_ms = now;
         let record = task.record.clone();
         self.leases.insert((deadline, tid.clone()));
         if let Some(w) = self.workers.get_mut(worker) {
@@ -428,7 +446,7 @@ impl Model {
             r.parent.clone(),
             r.slot,
             r.deadline_ms,
-            t.started_ms,
+            r.started_ms,
         );
         self.leases.remove(&(deadline, task.to_string()));
         self.release_worker(worker, task);
@@ -665,6 +683,7 @@ impl Model {
             is_final: new.is_final,
             checkpoint: None,
             checkpoint_iteration: 0,
+            started_ms: 0,
             iteration: 0,
             loss: None,
             output: None,
@@ -679,7 +698,6 @@ impl Model {
                 seq: self.seq,
                 planned_tiles: new.planned_tiles,
                 planned_stitches: new.planned_stitches,
-                started_ms: 0,
             },
         );
         let job = self.jobs.get_mut(&new.job).expect("task's job exists");

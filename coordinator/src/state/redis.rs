@@ -5,9 +5,10 @@
 //! requests are woken at once wherever the task appeared.
 
 use super::{
-    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, HeartbeatOutcome,
-    JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord, ResultState,
-    StateBackend, StateCounts, StateError, StateResult, TaskRecord, TaskState, WorkerRecord,
+    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, FarmStats,
+    HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord,
+    ResultState, StateBackend, StateCounts, StateError, StateResult, TaskRecord, TaskState,
+    WorkerRecord,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::StreamReadReply;
@@ -36,6 +37,7 @@ struct Scripts {
     read_job: Script,
     read_task: Script,
     read_results: Script,
+    stats: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -56,6 +58,7 @@ impl Scripts {
             read_job: script(include_str!("lua/read_job.lua")),
             read_task: script(include_str!("lua/read_task.lua")),
             read_results: script(include_str!("lua/read_results.lua")),
+            stats: script(include_str!("lua/stats.lua")),
         }
     }
 }
@@ -385,6 +388,28 @@ fn parse_job(id: &str, f: &Fields, queue_position: u64) -> Result<JobRecord, Str
     })
 }
 
+fn parse_stats(counts: Fields, queued: &[String]) -> Result<FarmStats, String> {
+    let mut stats = FarmStats::default();
+    for state in TaskState::ALL {
+        // A farm that never had a task in a state has no count for it.
+        if counts.0.contains_key(state.as_str()) {
+            *stats.tasks.get_mut(state) = counts.num(state.as_str())?;
+        }
+    }
+    for entry in queued.chunks(3) {
+        let [prio, kind, n] = entry else {
+            return Err(format!(
+                "queue entry {entry:?} is not priority, kind, count"
+            ));
+        };
+        let prio: i32 = prio.parse().map_err(|_| format!("priority '{prio}'"))?;
+        let kind = TaskKind::parse(kind).ok_or_else(|| format!("unknown task kind '{kind}'"))?;
+        let n: u64 = n.parse().map_err(|_| format!("queued count '{n}'"))?;
+        *stats.queued.entry((prio, kind)).or_default() += n;
+    }
+    Ok(stats)
+}
+
 fn parse_task_reply(value: Value) -> StateResult<Option<TaskRecord>> {
     let parsed: Option<(Vec<String>, Vec<String>, Vec<String>)> =
         redis::from_redis_value(value).map_err(|e| corrupt("task reply", e))?;
@@ -431,6 +456,7 @@ fn parse_task(f: &Fields, errors: Vec<String>, inputs: Fields) -> Result<TaskRec
         is_final: f.str("final")? == "1",
         checkpoint: f.opt_json("checkpoint")?,
         checkpoint_iteration: f.num("ckpt_iter")?,
+        started_ms: f.num("started")?,
         iteration: f.num("iteration")?,
         loss: f.opt_f64("loss")?,
         output: f.opt_json("output")?,
@@ -862,6 +888,12 @@ impl StateBackend for RedisBackend {
 
     fn work_signal(&self) -> Arc<Notify> {
         self.work.clone()
+    }
+
+    async fn stats(&self) -> StateResult<FarmStats> {
+        let (counts, queued): (Vec<String>, Vec<String>) =
+            self.run(&self.scripts.stats, 0, 0, Vec::new()).await?;
+        parse_stats(Fields::from_flat(counts), &queued).map_err(|detail| corrupt("stats", detail))
     }
 
     async fn ping(&self) -> StateResult<()> {

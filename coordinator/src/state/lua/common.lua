@@ -23,10 +23,14 @@ local function event(job, kind, fields)
   redis.call(unpack(args))
 end
 
+-- Tasks per state over every job (hash `counts`), kept beside each job's own counts so the
+-- metrics read them in one command (stats.lua).
 local function move_task(tid, job, from, to)
   redis.call('HSET', task_key(tid), 'state', to)
   redis.call('HINCRBY', job_key(job), 'n_' .. from, -1)
   redis.call('HINCRBY', job_key(job), 'n_' .. to, 1)
+  redis.call('HINCRBY', P .. 'counts', from, -1)
+  redis.call('HINCRBY', P .. 'counts', to, 1)
 end
 
 local function enqueue(tid)
@@ -55,6 +59,7 @@ local function create_tasks(at, count)
       'ptiles', ptiles, 'pstitches', pstitches, 'started', 0)
     redis.call('RPUSH', P .. 'tasks:' .. job, id)
     redis.call('HINCRBY', job_key(job), 'n_blocked', 1)
+    redis.call('HINCRBY', P .. 'counts', 'blocked', 1)
     if tonumber(waiting) == 0 then enqueue(id) end
     at = at + 12
   end
