@@ -281,14 +281,18 @@ fn start_worker(
     };
     let mut command = Command::new(sibling_binary("tessera-worker"));
     command.args(["--coordinator", url, "--device", &device, "--name", name]);
+    // Each worker serves its metrics on a free port, written to its log.
+    command.args(["--metrics-listen", "127.0.0.1:0"]);
     if let Some(models) = &args.models {
         command.arg("--models").arg(models);
     }
-    spawn(
-        command,
-        Stdio::null(),
-        &logs.join(format!("worker-{index}.log")),
-    )
+    let log = logs.join(format!("worker-{index}.log"));
+    let stdout = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("cannot open {}", log.display()))?;
+    spawn(command, stdout.into(), &log)
 }
 
 /// Spawns `command` with its standard error appended to `log`.

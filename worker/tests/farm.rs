@@ -8,26 +8,32 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
+use tessera_core::tiles::{TilePlan, TileSpec};
 use tessera_proto::transfer::read_download;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_proto::v1::workers_client::WorkersClient;
+use tessera_tests::scrape::Scrape;
 use tessera_tests::{binary, Service};
 use tonic::transport::Channel;
 
 /// Worker processes, killed when the test ends however it ends.
-struct Workers(Vec<Child>);
+struct Workers {
+    children: Vec<Child>,
+    /// Where each serves its Prometheus metrics.
+    metrics: Vec<std::net::SocketAddr>,
+}
 
 impl Workers {
     /// Kills worker `index` at once (SIGKILL), as a crashed node would end.
     fn kill(&mut self, index: usize) {
-        let _ = self.0[index].kill();
-        let _ = self.0[index].wait();
+        let _ = self.children[index].kill();
+        let _ = self.children[index].wait();
     }
 
     /// Asks worker `index` to drain (SIGTERM, as Kubernetes does) and waits for it to exit.
     fn drain(&mut self, index: usize) -> std::process::ExitStatus {
-        let child = &mut self.0[index];
+        let child = &mut self.children[index];
         let pid = i32::try_from(child.id()).unwrap();
         // SAFETY: `kill` has no memory effects; the pid is our own live child.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -44,27 +50,43 @@ impl Workers {
         }
     }
 
+    /// Starts `count` workers, each serving metrics on a free port, and reads where.
     fn start(count: usize, models: &Path, coordinator: &Service) -> Workers {
-        let children = (0..count)
-            .map(|i| {
-                Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
-                    .arg("--models")
-                    .arg(models)
-                    .args(["--coordinator", &coordinator.url(), "--name"])
-                    .arg(format!("w{i}"))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        Workers(children)
+        let mut workers = Workers {
+            children: Vec::new(),
+            metrics: Vec::new(),
+        };
+        for i in 0..count {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
+                .arg("--models")
+                .arg(models)
+                .args(["--coordinator", &coordinator.url(), "--name"])
+                .arg(format!("w{i}"))
+                .args(["--metrics-listen", "127.0.0.1:0"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let stdout = child.stdout.take().unwrap();
+            workers.children.push(child);
+            let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+            let address = loop {
+                let line = lines.next().expect("the worker exited").unwrap();
+                if let Some((_, address)) = line.rsplit_once("metrics on ") {
+                    break address.trim().parse().unwrap();
+                }
+            };
+            // Keep reading so the worker never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            workers.metrics.push(address);
+        }
+        workers
     }
 }
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -228,7 +250,7 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
     let models = models();
     let store = TempDir::new().unwrap();
     let service = coordinator(store.path(), &[]);
-    let _workers = Workers::start(3, models.path(), &service);
+    let workers = Workers::start(3, models.path(), &service);
     let mut client = JobsClient::connect(service.url()).await.unwrap();
     let reply = client
         .submit_job(v1::SubmitJobRequest {
@@ -259,6 +281,56 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
         }
     }
     assert_eq!(tile_workers.len(), 40);
+    let tiles: usize = events
+        .iter()
+        .filter(|e| matches!(e, v1::job_event::Event::TaskDone(d) if d.kind() == v1::TaskKind::UpscaleTile))
+        .count();
+
+    // The workers' metrics add up to what the job did.
+    let scrapes: Vec<Scrape> = workers
+        .metrics
+        .iter()
+        .map(|&address| Scrape::get(address).unwrap())
+        .collect();
+    let total = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrapes.iter().map(|s| s.sum(name, labels)).sum()
+    };
+    for family in tessera_telemetry::WORKER_METRICS {
+        assert!(
+            scrapes
+                .iter()
+                .all(|s| s.families.iter().any(|f| f == family)),
+            "{family} missing"
+        );
+    }
+    assert_eq!(total("tessera_worker_iterations_total", &[]), 40.0 * 3.0);
+    // Each 32x32 picture is cut into 16-pixel tiles read with 4 pixels of context, x4.
+    let spec = TileSpec {
+        tile: 16,
+        pad: 4,
+        overlap: 4,
+    };
+    let plan = TilePlan::new(32, 32, 4, spec).unwrap();
+    let per_picture: u32 = plan
+        .tiles
+        .iter()
+        .map(|t| t.input().width * t.input().height * 16)
+        .sum();
+    let megapixels = total("tessera_worker_upscaled_megapixels_total", &[]);
+    let expected = 40.0 * f64::from(per_picture) / 1e6;
+    assert!(
+        (megapixels - expected).abs() < 1e-9,
+        "{megapixels} != {expected}"
+    );
+    for (kind, count) in [("generate", 40), ("upscale_tile", tiles), ("stitch", 40)] {
+        let observed = total("tessera_worker_task_seconds_count", &[("kind", kind)]);
+        assert_eq!(observed, count as f64, "{kind}");
+    }
+    assert_eq!(
+        total("tessera_worker_gpu_memory_bytes", &[]),
+        0.0,
+        "on the CPU"
+    );
     assert!(
         tile_workers.values().any(|w| w.len() >= 2),
         "no picture had its tiles done by two workers: {tile_workers:?}"
@@ -395,7 +467,7 @@ async fn a_draining_worker_checkpoints_its_render_and_the_next_worker_goes_on_fr
     let (resumed, succeeded) = attempt_iterations(&events, 2);
     assert!(succeeded, "{events:?}");
     assert!(
-        !resumed.is_empty() && resumed.iter().all(|&i| i > drained_at),
+        !resumed.is_empty() && resumed.iter().all(|&i| i >= drained_at),
         "attempt 2 did not go on from iteration {drained_at}: {resumed:?}"
     );
 }

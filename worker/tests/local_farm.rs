@@ -149,6 +149,9 @@ struct Foreground {
 impl Foreground {
     fn start(farm: &Path, models: &Path) -> Foreground {
         let mut child = up(farm, models, &[])
+            // The coordinator it starts reads this: short leases, so heartbeats (and the
+            // progress the test waits for) come often.
+            .env("TESSERA_LEASE_MS", "2000")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -241,9 +244,9 @@ fn a_farm_stopped_mid_render_resumes_the_job_when_started_again_on_its_directory
         .map(|e| e["iteration"].as_u64().unwrap())
         .collect();
     // Progress goes out with heartbeats, so a quick finish may report none; any it reports
-    // must lie past the checkpoint (worker/tests/farm.rs checks the resumption itself).
+    // must not go back before the checkpoint (worker/tests/farm.rs checks the resumption).
     assert!(
-        attempts.iter().all(|&i| i > resumed_from),
+        attempts.iter().all(|&i| i >= resumed_from),
         "the second farm went back before {resumed_from}: {attempts:?}"
     );
     assert_eq!(

@@ -7,6 +7,7 @@
 //! render, checkpointed and handed back), then the worker deregisters.
 
 mod capabilities;
+mod metrics;
 mod session;
 mod tasks;
 
@@ -15,8 +16,10 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::models::ModelDir;
+use metrics::WorkerMetrics;
 use session::Session;
 use tasks::ModelCache;
+use tessera_telemetry::metrics::{bind_metrics, serve_metrics, MetricsSource};
 
 /// Options of farm mode.
 #[derive(clap::Args, Debug, Clone)]
@@ -44,6 +47,10 @@ pub struct FarmArgs {
     /// farm adds to the work.
     #[arg(long, env = "TESSERA_TIMINGS", value_name = "FILE")]
     pub timings: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at GET /metrics on this address (port 0 picks one; the bound
+    /// address is printed as `tessera-worker metrics on ADDR`). Unset: no endpoint.
+    #[arg(long, env = "TESSERA_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs farm mode until a signal drains it.
@@ -55,11 +62,26 @@ pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Re
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let cuda_index = match device {
+        tch::Device::Cuda(index) => Some(index),
+        _ => None,
+    };
+    let metrics = Arc::new(WorkerMetrics::new(cuda_index));
     runtime.block_on(async move {
         let stop = shutdown_on_signals();
-        let mut session = Session::register(&coordinator, &args, capabilities, &stop).await?;
+        let metrics_stop = CancellationToken::new();
+        if let Some(address) = args.metrics_listen {
+            let (listener, bound) = bind_metrics(address).await?;
+            println!("tessera-worker metrics on {bound}");
+            let source: Arc<dyn MetricsSource> = metrics.clone();
+            tokio::spawn(serve_metrics(listener, source, metrics_stop.clone()));
+        }
+        let mut session =
+            Session::register(&coordinator, &args, capabilities, &stop, metrics).await?;
         session.serve(cache, &stop).await?;
-        session.deregister().await
+        let deregistered = session.deregister().await;
+        metrics_stop.cancel();
+        deregistered
     })
 }
 

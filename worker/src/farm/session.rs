@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use super::metrics::WorkerMetrics;
 use super::tasks::{self, ModelCache, Outcome};
 use super::FarmArgs;
 use crate::generate::{Halt, Progress};
@@ -37,6 +38,7 @@ pub struct Session {
     last_source: Option<(String, Arc<Vec<u8>>)>,
     /// The previous task's hand-back, still uploading while the next task runs.
     handing_back: Option<JoinHandle<anyhow::Result<()>>>,
+    metrics: Arc<WorkerMetrics>,
 }
 
 /// What a call to the coordinator needs, cheap to clone into a background hand-back.
@@ -113,6 +115,7 @@ impl Session {
         args: &FarmArgs,
         capabilities: v1::Capabilities,
         stop: &CancellationToken,
+        metrics: Arc<WorkerMetrics>,
     ) -> anyhow::Result<Session> {
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .with_context(|| format!("--coordinator '{url}' is not a URL"))?;
@@ -153,6 +156,7 @@ impl Session {
             timings,
             last_source: None,
             handing_back: None,
+            metrics,
         })
     }
 
@@ -210,6 +214,7 @@ impl Session {
         match self.execute(&task, cache, stop).await {
             Ok((Outcome::Output(output), fetched)) => {
                 let worked = began.elapsed();
+                self.count(&task, worked - fetched);
                 self.hand_back_later(&task, output).await?;
                 let timing = TaskTiming {
                     task: &task.task_id,
@@ -256,6 +261,18 @@ impl Session {
                 })
                 .await?;
                 Ok(())
+            }
+        }
+    }
+
+    /// Counts a finished task in the metrics.
+    fn count(&self, task: &v1::Task, work: Duration) {
+        self.metrics.task_done(kind_name(task), work.as_secs_f64());
+        if let Some(v1::task::Spec::UpscaleTile(tile)) = &task.spec {
+            if let (Some(input), Some(plan)) = (tile.input, tile.plan) {
+                let scale = u64::from(plan.scale);
+                let pixels = u64::from(input.width) * u64::from(input.height) * scale * scale;
+                self.metrics.upscaled(pixels);
             }
         }
     }
@@ -354,8 +371,15 @@ impl Session {
         let mut tick = tokio::time::interval_at(start, self.heartbeat);
         loop {
             tokio::select! {
-                result = &mut work => return Ok((result??, fetched)),
+                result = &mut work => {
+                    // Count the iterations reported after the last heartbeat went out.
+                    while reports.try_recv().is_ok() {
+                        self.metrics.iteration();
+                    }
+                    return Ok((result??, fetched));
+                }
                 Some(report) = reports.recv() => {
+                    self.metrics.iteration();
                     let due = report.checkpoint.is_some() || report.preview.is_some();
                     latest = report;
                     if due {
