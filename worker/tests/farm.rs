@@ -159,6 +159,28 @@ fn single_render(iterations: u32, checkpoint_every: u32) -> v1::JobSpec {
     spec
 }
 
+/// One worker and a job of one render of `iterations` iterations (checkpointed every
+/// `checkpoint_every`); the coordinator should have a short lease, so heartbeats (and the
+/// progress reports the tests wait for) come often.
+async fn one_worker_on_a_long_render(
+    service: &Service,
+    models: &Path,
+    iterations: u32,
+    checkpoint_every: u32,
+) -> (Workers, JobsClient<Channel>, String) {
+    let worker = Workers::start(1, models, service);
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    let job_id = client
+        .submit_job(v1::SubmitJobRequest {
+            spec: Some(single_render(iterations, checkpoint_every)),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id;
+    (worker, client, job_id)
+}
+
 /// Follows the job's events until one satisfies `wanted`, and returns it.
 async fn event_until(
     client: &mut JobsClient<Channel>,
@@ -388,19 +410,10 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
 
 #[tokio::test]
 async fn a_killed_worker_s_render_resumes_from_its_checkpoint_on_another() {
-    let models = models();
-    let store = TempDir::new().unwrap();
+    let (models, store) = (models(), TempDir::new().unwrap());
     let service = coordinator(store.path(), &["--lease-ms", "2000"]);
-    let mut first = Workers::start(1, models.path(), &service);
-    let mut client = JobsClient::connect(service.url()).await.unwrap();
-    let job_id = client
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(single_render(60, 5)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let (mut first, mut client, job_id) =
+        one_worker_on_a_long_render(&service, models.path(), 60, 5).await;
 
     // Wait until the first worker has reported its second checkpoint, then kill it. Started
     // over, the next attempt would report its own first checkpoint, at iteration 5.
@@ -425,21 +438,11 @@ async fn a_killed_worker_s_render_resumes_from_its_checkpoint_on_another() {
 
 #[tokio::test]
 async fn a_draining_worker_checkpoints_its_render_and_the_next_worker_goes_on_from_there() {
-    let models = models();
-    let store = TempDir::new().unwrap();
-    // A short lease makes heartbeats (and so progress reports) frequent.
+    let (models, store) = (models(), TempDir::new().unwrap());
     let service = coordinator(store.path(), &["--lease-ms", "2000"]);
-    let mut first = Workers::start(1, models.path(), &service);
-    let mut client = JobsClient::connect(service.url()).await.unwrap();
     // No periodic checkpoints: whatever the next worker resumes from, the drain wrote.
-    let job_id = client
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(single_render(150, 0)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let (mut first, mut client, job_id) =
+        one_worker_on_a_long_render(&service, models.path(), 150, 0).await;
     progress_until(&mut client, &job_id, |p| p.iteration >= 5).await;
     let status = first.drain(0);
     assert!(status.success(), "the drained worker exited with {status}");
