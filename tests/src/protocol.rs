@@ -110,19 +110,7 @@ impl ProtocolWorker {
 
     /// Downloads a stored file.
     pub async fn download(&mut self, key: &str) -> Vec<u8> {
-        let request = v1::DownloadArtifactRequest {
-            key: key.into(),
-            offset: 0,
-        };
-        let stream = self
-            .client
-            .download_artifact(request)
-            .await
-            .unwrap()
-            .into_inner();
-        let mut out = Vec::new();
-        read_download(stream, &mut out).await.unwrap();
-        out
+        download(&mut self.client, key).await
     }
 
     /// Reports progress, and a checkpoint when given one.
@@ -180,4 +168,20 @@ impl ProtocolWorker {
         }
         done
     }
+}
+
+/// Downloads the stored file `key` whole through the workers' API (what a worker fetches).
+pub async fn download(client: &mut WorkersClient<Channel>, key: &str) -> Vec<u8> {
+    let request = v1::DownloadArtifactRequest {
+        key: key.into(),
+        offset: 0,
+    };
+    let stream = client
+        .download_artifact(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    read_download(stream, &mut out).await.unwrap();
+    out
 }

@@ -9,7 +9,6 @@ use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
 use tessera_core::tiles::{TilePlan, TileSpec};
-use tessera_proto::transfer::read_download;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_proto::v1::workers_client::WorkersClient;
@@ -253,18 +252,7 @@ async fn watch(client: &mut JobsClient<Channel>, job: &str) -> Vec<v1::job_event
 
 async fn download(url: String, key: &str) -> Vec<u8> {
     let mut client = WorkersClient::connect(url).await.unwrap();
-    let request = v1::DownloadArtifactRequest {
-        key: key.into(),
-        offset: 0,
-    };
-    let stream = client
-        .download_artifact(request)
-        .await
-        .unwrap()
-        .into_inner();
-    let mut out = Vec::new();
-    read_download(stream, &mut out).await.unwrap();
-    out
+    tessera_tests::protocol::download(&mut client, key).await
 }
 
 #[tokio::test]
