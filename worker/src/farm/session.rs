@@ -317,7 +317,7 @@ impl Session {
         let began = Instant::now();
         let spec = task.spec.clone().context("the task has no spec")?;
         let checkpoint = match &task.checkpoint {
-            Some(c) if !c.key.is_empty() => Some(self.download(&c.key).await?),
+            Some(c) if !c.key.is_empty() => Some(self.link.download(&c.key).await?),
             _ => None,
         };
         let inputs = self.download_all(&task.inputs).await?;
@@ -453,7 +453,7 @@ impl Session {
                 return Ok(bytes.clone());
             }
         }
-        let bytes = Arc::new(self.download(key).await?);
+        let bytes = Arc::new(self.link.download(key).await?);
         self.last_source = Some((key.to_string(), bytes.clone()));
         Ok(bytes)
     }
@@ -471,10 +471,6 @@ impl Session {
             out[index] = bytes?;
         }
         Ok(out)
-    }
-
-    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
-        self.link.download(key).await
     }
 }
 
