@@ -217,10 +217,12 @@ fn bench_generation_loop(
         tch::get_num_threads(),
         args.repeats
     );
-    tch::manual_seed(0);
     let clip = Clip::random(&ClipConfig::vit_b_32(), device, Kind::Float)?;
     let mut vs = nn::VarStore::new(device);
-    let vqgan = VqModel::new(&vs.root(), &VqConfig::imagenet_f16_16384());
+    let vqgan = crate::torch_rng::exclusive(|| {
+        tch::manual_seed(0);
+        VqModel::new(&vs.root(), &VqConfig::imagenet_f16_16384())
+    });
     vs.freeze();
     let cases: Vec<(u32, usize)> = sizes
         .iter()
@@ -268,11 +270,13 @@ fn bench_upscale(
         "input", "tile", "ours ms/MP", "torch ms/MP", "ours/torch", "tiling overhead"
     );
     for &size in sizes {
-        tch::manual_seed(0);
-        let image = Tensor::rand(
-            [size as i64, size as i64, 3],
-            (tch::Kind::Float, tch::Device::Cpu),
-        );
+        let image = crate::torch_rng::exclusive(|| {
+            tch::manual_seed(0);
+            Tensor::rand(
+                [size as i64, size as i64, 3],
+                (tch::Kind::Float, tch::Device::Cpu),
+            )
+        });
         let rgb = Vec::<f32>::try_from(image.flatten(0, -1))?;
         let mut untiled_ms = None;
         for tile in std::iter::once(0).chain(tiles.iter().copied().filter(|&t| t < size)) {

@@ -11,5 +11,6 @@ pub mod malloc;
 pub mod models;
 pub mod ncnn;
 pub mod render_cmd;
+pub mod torch_rng;
 pub mod upscale;
 pub mod vqgan;

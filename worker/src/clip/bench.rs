@@ -15,12 +15,13 @@ const BATCH: i64 = 32;
 /// 224x224 (fp32, on the GPU when there is one), averaged over `iters` after one warm-up step.
 pub fn image_forward_backward_ms(iters: u32) -> f64 {
     let device = Device::cuda_if_available();
-    tch::manual_seed(0);
     let clip = Clip::random(&ClipConfig::vit_b_32(), device, Kind::Float)
         .expect("a random ViT-B/32 needs only the bundled vocabulary");
     let resolution = clip.input_resolution();
-    let pixels = Tensor::rand([BATCH, 3, resolution, resolution], (Kind::Float, device))
-        .set_requires_grad(true);
+    let pixels = crate::torch_rng::exclusive(|| {
+        Tensor::rand([BATCH, 3, resolution, resolution], (Kind::Float, device))
+    })
+    .set_requires_grad(true);
     let step = || {
         let loss = clip.encode_image(&pixels).sum(Kind::Float);
         let gradients = Tensor::run_backward(&[loss], &[&pixels], false, false);

@@ -290,25 +290,28 @@ impl Clip {
         Ok(clip)
     }
 
-    /// A model of the given shape with random weights (normal with standard deviation 0.02;
-    /// normalisation scales one, biases zero), for benchmarks.
+    /// A model of the given shape with random weights (normal with standard deviation 0.02 from
+    /// torch's generator seeded with 0; normalisation scales one, biases zero), for benchmarks.
     pub fn random(config: &ClipConfig, device: Device, kind: Kind) -> Result<Clip, ClipError> {
         let mut clip = Clip::build(config, device)?;
-        tch::no_grad(|| {
-            for (name, mut var) in clip.vs.variables() {
-                let is_scale = var.dim() == 1 && name.ends_with(".weight");
-                let init = if is_scale || name.ends_with("running_var") {
-                    Init::Const(1.0)
-                } else if name.ends_with("bias") || name.ends_with("running_mean") {
-                    Init::Const(0.0)
-                } else {
-                    Init::Randn {
-                        mean: 0.0,
-                        stdev: 0.02,
-                    }
-                };
-                var.init(init);
-            }
+        crate::torch_rng::exclusive(|| {
+            tch::no_grad(|| {
+                tch::manual_seed(0);
+                for (name, mut var) in clip.vs.variables() {
+                    let is_scale = var.dim() == 1 && name.ends_with(".weight");
+                    let init = if is_scale || name.ends_with("running_var") {
+                        Init::Const(1.0)
+                    } else if name.ends_with("bias") || name.ends_with("running_mean") {
+                        Init::Const(0.0)
+                    } else {
+                        Init::Randn {
+                            mean: 0.0,
+                            stdev: 0.02,
+                        }
+                    };
+                    var.init(init);
+                }
+            })
         });
         clip.finish(kind);
         Ok(clip)

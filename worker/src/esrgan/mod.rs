@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 use crate::ncnn::{NcnnError, NcnnModel};
+use crate::torch_rng;
 use rrdbnet::{RrdbConfig, RrdbLayout, RrdbNet};
 use srvgg::{SrvggConfig, SrvggNet};
 
@@ -109,13 +110,13 @@ impl SrModel {
             Some(Layout::Rrdb(layout)) => {
                 let table = rrdbnet::to_basicsr_names(path, layout, table)?;
                 let config = RrdbConfig::from_tensors(path, &table)?;
-                let network = RrdbNet::new(&vars.root(), &config);
+                let network = torch_rng::exclusive(|| RrdbNet::new(&vars.root(), &config));
                 copy_weights(path, &vars, table)?;
                 Network::Rrdb(Box::new(network))
             }
             Some(Layout::Srvgg) => {
                 let config = SrvggConfig::from_tensors(path, &table)?;
-                let network = SrvggNet::new(&vars.root(), &config);
+                let network = torch_rng::exclusive(|| SrvggNet::new(&vars.root(), &config));
                 copy_weights(path, &vars, table)?;
                 Network::Srvgg(network)
             }

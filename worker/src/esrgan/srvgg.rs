@@ -232,7 +232,7 @@ mod tests {
     fn builds_the_published_parameter_counts() {
         let count = |config: &SrvggConfig| {
             let vars = nn::VarStore::new(tch::Device::Cpu);
-            SrvggNet::new(&vars.root(), config);
+            crate::torch_rng::exclusive(|| SrvggNet::new(&vars.root(), config));
             vars.variables().values().map(|t| t.numel()).sum::<usize>()
         };
         assert_eq!(count(&SrvggConfig::realesr_animevideov3()), 621_424);

@@ -571,7 +571,8 @@ mod tests {
 
     #[test]
     fn identity_warp_and_neutral_jitter_keep_the_image() {
-        let x = Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let x =
+            crate::torch_rng::exclusive(|| Tensor::rand([2, 3, 8, 8], (Kind::Float, Device::Cpu)));
         let eye = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
         let warped = warp(&x, &[Some(eye), None]);
         assert!((&warped - &x).abs().max().double_value(&[]) < 1e-6);
@@ -591,7 +592,8 @@ mod tests {
 
     #[test]
     fn integer_translation_shifts_pixels() {
-        let x = Tensor::rand([1, 3, 6, 6], (Kind::Float, Device::Cpu));
+        let x =
+            crate::torch_rng::exclusive(|| Tensor::rand([1, 3, 6, 6], (Kind::Float, Device::Cpu)));
         let p = AffineParams {
             angle: 0.0,
             translate: (2.0, 1.0),
@@ -607,7 +609,8 @@ mod tests {
 
     #[test]
     fn hue_round_trip_and_full_turn_are_identities() {
-        let x = Tensor::rand([2, 3, 5, 5], (Kind::Float, Device::Cpu));
+        let x =
+            crate::torch_rng::exclusive(|| Tensor::rand([2, 3, 5, 5], (Kind::Float, Device::Cpu)));
         let full_turn = Tensor::full([2, 1, 1, 1], 2.0 * PI, (Kind::Float, Device::Cpu));
         let out = rotate_hue(&x, &full_turn);
         assert!((&out - &x).abs().max().double_value(&[]) < 1e-5);
@@ -621,7 +624,9 @@ mod tests {
 
     #[test]
     fn erasing_zeroes_one_rectangle_in_every_sample() {
-        let x = Tensor::rand([3, 3, 10, 10], (Kind::Float, Device::Cpu)) + 0.1;
+        let x = crate::torch_rng::exclusive(|| {
+            Tensor::rand([3, 3, 10, 10], (Kind::Float, Device::Cpu))
+        }) + 0.1;
         let rect = Rect {
             x: 2,
             y: 3,
@@ -653,7 +658,10 @@ mod tests {
 
     #[test]
     fn augmentations_are_differentiable_and_reproducible() {
-        let x = Tensor::rand([4, 3, 12, 12], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let x = crate::torch_rng::exclusive(|| {
+            Tensor::rand([4, 3, 12, 12], (Kind::Float, Device::Cpu))
+        })
+        .set_requires_grad(true);
         let run = |iteration| {
             let mut s = RunRng::new(5).stream(iteration, Purpose::Cutouts);
             augment(&x, &DEFAULT_AUGMENTS, &mut s)

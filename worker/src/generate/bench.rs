@@ -126,11 +126,16 @@ pub fn bench_overhead(
     device: Device,
 ) -> BenchRow {
     let opts = (Kind::Float, device);
-    let mut image =
-        Tensor::rand([1, 3, i64::from(size), i64::from(size)], opts).set_requires_grad(true);
-    let codebook = Tensor::randn([16384, 256], opts);
     let tokens = i64::from(size / 16);
-    let mut z = Tensor::randn([1, 256, tokens, tokens], opts).set_requires_grad(true);
+    let (image, codebook, z) = crate::torch_rng::exclusive(|| {
+        (
+            Tensor::rand([1, 3, i64::from(size), i64::from(size)], opts),
+            Tensor::randn([16384, 256], opts),
+            Tensor::randn([1, 256, tokens, tokens], opts),
+        )
+    });
+    let mut image = image.set_requires_grad(true);
+    let mut z = z.set_requires_grad(true);
     let mut optimiser = Optimiser::new(OptimiserKind::Adam, 0.1, &z);
     let cutter = Cutter {
         method: CutMethod::Latest,

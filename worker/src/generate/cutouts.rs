@@ -221,7 +221,9 @@ mod tests {
 
     #[test]
     fn both_methods_give_cutn_cutouts_of_the_cut_size() {
-        let image = Tensor::rand([1, 3, 20, 28], (Kind::Float, Device::Cpu));
+        let image = crate::torch_rng::exclusive(|| {
+            Tensor::rand([1, 3, 20, 28], (Kind::Float, Device::Cpu))
+        });
         let rng = RunRng::new(4);
         for method in [CutMethod::Latest, CutMethod::Original] {
             let mut s = rng.stream(0, Purpose::Cutouts);
@@ -234,7 +236,9 @@ mod tests {
 
     #[test]
     fn latest_without_augments_or_noise_is_the_pooled_image() {
-        let image = Tensor::rand([1, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let image = crate::torch_rng::exclusive(|| {
+            Tensor::rand([1, 3, 16, 16], (Kind::Float, Device::Cpu))
+        });
         let plain = Cutter {
             augments: &[],
             noise_fac: 0.0,

@@ -90,8 +90,10 @@ mod tests {
 
     #[test]
     fn negative_weight_flips_the_sign_and_keeps_the_size() {
-        let input = Tensor::randn([4, 8], (Kind::Float, Device::Cpu));
-        let embed = Tensor::randn([1, 8], (Kind::Float, Device::Cpu));
+        let input =
+            crate::torch_rng::exclusive(|| Tensor::randn([4, 8], (Kind::Float, Device::Cpu)));
+        let embed =
+            crate::torch_rng::exclusive(|| Tensor::randn([1, 8], (Kind::Float, Device::Cpu)));
         let plus = prompt_loss(&input, &target(embed.shallow_clone(), 2.0, None));
         let minus = prompt_loss(&input, &target(embed, -2.0, None));
         assert!(plus.double_value(&[]) > 0.0);
@@ -100,8 +102,11 @@ mod tests {
 
     #[test]
     fn stop_keeps_the_value_and_removes_the_gradient_below_it() {
-        let input = Tensor::randn([6, 8], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let embed = Tensor::randn([1, 8], (Kind::Float, Device::Cpu));
+        let input =
+            crate::torch_rng::exclusive(|| Tensor::randn([6, 8], (Kind::Float, Device::Cpu)))
+                .set_requires_grad(true);
+        let embed =
+            crate::torch_rng::exclusive(|| Tensor::randn([1, 8], (Kind::Float, Device::Cpu)));
         let d = spherical_distance(&input.detach(), &embed);
         let stop = d.median().double_value(&[]);
         let free = prompt_loss(&input, &target(embed.shallow_clone(), 1.0, None));

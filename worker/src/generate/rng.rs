@@ -9,9 +9,9 @@
 //! Small parameters (crop sizes, augmentation angles, coin flips, token ids) come from a
 //! SplitMix64 stream in Rust, identical on every device. Large normal draws (the cutout noise,
 //! millions of numbers per iteration) are made by torch on the run's device for speed; torch's
-//! generator is process-global, so each such draw reseeds it from the key under a lock.
+//! generator is process-global, so each such draw reseeds it from the key while holding it
+//! ([`crate::torch_rng::exclusive`]).
 
-use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 /// What a draw is for; part of the key so different uses never share numbers.
@@ -47,9 +47,6 @@ pub struct RunRng {
     seed: u64,
 }
 
-/// torch's generators are global to the process; this serialises reseed-and-draw pairs.
-static TORCH_RNG: Mutex<()> = Mutex::new(());
-
 impl RunRng {
     /// The random source of a render with this seed.
     pub fn new(seed: u64) -> RunRng {
@@ -80,10 +77,11 @@ impl RunRng {
 /// Standard normal numbers from torch's generator reseeded with `seed` (CPU draws match
 /// `torch.Generator().manual_seed(seed)` followed by `normal_`).
 pub fn seeded_randn(seed: u64, shape: &[i64], device: Device) -> Tensor {
-    let _guard = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-    // The C API takes the seed as a signed integer; the bits are what torch uses.
-    tch::manual_seed(seed as i64);
-    Tensor::randn(shape, (Kind::Float, device))
+    crate::torch_rng::exclusive(|| {
+        // The C API takes the seed as a signed integer; the bits are what torch uses.
+        tch::manual_seed(seed as i64);
+        Tensor::randn(shape, (Kind::Float, device))
+    })
 }
 
 fn splitmix(x: u64) -> u64 {
@@ -185,10 +183,36 @@ mod tests {
     fn torch_draws_repeat_for_the_same_key() {
         let rng = RunRng::new(11);
         let a = rng.randn(2, Purpose::CutoutNoise, &[3, 17], Device::Cpu);
-        let _ = Tensor::randn([5], (Kind::Float, Device::Cpu));
+        let _ = crate::torch_rng::exclusive(|| Tensor::randn([5], (Kind::Float, Device::Cpu)));
         let b = rng.randn(2, Purpose::CutoutNoise, &[3, 17], Device::Cpu);
         assert!(a.equal(&b));
         let c = rng.randn(3, Purpose::CutoutNoise, &[3, 17], Device::Cpu);
         assert!(!a.equal(&c));
+    }
+
+    #[test]
+    fn draws_on_other_threads_never_land_inside_a_keyed_draw() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let rng = RunRng::new(5);
+        let expected = rng.randn(0, Purpose::CutoutNoise, &[64, 64], Device::Cpu);
+        let stop = AtomicBool::new(false);
+        let repeats = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = crate::torch_rng::exclusive(|| {
+                        Tensor::randn([4096], (Kind::Float, Device::Cpu))
+                    });
+                }
+            });
+            let repeats = (0..200)
+                .filter(|_| {
+                    rng.randn(0, Purpose::CutoutNoise, &[64, 64], Device::Cpu)
+                        .equal(&expected)
+                })
+                .count();
+            stop.store(true, Ordering::Relaxed);
+            repeats
+        });
+        assert_eq!(repeats, 200);
     }
 }

@@ -124,7 +124,8 @@ mod tests {
         let q = vector_quantize(&z, &codebook);
         let expected = Tensor::from_slice(&[1.0f32, -1.0, 0.0, 1.0, 2.0, 0.0]).view([1, 2, 1, 3]);
         assert!(q.equal(&expected));
-        let weights = Tensor::randn([1, 2, 1, 3], (Kind::Float, Device::Cpu));
+        let weights =
+            crate::torch_rng::exclusive(|| Tensor::randn([1, 2, 1, 3], (Kind::Float, Device::Cpu)));
         (&q * &weights).sum(Kind::Float).backward();
         assert!(z.grad().equal(&weights));
     }

@@ -36,11 +36,13 @@ mod tests {
 
     #[test]
     fn a_tiny_vqgan_serves_as_the_loops_codec() {
-        tch::manual_seed(0);
         let yaml = "model:\n  target: taming.models.vqgan.VQModel\n  params:\n    embed_dim: 8\n    n_embed: 16\n    ddconfig:\n      double_z: false\n      z_channels: 8\n      resolution: 32\n      in_channels: 3\n      out_ch: 3\n      ch: 32\n      ch_mult: [1, 2]\n      num_res_blocks: 1\n      attn_resolutions: [16]\n      dropout: 0.0\n";
         let cfg = VqConfig::from_yaml(yaml).unwrap();
         let vs = tch::nn::VarStore::new(tch::Device::Cpu);
-        let model = VqModel::new(&vs.root(), &cfg);
+        let model = crate::torch_rng::exclusive(|| {
+            tch::manual_seed(0);
+            VqModel::new(&vs.root(), &cfg)
+        });
         let codec: &dyn LatentCodec = &model;
         let z = codec
             .encode(&Tensor::zeros(

@@ -14,14 +14,17 @@ use super::{VqConfig, VqModel};
 /// of 16. Runs on the GPU when there is one. One untimed warm-up iteration precedes `iters` timed ones.
 pub fn decoder_forward_backward_ms(size: i64, iters: u32) -> f64 {
     let device = Device::cuda_if_available();
-    tch::manual_seed(0);
     let cfg = VqConfig::imagenet_f16_16384();
     let mut vs = nn::VarStore::new(device);
-    let model = VqModel::new(&vs.root(), &cfg);
-    vs.freeze();
     let side = (size / cfg.downsampling_factor()).max(1);
-    let mut z = Tensor::randn([1, cfg.embed_dim, side, side], (Kind::Float, device))
-        .set_requires_grad(true);
+    let (model, z) = crate::torch_rng::exclusive(|| {
+        tch::manual_seed(0);
+        let model = VqModel::new(&vs.root(), &cfg);
+        let z = Tensor::randn([1, cfg.embed_dim, side, side], (Kind::Float, device));
+        (model, z)
+    });
+    vs.freeze();
+    let mut z = z.set_requires_grad(true);
     let mut step = || {
         let loss = model.decode(&z).square().mean(None);
         z.zero_grad();

@@ -378,7 +378,7 @@ impl VqModel {
             source,
         })?;
         let mut vs = nn::VarStore::new(device);
-        let model = VqModel::new(&vs.root(), &cfg);
+        let model = crate::torch_rng::exclusive(|| VqModel::new(&vs.root(), &cfg));
         copy_weights(&vs, tensors, &cfg.state_dict_prefix, weights)?;
         vs.freeze();
         Ok(model)
@@ -569,7 +569,7 @@ mod tests {
             ..VqConfig::imagenet_f16_1024()
         };
         let vs = nn::VarStore::new(Device::Cpu);
-        let model = VqModel::new(&vs.root(), &cfg);
+        let model = crate::torch_rng::exclusive(|| VqModel::new(&vs.root(), &cfg));
         let err = model
             .encode(&Tensor::zeros(
                 [1, 3, 8, 9],
