@@ -23,6 +23,8 @@ use tessera_tests::RedisServer;
 
 /// Lease length in the scenarios.
 const LEASE_MS: u64 = 10_000;
+/// A job's trace context, as the coordinator stores it from the submission's span.
+const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 /// Side of the generated pictures: 64 px in 32 px tiles gives 4 tiles per picture.
 const SIDE: u32 = 64;
 
@@ -123,6 +125,7 @@ impl Store {
             job: &task.job,
             unit: task.unit,
             spec: &task.spec,
+            trace: &task.trace,
         };
         let followups = plan_followups(&finished, &output).unwrap();
         self.backend
@@ -341,7 +344,11 @@ async fn stats_count_queues_and_states_over_every_job(mut s: Store) {
 }
 
 async fn a_job_runs_from_generate_through_tiles_to_stitch(mut s: Store) {
-    s.submit(&job("j1", 2, 0, true)).await;
+    let mut j1 = job("j1", 2, 0, true);
+    for task in &mut j1.tasks {
+        task.trace = TRACE.into();
+    }
+    s.submit(&j1).await;
     let record = s.backend.job("j1").await.unwrap().unwrap();
     assert_eq!(record.counts.queued, 2);
     assert_eq!(record.planned(), 2 * (1 + 4 + 1));
@@ -362,6 +369,10 @@ async fn a_job_runs_from_generate_through_tiles_to_stitch(mut s: Store) {
     let kinds: Vec<TaskKind> = rest.iter().map(|t| t.kind).collect();
     assert_eq!(kinds.iter().filter(|k| **k == TaskKind::Stitch).count(), 2);
     assert_eq!(rest.len() + 2, 12);
+    // Every task, planned with the job or after a render, continues the job's trace.
+    for task in rest.iter().chain([&generate, &tile]) {
+        assert_eq!(task.trace, TRACE, "{}", task.id);
+    }
     // A stitch receives its four tiles' outputs as inputs, by tile index.
     let stitch = rest.iter().find(|t| t.kind == TaskKind::Stitch).unwrap();
     let stored = s.task(&stitch.id).await;
@@ -764,6 +775,7 @@ async fn racing_completions_accept_one() {
             job: &task.job,
             unit: task.unit,
             spec: &task.spec,
+            trace: &task.trace,
         };
         plan_followups(&finished, &output).unwrap()
     };

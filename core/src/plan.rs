@@ -156,6 +156,7 @@ fn plan_prompts(
             is_final: unit.settings.upscale.is_none(),
             planned_tiles: tiles,
             planned_stitches: stitches,
+            trace: String::new(),
         });
     }
     Ok(JobPlan {
@@ -299,6 +300,7 @@ pub fn plan_upscale(
             is_final: count == 1,
             planned_tiles: 0,
             planned_stitches: 0,
+            trace: String::new(),
         });
     }
     if count > 1 {
@@ -319,6 +321,7 @@ pub fn plan_upscale(
             is_final: true,
             planned_tiles: 0,
             planned_stitches: 0,
+            trace: String::new(),
         });
     }
     Ok(tasks)
@@ -338,13 +341,17 @@ pub fn plan_followups(
             expected: (width, height),
         });
     }
-    match task.spec {
+    let mut followups = match task.spec {
         TaskSpec::Generate { settings, .. } => match &settings.upscale {
-            Some(up) => plan_upscale(task.job, task.unit, output, up, &settings.device),
-            None => Ok(Vec::new()),
+            Some(up) => plan_upscale(task.job, task.unit, output, up, &settings.device)?,
+            None => Vec::new(),
         },
-        _ => Ok(Vec::new()),
+        _ => Vec::new(),
+    };
+    for t in &mut followups {
+        t.trace = task.trace.to_string();
     }
+    Ok(followups)
 }
 
 #[cfg(test)]

@@ -350,6 +350,10 @@ pub struct NewTask {
     pub planned_tiles: u32,
     /// Stitch tasks its completion will create (0 or 1).
     pub planned_stitches: u32,
+    /// W3C `traceparent` of the job's submission (empty when tracing is off): the worker
+    /// starts the task's span as its child, so every task joins the job's one trace.
+    #[serde(default)]
+    pub trace: String,
 }
 
 /// Numbers per task kind.
@@ -399,6 +403,8 @@ pub struct FinishedTask<'a> {
     pub unit: u32,
     /// What it was asked to do.
     pub spec: &'a TaskSpec,
+    /// Its trace context, which the tasks planned after it continue.
+    pub trace: &'a str,
 }
 
 /// The job a task id belongs to (task ids start with the job id and a `.`).

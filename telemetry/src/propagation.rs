@@ -50,6 +50,31 @@ pub fn server_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span
     span
 }
 
+/// The current span's W3C `traceparent`, to store with work that continues the trace later in
+/// another process; empty when tracing is off.
+pub fn current_traceparent() -> String {
+    let mut fields = std::collections::HashMap::new();
+    let context = tracing::Span::current().context();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut fields)
+    });
+    fields.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes `span` a child of the remote span a stored `traceparent` names (from
+/// [`current_traceparent`] in another process). Does nothing for an empty or malformed value,
+/// or when tracing is off.
+pub fn continue_trace(span: &tracing::Span, traceparent: &str) {
+    if traceparent.is_empty() {
+        return;
+    }
+    let fields =
+        std::collections::HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&fields));
+    let _ = span.set_parent(parent);
+}
+
 /// Writes propagation fields into gRPC metadata.
 struct MetadataInjector<'a>(&'a mut MetadataMap);
 
@@ -96,13 +121,18 @@ mod tests {
         span.context().span().span_context().trace_id()
     }
 
-    #[test]
-    fn a_request_span_continues_the_caller_s_trace() {
+    /// Runs `test` with spans that carry OpenTelemetry contexts, as `init` sets up.
+    fn with_tracing(test: impl FnOnce()) {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         let provider = SdkTracerProvider::builder().build();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, test);
+    }
+
+    #[test]
+    fn a_request_span_continues_the_caller_s_trace() {
+        with_tracing(|| {
             let client = tracing::info_span!("client");
             let sent = client
                 .in_scope(|| TraceContextInterceptor.call(tonic::Request::new(())))
@@ -128,5 +158,25 @@ mod tests {
                 "no context, new trace"
             );
         });
+    }
+
+    #[test]
+    fn a_stored_traceparent_continues_the_trace_later() {
+        with_tracing(|| {
+            let submit = tracing::info_span!("submit");
+            let stored = submit.in_scope(current_traceparent);
+            assert!(stored.starts_with("00-"), "{stored}");
+            let task = tracing::info_span!("task");
+            continue_trace(&task, &stored);
+            assert_eq!(trace_id(&task), trace_id(&submit));
+            let parent = submit.context().span().span_context().span_id();
+            assert!(stored.contains(&parent.to_string()), "{stored}");
+
+            let orphan = tracing::info_span!("orphan");
+            continue_trace(&orphan, "");
+            continue_trace(&orphan, "not a traceparent");
+            assert_ne!(trace_id(&orphan), trace_id(&submit));
+        });
+        assert_eq!(current_traceparent(), "", "no trace outside a span");
     }
 }

@@ -73,18 +73,19 @@ enum ModelsCommand {
 
 fn main() -> anyhow::Result<()> {
     malloc::tune_allocator();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let models = ModelDir::resolve(cli.models);
     let Some(command) = cli.command else {
         let Some(url) = cli.farm.coordinator.clone() else {
             anyhow::bail!("give a command (see --help), or --coordinator URL to work for a farm");
         };
+        // Farm mode sets up its logs and traces itself, inside its runtime.
         return tessera_worker::farm::run(&models, cli.farm, url);
     };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     match command {
         Command::Upscale(args) => upscale(&models, args),
         Command::Render(args) => tessera_worker::render_cmd::run(&models, args),

@@ -116,6 +116,7 @@ pub fn leased_task(t: &TaskRecord, heartbeat_interval_ms: u64) -> v1::Task {
         checkpoint_iteration: t.checkpoint_iteration,
         lease_deadline_ms: t.deadline_ms,
         heartbeat_interval_ms,
+        traceparent: t.trace.clone(),
     }
 }
 

@@ -16,6 +16,7 @@ use tessera_core::plan::plan_job;
 use tessera_core::task::job_of_task;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_server::Jobs;
+use tessera_telemetry::propagation::current_traceparent;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Span;
 
@@ -135,8 +136,12 @@ impl Jobs for JobsApi {
         let id = new_id();
         Span::current().record("job", &id);
         let c = &self.c;
-        let plan = plan_job(&id, &request, &c.defaults, &c.catalog, &c.limits)
+        let mut plan = plan_job(&id, &request, &c.defaults, &c.catalog, &c.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let trace = current_traceparent();
+        for t in &mut plan.tasks {
+            t.trace.clone_from(&trace);
+        }
         let job = NewJob {
             id: id.clone(),
             name: request.name,

@@ -275,6 +275,7 @@ impl Workers for WorkersApi {
                 job: &task.job,
                 unit: task.unit,
                 spec: &task.spec,
+                trace: &task.trace,
             };
             plan_followups(&finished, &output)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?

@@ -317,6 +317,9 @@ pub struct TaskRecord {
     pub errors: Vec<String>,
     /// Outputs of the tasks it consumes, by slot.
     pub inputs: BTreeMap<u32, ArtifactRef>,
+    /// W3C `traceparent` of the job's submission, passed to workers with the lease.
+    #[serde(default)]
+    pub trace: String,
 }
 
 /// The lease a report claims to hold.

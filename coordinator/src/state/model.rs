@@ -689,6 +689,7 @@ impl Model {
             output: None,
             errors: Vec::new(),
             inputs: BTreeMap::new(),
+            trace: new.trace.clone(),
         };
         self.tasks.insert(
             new.id.clone(),

@@ -281,6 +281,7 @@ fn task_args(tasks: &[NewTask], args: &mut Vec<String>) {
             flag(t.is_final),
             t.planned_tiles.to_string(),
             t.planned_stitches.to_string(),
+            t.trace.clone(),
         ]);
     }
 }
@@ -462,6 +463,8 @@ fn parse_task(f: &Fields, errors: Vec<String>, inputs: Fields) -> Result<TaskRec
         output: f.opt_json("output")?,
         errors,
         inputs: slots,
+        // Tasks stored before traces were kept have none.
+        trace: f.0.get("trace").cloned().unwrap_or_default(),
     })
 }
 

@@ -265,6 +265,7 @@ fn a_generated_picture_is_planned_into_tiles_with_the_tile_geometry() {
         job: &task.job,
         unit: task.unit,
         spec: &task.spec,
+        trace: &task.trace,
     };
     let follow = plan_followups(&finished, &output).unwrap();
     assert_eq!(

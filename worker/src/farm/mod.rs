@@ -20,6 +20,7 @@ use metrics::WorkerMetrics;
 use session::Session;
 use tasks::ModelCache;
 use tessera_telemetry::metrics::{bind_metrics, serve_metrics, MetricsSource};
+use tessera_telemetry::LogFormat;
 
 /// Options of farm mode.
 #[derive(clap::Args, Debug, Clone)]
@@ -51,6 +52,11 @@ pub struct FarmArgs {
     /// address is printed as `tessera-worker metrics on ADDR`). Unset: no endpoint.
     #[arg(long, env = "TESSERA_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Log lines on standard error: `human` or `json`. Spans (one per task, with its stages)
+    /// are also exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (service name:
+    /// OTEL_SERVICE_NAME, default tessera-worker).
+    #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 }
 
 /// Runs farm mode until a signal drains it.
@@ -68,6 +74,7 @@ pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Re
     };
     let metrics = Arc::new(WorkerMetrics::new(cuda_index));
     runtime.block_on(async move {
+        let _telemetry = tessera_telemetry::init("tessera-worker", args.log_format)?;
         let stop = shutdown_on_signals();
         let metrics_stop = CancellationToken::new();
         if let Some(address) = args.metrics_listen {

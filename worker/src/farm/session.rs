@@ -12,11 +12,14 @@ use anyhow::{bail, Context};
 use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
 use tessera_proto::v1::workers_client::WorkersClient;
+use tessera_telemetry::propagation::{continue_trace, TraceContextInterceptor};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
+use tracing::Instrument;
 
 use super::metrics::WorkerMetrics;
 use super::tasks::{self, ModelCache, Outcome};
@@ -44,7 +47,7 @@ pub struct Session {
 /// What a call to the coordinator needs, cheap to clone into a background hand-back.
 #[derive(Clone)]
 struct Link {
-    client: WorkersClient<Channel>,
+    client: WorkersClient<InterceptedService<Channel, TraceContextInterceptor>>,
     url: String,
     id: String,
 }
@@ -75,6 +78,23 @@ fn kind_name(task: &v1::Task) -> &'static str {
         Some(v1::task::Spec::Stitch(_)) => "stitch",
         None => "unknown",
     }
+}
+
+/// The span of one task on this worker: the child of the job's submission when the lease
+/// carries its trace context, so the task's stages (input downloads, model load, iterations or
+/// tile, upload) and the coordinator's handling of its reports all join the job's trace.
+fn task_span(task: &v1::Task) -> tracing::Span {
+    let kind = kind_name(task);
+    let span = tracing::info_span!(
+        "task",
+        otel.name = %format!("task {kind}"),
+        task = %task.task_id,
+        job = %task.job_id,
+        kind,
+        attempt = task.attempt,
+    );
+    continue_trace(&span, &task.traceparent);
+    span
 }
 
 /// Whether a failed call is worth retrying: the coordinator is down or restarting.
@@ -119,7 +139,8 @@ impl Session {
     ) -> anyhow::Result<Session> {
         let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
             .with_context(|| format!("--coordinator '{url}' is not a URL"))?;
-        let client = WorkersClient::new(endpoint.connect_lazy());
+        let client =
+            WorkersClient::with_interceptor(endpoint.connect_lazy(), TraceContextInterceptor);
         let name = args.name.clone().unwrap_or_else(default_name);
         let request = v1::RegisterRequest {
             name,
@@ -183,7 +204,10 @@ impl Session {
             };
             if let Some(task) = task {
                 let leased = asked.elapsed();
-                self.run(task, cache.clone(), stop, leased).await?;
+                let span = task_span(&task);
+                self.run(task, cache.clone(), stop, leased)
+                    .instrument(span)
+                    .await?;
             }
         }
         Ok(())
@@ -283,8 +307,9 @@ impl Session {
     async fn hand_back_later(&mut self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
         self.finish_hand_back().await?;
         let (link, task) = (self.link.clone(), task.clone());
+        let upload = tracing::info_span!("upload", bytes = output.len());
         self.handing_back = Some(tokio::spawn(
-            async move { link.hand_back(&task, output).await },
+            async move { link.hand_back(&task, output).await }.instrument(upload),
         ));
         Ok(())
     }
@@ -316,25 +341,19 @@ impl Session {
     ) -> anyhow::Result<(Outcome, Duration)> {
         let began = Instant::now();
         let spec = task.spec.clone().context("the task has no spec")?;
-        let checkpoint = match &task.checkpoint {
-            Some(c) if !c.key.is_empty() => Some(self.link.download(&c.key).await?),
-            _ => None,
-        };
-        let inputs = self.download_all(&task.inputs).await?;
-        let source = match &spec {
-            v1::task::Spec::UpscaleTile(t) => {
-                let key = &t.source.as_ref().context("the tile has no source")?.key;
-                self.source(key).await?
-            }
-            _ => Arc::default(),
-        };
+        let (checkpoint, inputs, source) = self
+            .fetch_inputs(task, &spec)
+            .instrument(tracing::info_span!("fetch inputs"))
+            .await?;
         let fetched = began.elapsed();
         let (events, mut reports) = mpsc::unbounded_channel::<Report>();
         let abort = Arc::new(AtomicBool::new(false));
         let drain = Arc::new(AtomicBool::new(false));
         let work = {
             let (abort, drain) = (abort.clone(), drain.clone());
+            let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || -> anyhow::Result<Outcome> {
+                let _task = span.enter();
                 let mut cache = cache.lock().expect("one task at a time");
                 let cache = &mut *cache;
                 match &spec {
@@ -392,6 +411,28 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Downloads what the task works from: the checkpoint of an earlier attempt, the outputs
+    /// it consumes (a stitch's tiles) and an upscale tile's source picture.
+    async fn fetch_inputs(
+        &mut self,
+        task: &v1::Task,
+        spec: &v1::task::Spec,
+    ) -> anyhow::Result<(Option<Vec<u8>>, Vec<Vec<u8>>, Arc<Vec<u8>>)> {
+        let checkpoint = match &task.checkpoint {
+            Some(c) if !c.key.is_empty() => Some(self.link.download(&c.key).await?),
+            _ => None,
+        };
+        let inputs = self.download_all(&task.inputs).await?;
+        let source = match spec {
+            v1::task::Spec::UpscaleTile(t) => {
+                let key = &t.source.as_ref().context("the tile has no source")?.key;
+                self.source(key).await?
+            }
+            _ => Arc::default(),
+        };
+        Ok((checkpoint, inputs, source))
     }
 
     /// Sends a heartbeat with the latest progress (uploading its checkpoint first), and stops

@@ -40,6 +40,7 @@ fn load_once<T>(
     load: impl FnOnce() -> anyhow::Result<T>,
 ) -> anyhow::Result<()> {
     if !map.contains_key(name) {
+        let _span = tracing::info_span!("model load", model = name).entered();
         let model = load().with_context(|| format!("loading model {name}"))?;
         map.insert(name.to_string(), model);
     }
@@ -108,6 +109,7 @@ pub fn upscale_tile(
     let upscaler = cache.upscaler(&spec.model)?;
     let crop = crop_rgb(&picture.rgb, picture.width, rect);
     let scale = upscaler.scale();
+    let _span = tracing::info_span!("tile upscale", model = %spec.model, width = rect.width, height = rect.height).entered();
     let pixels = upscaler.run_tile(&crop, rect.width, rect.height)?;
     Ok(tile_png(&pixels, rect.width * scale, rect.height * scale)?)
 }
@@ -128,6 +130,7 @@ pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>
         );
     }
     let (width, height) = (plan.out_width(), plan.out_height());
+    let _span = tracing::info_span!("stitch", tiles = tiles.len(), width, height).entered();
     let mut stitcher = Stitcher::new(plan, 3);
     for (index, bytes) in tiles.iter().enumerate() {
         let (pixels, _, _) = read_tile_png(bytes)?;

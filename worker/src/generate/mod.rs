@@ -161,6 +161,12 @@ where
     C: LatentCodec + ?Sized,
 {
     let every = run.settings()[0].checkpoint_every;
+    let iterations = tracing::info_span!(
+        "iterations",
+        from = run.iteration(),
+        to = tracing::field::Empty
+    )
+    .entered();
     while !run.is_done() {
         let mut report = run.step()?;
         if every > 0 && run.iteration().is_multiple_of(every) && !run.is_done() {
@@ -177,6 +183,9 @@ where
             }
         }
     }
+    iterations.record("to", run.iteration());
+    drop(iterations);
+    let _decode = tracing::info_span!("decode").entered();
     let elapsed = run.elapsed();
     let losses = run.last_losses().to_vec();
     let outputs = run

@@ -49,19 +49,19 @@ end
 -- waiting, final, planned tiles, planned stitches. Returns the index after the last one.
 local function create_tasks(at, count)
   for _ = 1, count do
-    local id, job, kind, unit, class, spec, parent, slot, waiting, final, ptiles, pstitches =
-      unpack(ARGV, at, at + 11)
+    local id, job, kind, unit, class, spec, parent, slot, waiting, final, ptiles, pstitches, trace =
+      unpack(ARGV, at, at + 12)
     local seq = redis.call('INCR', P .. 'seq')
     redis.call('HSET', task_key(id), 'id', id, 'job', job, 'kind', kind, 'unit', unit, 'state', 'blocked',
       'attempt', 0, 'failures', 0, 'expiries', 0, 'worker', '', 'deadline', 0, 'spec', spec,
       'parent', parent, 'slot', slot, 'waiting', waiting, 'final', final, 'checkpoint', '',
       'ckpt_iter', 0, 'iteration', 0, 'loss', '', 'output', '', 'class', class, 'seq', seq,
-      'ptiles', ptiles, 'pstitches', pstitches, 'started', 0)
+      'ptiles', ptiles, 'pstitches', pstitches, 'started', 0, 'trace', trace)
     redis.call('RPUSH', P .. 'tasks:' .. job, id)
     redis.call('HINCRBY', job_key(job), 'n_blocked', 1)
     redis.call('HINCRBY', P .. 'counts', 'blocked', 1)
     if tonumber(waiting) == 0 then enqueue(id) end
-    at = at + 12
+    at = at + 13
   end
   return at
 end

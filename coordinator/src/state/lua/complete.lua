@@ -1,5 +1,5 @@
 -- complete: ARGV[4] task, [5] attempt, [6] worker, [7] output JSON, [8] follow-up count, then
--- twelve arguments per follow-up task (see create_tasks).
+-- thirteen arguments per follow-up task (see create_tasks).
 -- Returns 'accepted', 'duplicate', 'stale' or 'cancelled'.
 local function main()
   local tid, attempt, worker, output = ARGV[4], ARGV[5], ARGV[6], ARGV[7]

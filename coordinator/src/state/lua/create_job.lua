@@ -1,6 +1,6 @@
 -- create_job: ARGV[4] id, [5] name, [6] priority, [7] upscale_only (0/1), [8] settings JSON,
 -- [9..11] expected generate / upscale_tile / stitch tasks, [12] unit count, then (index, JSON)
--- per unit, then the task count and twelve arguments per task (see create_tasks).
+-- per unit, then the task count and thirteen arguments per task (see create_tasks).
 -- Returns 1, or 0 when the id is taken.
 local function main()
   local id = ARGV[4]
