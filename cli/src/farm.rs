@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tessera_proto::transfer::{read_download, upload_messages};
+use tessera_proto::transfer::{read_download, upload_messages, CONNECTION_WINDOW, STREAM_WINDOW};
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_telemetry::propagation::TraceContextInterceptor;
@@ -34,7 +34,9 @@ impl Farm {
             .with_context(|| {
                 format!("--coordinator {url} is not a URL such as http://127.0.0.1:7470")
             })?
-            .connect_timeout(CONNECT_TIMEOUT);
+            .connect_timeout(CONNECT_TIMEOUT)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
         let channel = endpoint.connect().await.map_err(|e| Unreachable {
             url: url.to_string(),
             detail: with_causes(&e),

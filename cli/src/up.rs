@@ -283,6 +283,10 @@ fn start_worker(
     command.args(["--coordinator", url, "--device", &device, "--name", name]);
     // Each worker serves its metrics on a free port, written to its log.
     command.args(["--metrics-listen", "127.0.0.1:0"]);
+    if args.device == "cpu" {
+        // Each CPU worker gets its share of the cores instead of all of them.
+        command.args(["--threads", &cpu_share(args.workers).to_string()]);
+    }
     if let Some(models) = &args.models {
         command.arg("--models").arg(models);
     }
@@ -293,6 +297,12 @@ fn start_worker(
         .open(&log)
         .with_context(|| format!("cannot open {}", log.display()))?;
     spawn(command, stdout.into(), &log)
+}
+
+/// The cores of this machine divided among `workers`, at least one each.
+fn cpu_share(workers: u32) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / workers.max(1) as usize).max(1)
 }
 
 /// Spawns `command` with its standard error appended to `log`.

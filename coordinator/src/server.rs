@@ -16,6 +16,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::Settings;
+use tessera_proto::transfer::{CONNECTION_WINDOW, STREAM_WINDOW};
 use tessera_proto::v1::jobs_server::JobsServer;
 use tessera_proto::v1::workers_server::WorkersServer;
 use tessera_telemetry::metrics::{bind_metrics, serve_metrics};
@@ -100,6 +101,8 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         )),
     ];
     let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .trace_fn(server_span)
         .add_service(health_service)
         .add_service(

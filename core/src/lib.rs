@@ -6,3 +6,4 @@ pub mod plan;
 pub mod prompt;
 pub mod task;
 pub mod tiles;
+pub mod timing;

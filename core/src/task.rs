@@ -182,14 +182,12 @@ impl TaskSpec {
     pub fn output_size(&self) -> Result<(u32, u32), JobError> {
         match self {
             TaskSpec::Generate { settings, .. } => Ok((settings.width, settings.height)),
+            // A tile hands back only what the stitch reads of it: its contribution.
             TaskSpec::UpscaleTile {
                 plan, tile_index, ..
             } => {
                 let tile = tile_rects(plan, *tile_index)?;
-                Ok((
-                    tile.input.width * plan.scale,
-                    tile.input.height * plan.scale,
-                ))
+                Ok((tile.output.width, tile.output.height))
             }
             TaskSpec::Stitch { plan, .. } => {
                 Ok((plan.width * plan.scale, plan.height * plan.scale))

@@ -308,15 +308,42 @@ impl Stitcher {
 
     /// Adds tile `index`: `pixels` is the whole upscaled [`Tile::input`], row-major, interleaved.
     pub fn add(&mut self, index: usize, pixels: &[f32]) -> Result<(), StitchError> {
-        let count = self.plan.tiles.len();
-        let tile = self
-            .plan
-            .tiles
-            .get(index)
-            .ok_or(StitchError::UnknownTile { index, count })?;
+        let tile = self.tile(index)?;
         let scale = self.plan.scale;
         let input = tile.input();
-        let (tw, th) = (input.width * scale, input.height * scale);
+        let size = (input.width * scale, input.height * scale);
+        let offset = tile.crop_offset(scale);
+        self.blend(index, pixels, size, offset)
+    }
+
+    /// Adds tile `index` from its contribution alone: `pixels` is the upscaled tile cropped to
+    /// [`Tile::output`], row-major, interleaved. That is all the stitch reads of a tile, so farm
+    /// workers hand back only this, a fraction of the tile with its context.
+    pub fn add_contribution(&mut self, index: usize, pixels: &[f32]) -> Result<(), StitchError> {
+        let out = self.tile(index)?.output(self.plan.scale);
+        self.blend(index, pixels, (out.width, out.height), (0, 0))
+    }
+
+    fn tile(&self, index: usize) -> Result<Tile, StitchError> {
+        let count = self.plan.tiles.len();
+        self.plan
+            .tiles
+            .get(index)
+            .cloned()
+            .ok_or(StitchError::UnknownTile { index, count })
+    }
+
+    /// Blends tile `index`'s contribution from `pixels`, an image of `(tw, th)` in which the
+    /// contribution starts at `(cx, cy)`.
+    fn blend(
+        &mut self,
+        index: usize,
+        pixels: &[f32],
+        (tw, th): (u32, u32),
+        (cx, cy): (u32, u32),
+    ) -> Result<(), StitchError> {
+        let tile = self.tile(index)?;
+        let scale = self.plan.scale;
         let expected = tw as usize * th as usize * self.channels;
         if pixels.len() != expected {
             return Err(StitchError::WrongSize {
@@ -335,7 +362,6 @@ impl Stitcher {
         let wx = tile.x.weights(scale, overlap);
         let wy = tile.y.weights(scale, overlap);
         let out = tile.output(scale);
-        let (cx, cy) = tile.crop_offset(scale);
         let c = self.channels;
         let out_w = self.plan.out_width() as usize;
         for (row, w_row) in wy.iter().enumerate() {
@@ -475,8 +501,20 @@ mod tests {
         };
         let plan = TilePlan::new(w, h, s, spec(16, 3, 4)).unwrap();
         let mut stitcher = Stitcher::new(plan.clone(), 3);
+        let mut from_contributions = Stitcher::new(plan.clone(), 3);
         for tile in plan.tiles.iter().rev() {
             stitcher.add(tile.index, &nearest(tile.input())).unwrap();
+            // The contribution alone, in input pixels (`nearest` upscales it by s).
+            let out = tile.output(s);
+            let contribution = Rect {
+                x: out.x / s,
+                y: out.y / s,
+                width: out.width / s,
+                height: out.height / s,
+            };
+            from_contributions
+                .add_contribution(tile.index, &nearest(contribution))
+                .unwrap();
         }
         let full = nearest(Rect {
             x: 0,
@@ -491,6 +529,7 @@ mod tests {
             .map(|(a, b)| (a - b).abs())
             .fold(0.0, f32::max);
         assert!(worst < 1e-3, "worst difference {worst}");
+        assert_eq!(from_contributions.finish().unwrap(), stitched);
     }
 
     #[test]

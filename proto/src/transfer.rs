@@ -8,6 +8,16 @@ use tonic::{Status, Streaming};
 /// Bytes per upload message, well under gRPC's default 4 MiB message limit.
 pub const UPLOAD_CHUNK: usize = 1 << 20;
 
+/// HTTP/2 flow-control window of one stream, set on both ends of every connection. With the
+/// default 64 KiB a sender stops every 64 KiB until the receiver's window update arrives, so
+/// one 16-bit tile (about a megabyte) took a dozen round trips, and on a busy machine each
+/// waited for the receiving thread to be scheduled; a whole artifact now fits in one window.
+pub const STREAM_WINDOW: u32 = 8 << 20;
+
+/// HTTP/2 flow-control window of a whole connection: room for several concurrent artifact
+/// streams (a stitch downloads all of its tiles at once).
+pub const CONNECTION_WINDOW: u32 = 32 << 20;
+
 /// The messages of one upload: `header`, then `data` in chunks of [`UPLOAD_CHUNK`] bytes.
 pub fn upload_messages(
     header: v1::UploadHeader,

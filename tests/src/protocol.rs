@@ -28,10 +28,10 @@ pub fn output_size(task: &v1::Task) -> (u32, u32) {
             let s = g.settings.as_ref().unwrap();
             (s.width.unwrap(), s.height.unwrap())
         }
-        // A tile is its input rectangle (context included) upscaled; the stitch crops it.
+        // A tile hands back its contribution to the final picture.
         v1::task::Spec::UpscaleTile(t) => {
-            let (r, scale) = (t.input.unwrap(), t.plan.unwrap().scale);
-            (r.width * scale, r.height * scale)
+            let r = t.output.unwrap();
+            (r.width, r.height)
         }
         v1::task::Spec::Stitch(s) => {
             let p = s.plan.unwrap();

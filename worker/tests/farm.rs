@@ -21,6 +21,8 @@ struct Workers {
     children: Vec<Child>,
     /// Where each serves its Prometheus metrics.
     metrics: Vec<std::net::SocketAddr>,
+    /// Their `--timings` files.
+    timings: TempDir,
 }
 
 impl Workers {
@@ -49,11 +51,28 @@ impl Workers {
         }
     }
 
+    fn timings_file(&self, index: usize) -> std::path::PathBuf {
+        self.timings.path().join(format!("worker-{index}.jsonl"))
+    }
+
+    /// The tasks worker `index` finished, in the order it started them (its `--timings`).
+    fn finished_tasks(&self, index: usize) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.timings_file(index)).unwrap_or_default();
+        let mut tasks: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let started = |task: &serde_json::Value| task["started_ms"].as_f64().unwrap();
+        tasks.sort_by(|a, b| started(a).total_cmp(&started(b)));
+        tasks
+    }
+
     /// Starts `count` workers, each serving metrics on a free port, and reads where.
     fn start(count: usize, models: &Path, coordinator: &Service) -> Workers {
         let mut workers = Workers {
             children: Vec::new(),
             metrics: Vec::new(),
+            timings: TempDir::new().unwrap(),
         };
         for i in 0..count {
             let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
@@ -62,6 +81,8 @@ impl Workers {
                 .args(["--coordinator", &coordinator.url(), "--name"])
                 .arg(format!("w{i}"))
                 .args(["--metrics-listen", "127.0.0.1:0"])
+                .arg("--timings")
+                .arg(workers.timings_file(i))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
@@ -345,6 +366,19 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
         tile_workers.values().any(|w| w.len() >= 2),
         "no picture had its tiles done by two workers: {tile_workers:?}"
     );
+
+    // Tasks were leased ahead during tiles and stitches, never during a render.
+    let mut ahead = 0;
+    for index in 0..3 {
+        let tasks = workers.finished_tasks(index);
+        for pair in tasks.windows(2) {
+            if pair[1]["ahead"] == true {
+                ahead += 1;
+                assert_ne!(pair[0]["kind"], "generate", "{pair:?}");
+            }
+        }
+    }
+    assert!(ahead > 0, "no task was leased ahead");
 
     // A stitched result equals the local upscale of the generated picture it came from.
     let status = client

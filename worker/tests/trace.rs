@@ -124,6 +124,7 @@ async fn a_job_is_one_trace_across_the_cli_the_coordinator_and_a_worker() {
         .wait_until(Duration::from_secs(30), |spans| {
             named(spans, "tessera-coordinator", COMPLETE).len() == 6
                 && named(spans, "tessera-worker", "upload").len() == 6
+                && !named(spans, "tessera-worker", "task stitch").is_empty()
                 && !named(spans, "tessera-cli", "tessera").is_empty()
         })
         .await;

@@ -165,6 +165,7 @@ impl Workers for WorkersApi {
         let wait = Duration::from_millis(u64::from(r.wait_ms).min(self.c.max_wait_ms));
         let deadline = tokio::time::Instant::now() + wait;
         let signal = self.c.backend.work_signal();
+        let mut waited = Duration::ZERO;
         loop {
             // Armed before looking, so a task queued in between still wakes us.
             let woken = signal.notified();
@@ -186,19 +187,21 @@ impl Workers for WorkersApi {
                 tracing::debug!(task = %task.id, attempt = task.attempt, worker = %r.worker_id, "leased");
                 return Ok(Response::new(v1::LeaseTaskReply {
                     task: Some(leased_task(&task, self.heartbeat_interval_ms())),
+                    waited_ms: u32::try_from(waited.as_millis()).unwrap_or(u32::MAX),
                 }));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return Ok(Response::new(v1::LeaseTaskReply { task: None }));
+                return Ok(Response::new(v1::LeaseTaskReply::default()));
             }
             tokio::select! {
                 _ = woken => {}
                 _ = tokio::time::sleep_until(deadline.min(now + LEASE_POLL)) => {}
                 _ = self.c.shutdown.cancelled() => {
-                    return Ok(Response::new(v1::LeaseTaskReply { task: None }));
+                    return Ok(Response::new(v1::LeaseTaskReply::default()));
                 }
             }
+            waited += now.elapsed();
         }
     }
 

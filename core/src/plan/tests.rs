@@ -279,7 +279,8 @@ fn a_generated_picture_is_planned_into_tiles_with_the_tile_geometry() {
         assert_eq!(rects.input, tile.input());
         assert_eq!(rects.output, tile.output(4));
         let (w, h) = spec.output_size().unwrap();
-        assert_eq!((w, h), (tile.input().width * 4, tile.input().height * 4));
+        let contribution = tile.output(4);
+        assert_eq!((w, h), (contribution.width, contribution.height));
         let TaskSpec::UpscaleTile { source, .. } = spec else {
             panic!("not a tile: {spec:?}")
         };

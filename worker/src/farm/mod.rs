@@ -7,6 +7,7 @@
 //! render, checkpointed and handed back), then the worker deregisters.
 
 mod capabilities;
+mod link;
 mod metrics;
 mod session;
 mod tasks;
@@ -52,6 +53,11 @@ pub struct FarmArgs {
     /// address is printed as `tessera-worker metrics on ADDR`). Unset: no endpoint.
     #[arg(long, env = "TESSERA_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// CPU threads for the models' work (default: libtorch's choice, every core). Several
+    /// CPU workers on one machine should split the cores, or each slows the others down,
+    /// network included; `tessera up` does so.
+    #[arg(long, env = "TESSERA_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
+    pub threads: Option<i32>,
     /// Log lines on standard error: `human` or `json`. Spans (one per task, with its stages)
     /// are also exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (service name:
     /// OTEL_SERVICE_NAME, default tessera-worker).
@@ -62,6 +68,9 @@ pub struct FarmArgs {
 /// Runs farm mode until a signal drains it.
 pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Result<()> {
     let device = crate::device::parse(&args.device)?;
+    if let Some(threads) = args.threads {
+        tch::set_num_threads(threads);
+    }
     let capabilities = capabilities::detect(models, &args)?;
     let cache = Arc::new(Mutex::new(ModelCache::new(models.clone(), device)));
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -1,6 +1,11 @@
-//! The worker's conversation with the coordinator: registration, the lease loop, heartbeats
-//! while a task runs, and handing back outputs. Every call that fails because the coordinator is
-//! unreachable is retried with backoff, and a finished output is kept until it is accepted.
+//! The worker's lease loop: register, lease tasks, run each with heartbeats while it works,
+//! and hand back outputs, keeping the worker's time on the work itself.
+//!
+//! Two things overlap the work so the farm adds little to it: a finished output is handed back
+//! (uploaded and completed) in the background while the next task runs, and while a short task
+//! (an upscale tile or a stitch) works, the next task is leased and its inputs downloaded
+//! ("lease-ahead"), so it starts the moment the current one ends. Renders are long, so nothing
+//! is leased ahead of them: a task held idle would only keep it from another worker.
 
 use std::io::Write;
 use std::ops::ControlFlow;
@@ -8,67 +13,67 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use tessera_proto::transfer::{read_download, upload_messages};
+use anyhow::Context;
+use tessera_core::timing::TaskTiming;
 use tessera_proto::v1;
-use tessera_proto::v1::workers_client::WorkersClient;
-use tessera_telemetry::propagation::{continue_trace, TraceContextInterceptor};
+use tessera_telemetry::propagation::continue_trace;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::Code;
 use tracing::Instrument;
 
+use super::link::{Link, Source};
 use super::metrics::WorkerMetrics;
 use super::tasks::{self, ModelCache, Outcome};
 use super::FarmArgs;
 use crate::generate::{Halt, Progress};
 
-/// Longest pause between retries when the coordinator is unreachable.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How long one lease request waits for work.
-const LEASE_WAIT_MS: u32 = 5_000;
-
-/// A registered worker's connection.
+/// A registered worker's connection and what it keeps between tasks.
 pub struct Session {
     link: Link,
     heartbeat: Duration,
     timings: Option<std::fs::File>,
-    /// The last upscale source downloaded, by artifact key: the tiles of one picture often
-    /// come to the same worker in a row, and artifacts never change once stored.
-    last_source: Option<(String, Arc<Vec<u8>>)>,
+    /// When the worker registered: `--timings` times are milliseconds since then.
+    epoch: Instant,
+    /// The last upscale source downloaded.
+    last_source: Option<Source>,
     /// The previous task's hand-back, still uploading while the next task runs.
     handing_back: Option<JoinHandle<anyhow::Result<()>>>,
     metrics: Arc<WorkerMetrics>,
 }
 
-/// What a call to the coordinator needs, cheap to clone into a background hand-back.
-#[derive(Clone)]
-struct Link {
-    client: WorkersClient<InterceptedService<Channel, TraceContextInterceptor>>,
-    url: String,
-    id: String,
+/// A leased task with what it works from, downloaded.
+struct Prepared {
+    task: v1::Task,
+    /// The task's span, a child of its job's trace.
+    span: tracing::Span,
+    /// The inputs, or why they could not be downloaded (the task then fails).
+    inputs: anyhow::Result<Inputs>,
+    /// Whether it was leased while the previous task worked.
+    ahead: bool,
+    /// The lease request went out.
+    asked: Instant,
+    /// The lease reply arrived.
+    leased: Instant,
+    /// How long the coordinator waited for work before replying.
+    waited: Duration,
+    /// The inputs were in hand.
+    fetched: Instant,
 }
 
-/// Where one task's wall time went on this worker, as `--timings` records it.
-#[derive(serde::Serialize)]
-struct TaskTiming<'a> {
-    task: &'a str,
-    kind: &'static str,
-    /// The lease request that brought the task, from asking to the reply.
-    lease_ms: f64,
-    /// From the lease to the start of the work: downloading the inputs.
-    fetch_ms: f64,
-    /// The work itself (model time, with heartbeats going out alongside).
-    work_ms: f64,
-    /// From the end of the work to the accepted completion: upload and complete.
-    hand_back_ms: f64,
-}
+/// The next task being leased and fetched in the background while the current one works.
+type LeaseAhead = JoinHandle<anyhow::Result<Option<Prepared>>>;
 
-fn millis(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
+/// What a task works from.
+#[derive(Default)]
+struct Inputs {
+    /// The latest checkpoint of an earlier attempt (renders).
+    checkpoint: Option<Vec<u8>>,
+    /// The outputs it consumes (a stitch's tiles, in order).
+    tiles: Vec<Vec<u8>>,
+    /// An upscale tile's source picture.
+    source: Option<Source>,
 }
 
 fn kind_name(task: &v1::Task) -> &'static str {
@@ -97,35 +102,60 @@ fn task_span(task: &v1::Task) -> tracing::Span {
     span
 }
 
-/// Whether a failed call is worth retrying: the coordinator is down or restarting.
-fn transient(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
-    )
+/// Leases the next task and downloads its inputs; `None` when no task came before the lease
+/// request's wait ran out or `stop` fired. `last_source` saves downloading a tile's source
+/// picture again.
+async fn prepare(
+    link: Link,
+    stop: CancellationToken,
+    last_source: Option<Source>,
+    ahead: bool,
+) -> anyhow::Result<Option<Prepared>> {
+    let asked = Instant::now();
+    let Some(lease) = link.lease(&stop).await? else {
+        return Ok(None);
+    };
+    let leased = Instant::now();
+    let span = task_span(&lease.task);
+    let inputs = fetch_inputs(&link, &lease.task, last_source)
+        .instrument(tracing::info_span!(parent: &span, "fetch inputs"))
+        .await;
+    Ok(Some(Prepared {
+        task: lease.task,
+        span,
+        inputs,
+        ahead,
+        asked,
+        leased,
+        waited: lease.waited,
+        fetched: Instant::now(),
+    }))
 }
 
-/// Retries `call` with doubling pauses while it fails transiently, saying so on stderr.
-async fn retrying<T, F, Fut>(url: &str, what: &str, mut call: F) -> Result<T, Status>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, Status>>,
-{
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match call().await {
-            Err(status) if transient(&status) => {
-                eprintln!(
-                    "tessera-worker: coordinator at {url} unreachable during {what} ({}); retrying in {:.1} s",
-                    status.message(),
-                    pause.as_secs_f64()
-                );
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_BACKOFF);
-            }
-            other => return other,
+/// Downloads what a task works from: the checkpoint of an earlier attempt, the outputs it
+/// consumes (a stitch's tiles) and an upscale tile's source picture.
+async fn fetch_inputs(
+    link: &Link,
+    task: &v1::Task,
+    last_source: Option<Source>,
+) -> anyhow::Result<Inputs> {
+    let checkpoint = match &task.checkpoint {
+        Some(c) if !c.key.is_empty() => Some(link.download(&c.key).await?),
+        _ => None,
+    };
+    let tiles = link.download_all(&task.inputs).await?;
+    let source = match &task.spec {
+        Some(v1::task::Spec::UpscaleTile(t)) => {
+            let key = &t.source.as_ref().context("the tile has no source")?.key;
+            Some(link.source(key, last_source).await?)
         }
-    }
+        _ => None,
+    };
+    Ok(Inputs {
+        checkpoint,
+        tiles,
+        source,
+    })
 }
 
 impl Session {
@@ -137,26 +167,13 @@ impl Session {
         stop: &CancellationToken,
         metrics: Arc<WorkerMetrics>,
     ) -> anyhow::Result<Session> {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("--coordinator '{url}' is not a URL"))?;
-        let client =
-            WorkersClient::with_interceptor(endpoint.connect_lazy(), TraceContextInterceptor);
-        let name = args.name.clone().unwrap_or_else(default_name);
         let request = v1::RegisterRequest {
-            name,
+            name: args.name.clone().unwrap_or_else(default_name),
             capabilities: Some(capabilities),
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let register = retrying(url, "registration", || {
-            let mut client = client.clone();
-            let request = request.clone();
-            async move { client.register(request).await }
-        });
-        let reply = tokio::select! {
-            reply = register => reply?.into_inner(),
-            _ = stop.cancelled() => bail!("stopped before the coordinator at {url} answered"),
-        };
-        println!("tessera-worker registered as {}", reply.worker_id);
+        let (link, heartbeat) = Link::register(url, request, stop).await?;
+        println!("tessera-worker registered as {}", link.id());
         let timings = match &args.timings {
             Some(path) => Some(
                 std::fs::OpenOptions::new()
@@ -168,47 +185,50 @@ impl Session {
             None => None,
         };
         Ok(Session {
-            link: Link {
-                client,
-                url: url.to_string(),
-                id: reply.worker_id,
-            },
-            heartbeat: Duration::from_millis(reply.heartbeat_interval_ms.max(100)),
+            link,
+            heartbeat: heartbeat.max(Duration::from_millis(100)),
             timings,
+            epoch: Instant::now(),
             last_source: None,
             handing_back: None,
             metrics,
         })
     }
 
-    /// Leases and runs tasks until `stop` fires.
+    /// Leases and runs tasks until `stop` fires. A task leased ahead but not started then is
+    /// the worker's current lease, which deregistration queues again at once.
     pub async fn serve(
         &mut self,
         cache: Arc<Mutex<ModelCache>>,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
+        let mut next = None;
         while !stop.is_cancelled() {
-            let asked = Instant::now();
-            let request = v1::LeaseTaskRequest {
-                worker_id: self.link.id.clone(),
-                wait_ms: LEASE_WAIT_MS,
+            let prepared = match next.take() {
+                Some(prepared) => prepared,
+                None => {
+                    let fetched = prepare(
+                        self.link.clone(),
+                        stop.clone(),
+                        self.last_source.clone(),
+                        false,
+                    );
+                    match fetched.await? {
+                        Some(prepared) => prepared,
+                        None => continue,
+                    }
+                }
             };
-            let lease = retrying(&self.link.url, "lease", || {
-                let mut client = self.link.client.clone();
-                let request = request.clone();
-                async move { client.lease_task(request).await }
-            });
-            let task = tokio::select! {
-                reply = lease => reply?.into_inner().task,
-                _ = stop.cancelled() => None,
+            let span = prepared.span.clone();
+            let ahead = self
+                .run(prepared, cache.clone(), stop)
+                .instrument(span)
+                .await?;
+            // Awaited after the task's span has closed: the next lease is not this task's.
+            next = match ahead {
+                Some(leasing) => leasing.await??,
+                None => None,
             };
-            if let Some(task) = task {
-                let leased = asked.elapsed();
-                let span = task_span(&task);
-                self.run(task, cache.clone(), stop, leased)
-                    .instrument(span)
-                    .await?;
-            }
         }
         Ok(())
     }
@@ -217,47 +237,72 @@ impl Session {
     /// this worker at once.
     pub async fn deregister(mut self) -> anyhow::Result<()> {
         self.finish_hand_back().await?;
-        let request = v1::DeregisterRequest {
-            worker_id: self.link.id.clone(),
-        };
-        self.link.client.deregister(request).await?;
+        self.link.deregister().await?;
         Ok(())
     }
 
     /// Runs one task to its end: its output accepted, its failure reported, dropped because
     /// the task was cancelled or handed to another worker, or (a render, when `stop` fires)
-    /// checkpointed for the next worker; deregistration then queues it again.
+    /// checkpointed for the next worker; deregistration then queues it again. Returns the
+    /// lease-ahead of the next task when one was started during this one.
     async fn run(
         &mut self,
-        task: v1::Task,
+        prepared: Prepared,
         cache: Arc<Mutex<ModelCache>>,
         stop: &CancellationToken,
-        leased: Duration,
-    ) -> anyhow::Result<()> {
-        let began = Instant::now();
-        match self.execute(&task, cache, stop).await {
-            Ok((Outcome::Output(output), fetched)) => {
-                let worked = began.elapsed();
-                self.count(&task, worked - fetched);
-                self.hand_back_later(&task, output).await?;
-                let timing = TaskTiming {
-                    task: &task.task_id,
-                    kind: kind_name(&task),
-                    lease_ms: millis(leased),
-                    fetch_ms: millis(fetched),
-                    work_ms: millis(worked - fetched),
-                    hand_back_ms: millis(began.elapsed() - worked),
-                };
-                self.record(&timing)
+    ) -> anyhow::Result<Option<LeaseAhead>> {
+        let task = &prepared.task;
+        let inputs = match prepared.inputs {
+            Ok(inputs) => inputs,
+            Err(error) => {
+                self.report_failure(task, &error).await?;
+                return Ok(None);
             }
-            Ok((Outcome::Abandoned, _)) => Ok(()),
-            Ok((
-                Outcome::Paused {
-                    checkpoint,
-                    iteration,
-                },
-                _,
-            )) => {
+        };
+
+        if inputs.source.is_some() {
+            self.last_source.clone_from(&inputs.source);
+        }
+        let short = !matches!(task.spec, Some(v1::task::Spec::Generate(_)));
+        let ahead = (short && !stop.is_cancelled()).then(|| {
+            let lease_ahead = prepare(
+                self.link.clone(),
+                stop.clone(),
+                self.last_source.clone(),
+                true,
+            );
+            // Not in this task's span: the next task belongs to its own job's trace.
+            tokio::spawn(lease_ahead.instrument(tracing::Span::none()))
+        });
+        let started = Instant::now();
+        let outcome = self
+            .execute(task, inputs, cache, stop, prepared.leased)
+            .await;
+        let ended = Instant::now();
+        match outcome {
+            Ok(Outcome::Output(output)) => {
+                self.count(task, ended - started);
+                self.hand_back_later(task, output).await?;
+                let at = |instant: Instant| millis(instant - self.epoch);
+                let timing = TaskTiming {
+                    task: task.task_id.clone(),
+                    kind: kind_name(task).to_string(),
+                    ahead: prepared.ahead,
+                    asked_ms: at(prepared.asked),
+                    leased_ms: at(prepared.leased),
+                    waited_ms: millis(prepared.waited),
+                    fetched_ms: at(prepared.fetched),
+                    started_ms: at(started),
+                    ended_ms: at(ended),
+                    released_ms: at(Instant::now()),
+                };
+                self.record(&timing)?;
+            }
+            Ok(Outcome::Abandoned) => {}
+            Ok(Outcome::Paused {
+                checkpoint,
+                iteration,
+            }) => {
                 eprintln!(
                     "tessera-worker: task {} checkpointed at iteration {iteration} for the next worker",
                     task.task_id
@@ -267,26 +312,18 @@ impl Session {
                     checkpoint: Some(checkpoint),
                     ..Report::default()
                 };
-                self.beat(&task, &mut last, &AtomicBool::new(false)).await
+                self.beat(task, &mut last, &AtomicBool::new(false)).await?;
             }
-            Err(error) => {
-                let request = v1::FailTaskRequest {
-                    worker_id: self.link.id.clone(),
-                    task_id: task.task_id.clone(),
-                    attempt: task.attempt,
-                    error: format!("{error:#}"),
-                    retryable: true,
-                };
-                eprintln!("tessera-worker: task {} failed: {error:#}", task.task_id);
-                retrying(&self.link.url, "failure report", || {
-                    let mut client = self.link.client.clone();
-                    let request = request.clone();
-                    async move { client.fail_task(request).await }
-                })
-                .await?;
-                Ok(())
-            }
+            Err(error) => self.report_failure(task, &error).await?,
         }
+        Ok(ahead)
+    }
+
+    /// Tells the coordinator the task failed here, with the whole error chain.
+    async fn report_failure(&self, task: &v1::Task, error: &anyhow::Error) -> anyhow::Result<()> {
+        eprintln!("tessera-worker: task {} failed: {error:#}", task.task_id);
+        self.link.fail(task, format!("{error:#}")).await?;
+        Ok(())
     }
 
     /// Counts a finished task in the metrics.
@@ -330,22 +367,18 @@ impl Session {
         Ok(())
     }
 
-    /// Fetches the task's inputs, runs the work on a blocking thread while heartbeating, and
-    /// returns how it ended and how long fetching the inputs took. When `stop` fires a render
-    /// pauses at its next iteration; upscale and stitch tasks are short and finish.
+    /// Runs the work on a blocking thread while heartbeating (from the lease on: a task leased
+    /// ahead has waited already), and returns how it ended. When `stop` fires a render pauses
+    /// at its next iteration; upscale and stitch tasks are short and finish.
     async fn execute(
         &mut self,
         task: &v1::Task,
+        inputs: Inputs,
         cache: Arc<Mutex<ModelCache>>,
         stop: &CancellationToken,
-    ) -> anyhow::Result<(Outcome, Duration)> {
-        let began = Instant::now();
+        leased: Instant,
+    ) -> anyhow::Result<Outcome> {
         let spec = task.spec.clone().context("the task has no spec")?;
-        let (checkpoint, inputs, source) = self
-            .fetch_inputs(task, &spec)
-            .instrument(tracing::info_span!("fetch inputs"))
-            .await?;
-        let fetched = began.elapsed();
         let (events, mut reports) = mpsc::unbounded_channel::<Report>();
         let abort = Arc::new(AtomicBool::new(false));
         let drain = Arc::new(AtomicBool::new(false));
@@ -368,14 +401,15 @@ impl Session {
                                 ControlFlow::Continue(())
                             }
                         };
-                        tasks::generate(cache, g, checkpoint.as_deref(), &mut report)
+                        tasks::generate(cache, g, inputs.checkpoint.as_deref(), &mut report)
                     }
                     v1::task::Spec::UpscaleTile(t) => {
-                        tasks::upscale_tile(cache, t, &source).map(Outcome::Output)
+                        let source = inputs.source.context("the tile's source is missing")?;
+                        tasks::upscale_tile(cache, t, &source.1).map(Outcome::Output)
                     }
                     v1::task::Spec::Stitch(s) => {
                         let plan = s.plan.context("the stitch has no plan")?;
-                        tasks::stitch(&plan, &inputs).map(Outcome::Output)
+                        tasks::stitch(&plan, &inputs.tiles).map(Outcome::Output)
                     }
                 }
             })
@@ -386,7 +420,7 @@ impl Session {
             iteration: task.checkpoint_iteration,
             ..Report::default()
         };
-        let start = tokio::time::Instant::now() + self.heartbeat;
+        let start = tokio::time::Instant::from_std(leased) + self.heartbeat;
         let mut tick = tokio::time::interval_at(start, self.heartbeat);
         loop {
             tokio::select! {
@@ -395,7 +429,7 @@ impl Session {
                     while reports.try_recv().is_ok() {
                         self.metrics.iteration();
                     }
-                    return Ok((result??, fetched));
+                    return result?;
                 }
                 Some(report) = reports.recv() => {
                     self.metrics.iteration();
@@ -411,28 +445,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// Downloads what the task works from: the checkpoint of an earlier attempt, the outputs
-    /// it consumes (a stitch's tiles) and an upscale tile's source picture.
-    async fn fetch_inputs(
-        &mut self,
-        task: &v1::Task,
-        spec: &v1::task::Spec,
-    ) -> anyhow::Result<(Option<Vec<u8>>, Vec<Vec<u8>>, Arc<Vec<u8>>)> {
-        let checkpoint = match &task.checkpoint {
-            Some(c) if !c.key.is_empty() => Some(self.link.download(&c.key).await?),
-            _ => None,
-        };
-        let inputs = self.download_all(&task.inputs).await?;
-        let source = match spec {
-            v1::task::Spec::UpscaleTile(t) => {
-                let key = &t.source.as_ref().context("the tile has no source")?.key;
-                self.source(key).await?
-            }
-            _ => Arc::default(),
-        };
-        Ok((checkpoint, inputs, source))
     }
 
     /// Sends a heartbeat with the latest progress (uploading its checkpoint first), and stops
@@ -455,7 +467,7 @@ impl Session {
             None => None,
         };
         let request = v1::HeartbeatRequest {
-            worker_id: self.link.id.clone(),
+            worker_id: self.link.id().to_string(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             iteration: latest.iteration,
@@ -469,13 +481,7 @@ impl Session {
             },
             checkpoint,
         };
-        let reply = retrying(&self.link.url, "heartbeat", || {
-            let mut client = self.link.client.clone();
-            let request = request.clone();
-            async move { client.heartbeat(request).await }
-        })
-        .await?
-        .into_inner();
+        let reply = self.link.heartbeat(request).await?;
         if reply.verdict() != v1::HeartbeatVerdict::Continue {
             eprintln!(
                 "tessera-worker: task {} ended: {:?}",
@@ -486,97 +492,10 @@ impl Session {
         }
         Ok(())
     }
-
-    /// An upscale source picture, downloaded unless it is the one the last tile used.
-    async fn source(&mut self, key: &str) -> anyhow::Result<Arc<Vec<u8>>> {
-        if let Some((cached, bytes)) = &self.last_source {
-            if cached == key {
-                return Ok(bytes.clone());
-            }
-        }
-        let bytes = Arc::new(self.link.download(key).await?);
-        self.last_source = Some((key.to_string(), bytes.clone()));
-        Ok(bytes)
-    }
-
-    /// Downloads every input at once (a stitch has one per tile), in their order.
-    async fn download_all(&self, inputs: &[v1::ArtifactRef]) -> anyhow::Result<Vec<Vec<u8>>> {
-        let mut downloads = tokio::task::JoinSet::new();
-        for (index, input) in inputs.iter().enumerate() {
-            let (link, key) = (self.link.clone(), input.key.clone());
-            downloads.spawn(async move { (index, link.download(&key).await) });
-        }
-        let mut out = vec![Vec::new(); inputs.len()];
-        while let Some(joined) = downloads.join_next().await {
-            let (index, bytes) = joined?;
-            out[index] = bytes?;
-        }
-        Ok(out)
-    }
 }
 
-impl Link {
-    /// Uploads the output and completes the task, retrying while the coordinator is away.
-    async fn hand_back(&self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
-        let artifact = match self.upload(task, "output.png", &output).await {
-            Ok(artifact) => artifact,
-            // The lease ended meanwhile: another worker holds the task now.
-            Err(status) if status.code() == Code::FailedPrecondition => return Ok(()),
-            Err(status) => return Err(status.into()),
-        };
-        let request = v1::CompleteTaskRequest {
-            worker_id: self.id.clone(),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-            output: Some(artifact),
-        };
-        retrying(&self.url, "completion", || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.complete_task(request).await }
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn upload(
-        &self,
-        task: &v1::Task,
-        name: &str,
-        data: &[u8],
-    ) -> Result<v1::ArtifactRef, Status> {
-        let header = v1::UploadHeader {
-            name: name.into(),
-            worker_id: self.id.clone(),
-            task_id: task.task_id.clone(),
-            attempt: task.attempt,
-        };
-        let reply = retrying(&self.url, "upload", || {
-            let mut client = self.client.clone();
-            let messages = upload_messages(header.clone(), data);
-            async move { client.upload_artifact(messages).await }
-        })
-        .await?;
-        Ok(reply.into_inner())
-    }
-
-    /// Downloads one artifact whole.
-    async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
-        let request = v1::DownloadArtifactRequest {
-            key: key.into(),
-            offset: 0,
-        };
-        let stream = retrying(&self.url, "download", || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.download_artifact(request).await }
-        })
-        .await?
-        .into_inner();
-        let mut out = Vec::new();
-        read_download(stream, &mut out).await?;
-        Ok(out)
-    }
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// What the blocking work last reported, for the next heartbeat.

@@ -85,7 +85,8 @@ impl ModelCache {
     }
 }
 
-/// Upscales one tile of `source` (a PNG) and returns it as a 16-bit PNG.
+/// Upscales one tile of `source` (a PNG) and returns its contribution to the final picture (the
+/// upscaled tile less its context, which only the network needed) as a 16-bit PNG.
 pub fn upscale_tile(
     cache: &mut ModelCache,
     spec: &v1::UpscaleTileSpec,
@@ -111,7 +112,28 @@ pub fn upscale_tile(
     let scale = upscaler.scale();
     let _span = tracing::info_span!("tile upscale", model = %spec.model, width = rect.width, height = rect.height).entered();
     let pixels = upscaler.run_tile(&crop, rect.width, rect.height)?;
-    Ok(tile_png(&pixels, rect.width * scale, rect.height * scale)?)
+    let output = spec
+        .output
+        .context("the tile task has no output rectangle")?;
+    let contribution = Rect {
+        x: output
+            .x
+            .checked_sub(rect.x * scale)
+            .context("the tile's output lies before its input")?,
+        y: output
+            .y
+            .checked_sub(rect.y * scale)
+            .context("the tile's output lies above its input")?,
+        width: output.width,
+        height: output.height,
+    };
+    if contribution.x + contribution.width > rect.width * scale
+        || contribution.y + contribution.height > rect.height * scale
+    {
+        bail!("the tile's output {output:?} lies outside its upscaled input {rect:?}");
+    }
+    let pixels = crop_rgb(&pixels, rect.width * scale, contribution);
+    Ok(tile_png(&pixels, output.width, output.height)?)
 }
 
 /// Joins the upscaled tiles (16-bit PNGs, in tile order) into the final 8-bit PNG.
@@ -134,7 +156,7 @@ pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>
     let mut stitcher = Stitcher::new(plan, 3);
     for (index, bytes) in tiles.iter().enumerate() {
         let (pixels, _, _) = read_tile_png(bytes)?;
-        stitcher.add(index, &pixels)?;
+        stitcher.add_contribution(index, &pixels)?;
     }
     let picture = Picture {
         width,

@@ -1,12 +1,19 @@
 //! `tessera-bench farm`: what the farm adds around real work, per worker count.
 //!
 //! Each row runs one upscale job of small tiled pictures on a fresh coordinator and N real
-//! `tessera-worker` processes, each writing a `--timings` line per task. From those lines:
-//! *before* is the time from the lease to the start of the work (downloading the inputs);
-//! *after* is the time from the end of the work to the next task in hand (upload, completion,
-//! and the next lease request, including any wait for work to become available). Both are
-//! reported as a share of the work itself. Each worker's first task (which loads the model) is
-//! left out.
+//! `tessera-worker` processes, each writing a `--timings` line per task. From those lines, for
+//! each worker and each pair of tasks it ran one after the other, the gap between the end of
+//! one's work and the start of the next's is split into where it went:
+//! - *hand-back*: waiting for the previous output's upload before starting this one's;
+//! - *lease*: the part of the next task's lease request still outstanding, less the time the
+//!   coordinator reported waiting for work to exist (*no work*: the queue held nothing this
+//!   worker could do, e.g. a stitch waiting for tiles on other workers; idle, not overhead);
+//! - *fetch*: the part of its input downloads still outstanding;
+//! - *dispatch*: from inputs in hand to the work running.
+//!
+//! Overhead is hand-back + lease + fetch + dispatch, as a share of the work time. Tasks leased
+//! ahead (during the previous task's work) have their lease and downloads hidden. Each
+//! worker's first task (which loads the model) is left out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use tessera_core::timing::TaskTiming;
 use tessera_proto::transfer::upload_messages;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
@@ -44,43 +52,71 @@ pub struct FarmBench {
     models: PathBuf,
 }
 
-/// One `--timings` line.
-#[derive(serde::Deserialize)]
-struct TaskTiming {
-    kind: String,
-    lease_ms: f64,
-    fetch_ms: f64,
-    work_ms: f64,
-    hand_back_ms: f64,
+/// Where the gap before one task's work went, in milliseconds.
+#[derive(Default, Clone, Copy)]
+struct Gap {
+    hand_back: f64,
+    no_work: f64,
+    lease: f64,
+    fetch: f64,
+    dispatch: f64,
+}
+
+impl Gap {
+    /// The gap between `previous`'s work and `task`'s, split by what was outstanding.
+    fn between(previous: &TaskTiming, task: &TaskTiming) -> Gap {
+        let free = previous.released_ms;
+        let outstanding = |from: f64, to: f64| (to - from.max(free)).max(0.0);
+        let lease = outstanding(task.asked_ms.min(free), task.leased_ms);
+        let no_work = task.waited_ms.min(lease);
+        Gap {
+            hand_back: previous.released_ms - previous.ended_ms,
+            no_work,
+            lease: lease - no_work,
+            fetch: outstanding(task.leased_ms, task.fetched_ms),
+            dispatch: outstanding(task.fetched_ms, task.started_ms),
+        }
+    }
+
+    fn overhead(&self) -> f64 {
+        self.hand_back + self.lease + self.fetch + self.dispatch
+    }
+
+    fn add(&mut self, other: &Gap) {
+        self.hand_back += other.hand_back;
+        self.no_work += other.no_work;
+        self.lease += other.lease;
+        self.fetch += other.fetch;
+        self.dispatch += other.dispatch;
+    }
 }
 
 /// Sums over the measured tasks of one row.
 #[derive(Default)]
 struct Totals {
     tasks: usize,
+    ahead: usize,
     work: f64,
-    before: f64,
-    hand_back: f64,
-    lease: f64,
+    gaps: Gap,
+    /// Work and overhead by task kind.
     by_kind: HashMap<String, (f64, f64)>,
 }
 
 impl Totals {
-    /// Adds one worker's tasks, in the order it ran them.
-    fn add_worker(&mut self, timings: &[TaskTiming]) {
-        // Task i's "after" ends when task i+1 is in hand, so the last task has none; the
-        // first loaded the model, so it is skipped.
-        for pair in timings.windows(2).skip(1) {
-            let (task, next) = (&pair[0], &pair[1]);
-            let overhead = task.fetch_ms + task.hand_back_ms + next.lease_ms;
+    /// Adds one worker's tasks. The first loaded the model, so it only starts the first gap.
+    fn add_worker(&mut self, mut timings: Vec<TaskTiming>) {
+        timings.sort_by(|a, b| a.started_ms.total_cmp(&b.started_ms));
+        for pair in timings.windows(2) {
+            let (previous, task) = (&pair[0], &pair[1]);
+            let gap = Gap::between(previous, task);
+            let work = task.ended_ms - task.started_ms;
             self.tasks += 1;
-            self.work += task.work_ms;
-            self.before += task.fetch_ms;
-            self.hand_back += task.hand_back_ms;
-            self.lease += next.lease_ms;
+            self.ahead += usize::from(task.ahead);
+            self.work += work;
+            self.gaps.add(&gap);
             let kind = self.by_kind.entry(task.kind.clone()).or_default();
-            kind.0 += task.work_ms;
-            kind.1 += overhead;
+            kind.0 += work;
+            kind.1 += gap.overhead();
         }
     }
 
@@ -105,36 +141,40 @@ pub async fn run(args: &FarmBench) -> anyhow::Result<()> {
         args.pictures, args.size, args.size, args.tile, args.model
     );
     println!(
-        "{:>7} {:>6} {:>7} {:>9} {:>9} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "{:>7} {:>6} {:>7} {:>8} {:>8} {:>11} {:>8} {:>8} {:>10} {:>9} {:>10} {:>7} {:>9}",
         "workers",
         "tasks",
+        "ahead %",
         "wall s",
         "work ms",
-        "before %",
-        "after %",
         "hand-back %",
         "lease %",
-        "total %",
+        "fetch %",
+        "dispatch %",
+        "no work %",
+        "overhead %",
         "tile %",
         "stitch %"
     );
     for &n in &args.workers {
-        let (wall, totals) = run_row(args, n)
+        let (wall, t) = run_row(args, n)
             .await
             .with_context(|| format!("{n} workers"))?;
-        let after = totals.hand_back + totals.lease;
+        let g = &t.gaps;
         println!(
-            "{n:>7} {:>6} {:>7.1} {:>9.1} {:>9.2} {:>9.2} {:>12.2} {:>9.2} {:>9.2} {:>9} {:>9}",
-            totals.tasks,
+            "{n:>7} {:>6} {:>7.0} {:>8.1} {:>8.1} {:>11.2} {:>8.2} {:>8.2} {:>10.2} {:>9.2} {:>10.2} {:>7} {:>9}",
+            t.tasks,
+            100.0 * t.ahead as f64 / t.tasks as f64,
             wall.as_secs_f64(),
-            totals.work / totals.tasks as f64,
-            totals.share(totals.before),
-            totals.share(after),
-            totals.share(totals.hand_back),
-            totals.share(totals.lease),
-            totals.share(totals.before + after),
-            totals.kind_share("upscale_tile"),
-            totals.kind_share("stitch"),
+            t.work / t.tasks as f64,
+            t.share(g.hand_back),
+            t.share(g.lease),
+            t.share(g.fetch),
+            t.share(g.dispatch),
+            t.share(g.no_work),
+            t.share(g.overhead()),
+            t.kind_share("upscale_tile"),
+            t.kind_share("stitch"),
         );
     }
     Ok(())
@@ -158,7 +198,7 @@ async fn run_row(args: &FarmBench, n: usize) -> anyhow::Result<(Duration, Totals
     workers.stop()?;
     let mut totals = Totals::default();
     for index in 0..n {
-        totals.add_worker(&read_timings(&timings_path(dir.path(), index))?);
+        totals.add_worker(read_timings(&timings_path(dir.path(), index))?);
     }
     if totals.tasks == 0 {
         bail!("no task was measured (too few pictures for {n} workers?)");
@@ -250,6 +290,9 @@ struct Workers(Vec<Child>);
 impl Workers {
     fn start(service: &Service, args: &FarmBench, n: usize, dir: &Path) -> anyhow::Result<Workers> {
         let program = binary("tessera-worker")?;
+        // The cores are split among the workers, as `tessera up` does.
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let threads = (cores / n).max(1).to_string();
         let mut children = Vec::with_capacity(n);
         for index in 0..n {
             let log = std::fs::File::create(dir.join(format!("worker-{index}.log")))?;
@@ -260,6 +303,7 @@ impl Workers {
                 .arg(format!("bench-{index}"))
                 .arg("--timings")
                 .arg(timings_path(dir, index))
+                .args(["--threads", &threads])
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()?;

@@ -1,0 +1,259 @@
+//! The worker's calls to the coordinator. Every call that fails because the coordinator is
+//! unreachable is retried with backoff (and said on stderr), so a restarting coordinator costs
+//! a pause, never a result. Each call carries the current span's trace context.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tessera_proto::transfer::{read_download, upload_messages, CONNECTION_WINDOW, STREAM_WINDOW};
+use tessera_proto::v1;
+use tessera_proto::v1::workers_client::WorkersClient;
+use tessera_telemetry::propagation::TraceContextInterceptor;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+/// Longest pause between retries when the coordinator is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long one lease request waits for work.
+const LEASE_WAIT_MS: u32 = 5_000;
+
+/// A registered worker's connection, cheap to clone into background work.
+#[derive(Clone)]
+pub struct Link {
+    client: WorkersClient<InterceptedService<Channel, TraceContextInterceptor>>,
+    url: String,
+    id: String,
+}
+
+/// A task the coordinator handed over, and how long the request waited for one to exist.
+pub struct Lease {
+    /// The task.
+    pub task: v1::Task,
+    /// The coordinator's wait for work: idle time, not protocol time.
+    pub waited: Duration,
+}
+
+/// Whether a failed call is worth retrying: the coordinator is down or restarting.
+fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+    )
+}
+
+/// Retries `call` with doubling pauses while it fails transiently, saying so on stderr.
+async fn retrying<T, F, Fut>(url: &str, what: &str, mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match call().await {
+            Err(status) if transient(&status) => {
+                eprintln!(
+                    "tessera-worker: coordinator at {url} unreachable during {what} ({}); retrying in {:.1} s",
+                    status.message(),
+                    pause.as_secs_f64()
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_BACKOFF);
+            }
+            other => return other,
+        }
+    }
+}
+
+impl Link {
+    /// Registers with the coordinator at `url`, retrying until it answers or `stop` fires;
+    /// returns the link and the heartbeat interval the coordinator asks for.
+    pub async fn register(
+        url: &str,
+        request: v1::RegisterRequest,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<(Link, Duration)> {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("--coordinator '{url}' is not a URL"))?
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW);
+        let client =
+            WorkersClient::with_interceptor(endpoint.connect_lazy(), TraceContextInterceptor);
+        let register = retrying(url, "registration", || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move { client.register(request).await }
+        });
+        let reply = tokio::select! {
+            reply = register => reply?.into_inner(),
+            _ = stop.cancelled() => anyhow::bail!("stopped before the coordinator at {url} answered"),
+        };
+        let link = Link {
+            client,
+            url: url.to_string(),
+            id: reply.worker_id,
+        };
+        Ok((link, Duration::from_millis(reply.heartbeat_interval_ms)))
+    }
+
+    /// The id the coordinator gave this worker.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next task, waiting for one to become available; `None` when none came in time or
+    /// `stop` fired.
+    pub async fn lease(&self, stop: &CancellationToken) -> Result<Option<Lease>, Status> {
+        let request = v1::LeaseTaskRequest {
+            worker_id: self.id.clone(),
+            wait_ms: LEASE_WAIT_MS,
+        };
+        let lease = retrying(&self.url, "lease", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.lease_task(request).await }
+        });
+        let reply = tokio::select! {
+            reply = lease => reply?.into_inner(),
+            _ = stop.cancelled() => return Ok(None),
+        };
+        Ok(reply.task.map(|task| Lease {
+            task,
+            waited: Duration::from_millis(u64::from(reply.waited_ms)),
+        }))
+    }
+
+    /// Reports progress (and a checkpoint uploaded before) on a task this worker holds.
+    pub async fn heartbeat(
+        &self,
+        request: v1::HeartbeatRequest,
+    ) -> Result<v1::HeartbeatReply, Status> {
+        let reply = retrying(&self.url, "heartbeat", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.heartbeat(request).await }
+        })
+        .await?;
+        Ok(reply.into_inner())
+    }
+
+    /// Reports that a task failed here; the coordinator decides whether it runs again.
+    pub async fn fail(&self, task: &v1::Task, error: String) -> Result<(), Status> {
+        let request = v1::FailTaskRequest {
+            worker_id: self.id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            error,
+            retryable: true,
+        };
+        retrying(&self.url, "failure report", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.fail_task(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes this worker from the farm; the task it holds, if any, is queued again.
+    pub async fn deregister(&self) -> Result<(), Status> {
+        let request = v1::DeregisterRequest {
+            worker_id: self.id.clone(),
+        };
+        self.client.clone().deregister(request).await?;
+        Ok(())
+    }
+
+    /// Uploads the output and completes the task, retrying while the coordinator is away.
+    pub async fn hand_back(&self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
+        let artifact = match self.upload(task, "output.png", &output).await {
+            Ok(artifact) => artifact,
+            // The lease ended meanwhile: another worker holds the task now.
+            Err(status) if status.code() == Code::FailedPrecondition => return Ok(()),
+            Err(status) => return Err(status.into()),
+        };
+        let request = v1::CompleteTaskRequest {
+            worker_id: self.id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+            output: Some(artifact),
+        };
+        retrying(&self.url, "completion", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.complete_task(request).await }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Stores `data` as an artifact of the task this worker holds.
+    pub async fn upload(
+        &self,
+        task: &v1::Task,
+        name: &str,
+        data: &[u8],
+    ) -> Result<v1::ArtifactRef, Status> {
+        let header = v1::UploadHeader {
+            name: name.into(),
+            worker_id: self.id.clone(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+        };
+        let reply = retrying(&self.url, "upload", || {
+            let mut client = self.client.clone();
+            let messages = upload_messages(header.clone(), data);
+            async move { client.upload_artifact(messages).await }
+        })
+        .await?;
+        Ok(reply.into_inner())
+    }
+
+    /// Downloads one artifact whole.
+    pub async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        let request = v1::DownloadArtifactRequest {
+            key: key.into(),
+            offset: 0,
+        };
+        let stream = retrying(&self.url, "download", || {
+            let mut client = self.client.clone();
+            let request = request.clone();
+            async move { client.download_artifact(request).await }
+        })
+        .await?
+        .into_inner();
+        let mut out = Vec::new();
+        read_download(stream, &mut out).await?;
+        Ok(out)
+    }
+
+    /// Downloads every artifact at once (a stitch has one per tile), in their order.
+    pub async fn download_all(&self, inputs: &[v1::ArtifactRef]) -> anyhow::Result<Vec<Vec<u8>>> {
+        let mut downloads = tokio::task::JoinSet::new();
+        for (index, input) in inputs.iter().enumerate() {
+            let (link, key) = (self.clone(), input.key.clone());
+            downloads.spawn(async move { (index, link.download(&key).await) });
+        }
+        let mut out = vec![Vec::new(); inputs.len()];
+        while let Some(joined) = downloads.join_next().await {
+            let (index, bytes) = joined?;
+            out[index] = bytes?;
+        }
+        Ok(out)
+    }
+
+    /// An upscale source picture: `cached` when it is the one asked for (artifacts never
+    /// change once stored), else downloaded.
+    pub async fn source(&self, key: &str, cached: Option<Source>) -> anyhow::Result<Source> {
+        match cached {
+            Some(source) if source.0 == key => Ok(source),
+            _ => Ok((key.to_string(), Arc::new(self.download(key).await?))),
+        }
+    }
+}
+
+/// A tile's source picture with its artifact key: the tiles of one picture often come to the
+/// same worker in a row, so the last one is kept.
+pub type Source = (String, Arc<Vec<u8>>);
