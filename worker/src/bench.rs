@@ -129,8 +129,11 @@ pub fn reference_stdout(python: &Path, script: &str, args: &[String]) -> anyhow:
             )
         })?;
     if !output.status.success() {
+        // A reference killed by the kernel (SIGKILL: out of memory, most often) writes nothing;
+        // the exit status is then the only clue.
         bail!(
-            "{script} failed: {}",
+            "{script} failed ({}): {}",
+            output.status,
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
