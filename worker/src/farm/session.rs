@@ -62,8 +62,59 @@ struct Prepared {
     fetched: Instant,
 }
 
-/// The next task being leased and fetched in the background while the current one works.
-type LeaseAhead = JoinHandle<anyhow::Result<Option<Prepared>>>;
+/// The next task, leased and fetched in the background while the current one works, then
+/// kept alive with heartbeats until the current one ends (a tile on a CPU can outlast a lease).
+struct LeaseAhead {
+    leasing: JoinHandle<anyhow::Result<Option<Prepared>>>,
+    taken: CancellationToken,
+}
+
+impl LeaseAhead {
+    fn start(
+        link: Link,
+        stop: CancellationToken,
+        last_source: Option<Source>,
+        heartbeat: Duration,
+    ) -> LeaseAhead {
+        let taken = CancellationToken::new();
+        let held = taken.clone();
+        let leasing = async move {
+            let Some(prepared) = prepare(link.clone(), stop, last_source, true).await? else {
+                return Ok(None);
+            };
+            let start = tokio::time::Instant::from_std(prepared.leased) + heartbeat;
+            let mut tick = tokio::time::interval_at(start, heartbeat);
+            loop {
+                tokio::select! {
+                    _ = held.cancelled() => return Ok(Some(prepared)),
+                    _ = tick.tick() => {
+                        let task = &prepared.task;
+                        let request = v1::HeartbeatRequest {
+                            worker_id: link.id().to_string(),
+                            task_id: task.task_id.clone(),
+                            attempt: task.attempt,
+                            iteration: task.checkpoint_iteration,
+                            ..Default::default()
+                        };
+                        let reply = link.heartbeat(request).await?;
+                        if reply.verdict() != v1::HeartbeatVerdict::Continue {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        };
+        // Not in the current task's span: the next task belongs to its own job's trace.
+        let leasing = tokio::spawn(leasing.instrument(tracing::Span::none()));
+        LeaseAhead { leasing, taken }
+    }
+
+    /// The next task, when one was leased and is still this worker's.
+    async fn take(self) -> anyhow::Result<Option<Prepared>> {
+        self.taken.cancel();
+        self.leasing.await?
+    }
+}
 
 /// What a task works from.
 #[derive(Default)]
@@ -226,7 +277,7 @@ impl Session {
                 .await?;
             // Awaited after the task's span has closed: the next lease is not this task's.
             next = match ahead {
-                Some(leasing) => leasing.await??,
+                Some(ahead) => ahead.take().await?,
                 None => None,
             };
         }
@@ -265,14 +316,12 @@ impl Session {
         }
         let short = !matches!(task.spec, Some(v1::task::Spec::Generate(_)));
         let ahead = (short && !stop.is_cancelled()).then(|| {
-            let lease_ahead = prepare(
+            LeaseAhead::start(
                 self.link.clone(),
                 stop.clone(),
                 self.last_source.clone(),
-                true,
-            );
-            // Not in this task's span: the next task belongs to its own job's trace.
-            tokio::spawn(lease_ahead.instrument(tracing::Span::none()))
+                self.heartbeat,
+            )
         });
         let started = Instant::now();
         let outcome = self
