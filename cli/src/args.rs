@@ -17,6 +17,17 @@ pub struct Cli {
     /// The coordinator's gRPC address.
     #[arg(long, env = "TESSERA_COORDINATOR", default_value = DEFAULT_COORDINATOR, global = true)]
     pub coordinator: String,
+    /// PEM file of the CA that signed the coordinator's certificate, for an https:// address
+    /// (default: the system's roots).
+    #[arg(long, env = "TESSERA_TLS_CA", global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// Bearer token for a coordinator with an auth file (better in the environment than on a
+    /// command line that `ps` shows).
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// File holding the token (a mounted secret), when --token is not given.
+    #[arg(long, env = "TESSERA_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
     /// Print machine-readable JSON instead of tables and progress bars.
     #[arg(long, global = true)]
     pub json: bool,
@@ -50,6 +61,9 @@ pub enum Command {
     Fetch(FetchArgs),
     /// Upscale pictures on the farm.
     Upscale(UpscaleArgs),
+    /// Make a new token and print it with the entry for the coordinator's auth file, which
+    /// keeps only its SHA-256. Needs no coordinator.
+    Token(TokenArgs),
     /// Run a whole farm on this machine: a coordinator with its state on disk and local
     /// workers. Runs until ctrl-c or SIGTERM, or, with --run, renders one prompt file, fetches
     /// the pictures and stops.
@@ -69,9 +83,24 @@ impl Command {
             Command::Workers => "workers",
             Command::Fetch(_) => "fetch",
             Command::Upscale(_) => "upscale",
+            Command::Token(_) => "token",
             Command::Up(_) => "up",
         }
     }
+}
+
+/// What a new token is for.
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// `client` (one tenant's jobs), `worker` (leases and runs tasks) or `admin` (everything).
+    #[arg(long, value_parser = ["client", "worker", "admin"])]
+    pub role: String,
+    /// The tenant of a client token.
+    #[arg(long, required_if_eq("role", "client"))]
+    pub tenant: Option<String>,
+    /// A label for the coordinator's logs, e.g. who holds the token.
+    #[arg(long, default_value = "")]
+    pub name: String,
 }
 
 /// A job id.

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use tessera_proto::transfer::{read_download, upload_messages, CONNECTION_WINDOW, STREAM_WINDOW};
+use tessera_proto::access::{Access, Bearer};
+use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_telemetry::propagation::TraceContextInterceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::error::{with_causes, Unreachable};
@@ -21,28 +21,46 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Results asked for per ListResults page.
 const RESULTS_PAGE: u32 = 1000;
 
+/// Where a coordinator is, and the CA and token to reach it with.
+#[derive(Clone, Debug)]
+pub struct Address {
+    /// Its gRPC URL (`https://` for TLS).
+    pub url: String,
+    /// CA and token.
+    pub access: Access,
+}
+
+impl Address {
+    /// A coordinator without TLS or tokens, such as the one `tessera up` starts.
+    pub fn open(url: &str) -> Address {
+        Address {
+            url: url.to_string(),
+            access: Access::default(),
+        }
+    }
+}
+
 /// A connected client of one coordinator.
 pub struct Farm {
-    client: JobsClient<InterceptedService<Channel, TraceContextInterceptor>>,
+    client: JobsClient<InterceptedService<Channel, Bearer<TraceContextInterceptor>>>,
     url: String,
 }
 
 impl Farm {
-    /// Connects to the coordinator at `url`.
-    pub async fn connect(url: &str) -> anyhow::Result<Farm> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .with_context(|| {
-                format!("--coordinator {url} is not a URL such as http://127.0.0.1:7470")
-            })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
+    /// Connects to the coordinator at `address`.
+    pub async fn connect(address: &Address) -> anyhow::Result<Farm> {
+        let url = &address.url;
+        let endpoint = address
+            .access
+            .endpoint(url)?
+            .connect_timeout(CONNECT_TIMEOUT);
+        let interceptor = address.access.interceptor(TraceContextInterceptor)?;
         let channel = endpoint.connect().await.map_err(|e| Unreachable {
             url: url.to_string(),
             detail: with_causes(&e),
         })?;
         Ok(Farm {
-            client: JobsClient::with_interceptor(channel, TraceContextInterceptor),
+            client: JobsClient::with_interceptor(channel, interceptor),
             url: url.to_string(),
         })
     }

@@ -10,6 +10,7 @@ mod info;
 mod output;
 mod progress;
 mod submit;
+mod token;
 mod up;
 mod upscale;
 mod watch;
@@ -20,7 +21,8 @@ use clap::Parser;
 use tracing::Instrument;
 
 use crate::args::{Cli, Command};
-use crate::farm::Farm;
+use crate::farm::{Address, Farm};
+use tessera_proto::access::Access;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -49,12 +51,22 @@ async fn main() -> ExitCode {
 
 /// Runs one command against the coordinator at `cli.coordinator`.
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let access = Access::load(
+        cli.token.clone(),
+        cli.token_file.as_deref(),
+        cli.tls_ca.clone(),
+    )?;
+    let address = Address {
+        url: cli.coordinator.clone(),
+        access,
+    };
     let url = cli.coordinator.as_str();
     let json = cli.json;
     match &cli.command {
         Command::Up(args) => up::up(args, json).await?,
+        Command::Token(args) => token::new_token(args, json)?,
         Command::Ping => {
-            let version = Farm::connect(url).await?.ping().await?;
+            let version = Farm::connect(&address).await?.ping().await?;
             if json {
                 output::print_json(&serde_json::json!({"coordinator": url, "version": version}));
             } else {
@@ -64,23 +76,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => {
             // Read the file before connecting, so a typo is reported as such.
             let spec = submit::spec(&args.prompts, &args.render, &args.job)?;
-            let job = submit::submit(&mut Farm::connect(url).await?, spec, json).await?;
+            let job = submit::submit(&mut Farm::connect(&address).await?, spec, json).await?;
             if args.job.watch {
-                watch::watch(url, &job, json).await?;
+                watch::watch(&address, &job, json).await?;
             }
         }
-        Command::Watch(job) => watch::watch(url, &job.job, json).await?,
+        Command::Watch(job) => watch::watch(&address, &job.job, json).await?,
         Command::Status(job) => {
-            info::status(&mut Farm::connect(url).await?, &job.job, json).await?
+            info::status(&mut Farm::connect(&address).await?, &job.job, json).await?
         }
-        Command::Jobs => info::jobs(&mut Farm::connect(url).await?, json).await?,
+        Command::Jobs => info::jobs(&mut Farm::connect(&address).await?, json).await?,
         Command::Cancel(job) => {
-            info::cancel(&mut Farm::connect(url).await?, &job.job, json).await?
+            info::cancel(&mut Farm::connect(&address).await?, &job.job, json).await?
         }
-        Command::Workers => info::workers(&mut Farm::connect(url).await?, json).await?,
+        Command::Workers => info::workers(&mut Farm::connect(&address).await?, json).await?,
         Command::Fetch(args) => {
             fetch::fetch(
-                &mut Farm::connect(url).await?,
+                &mut Farm::connect(&address).await?,
                 &args.job,
                 &args.output,
                 json,
@@ -89,12 +101,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Upscale(args) => {
             let pictures = upscale::read_pictures(&args.images)?;
-            let mut farm = Farm::connect(url).await?;
+            let mut farm = Farm::connect(&address).await?;
             let job = upscale::submit(&mut farm, &args.model, &args.job, pictures, json).await?;
             if args.job.watch {
                 // Fetch what finished even when some pictures failed, then report the failure.
-                let watched = watch::watch(url, &job, json).await;
-                fetch::fetch(&mut Farm::connect(url).await?, &job, &args.output, json).await?;
+                let watched = watch::watch(&address, &job, json).await;
+                fetch::fetch(
+                    &mut Farm::connect(&address).await?,
+                    &job,
+                    &args.output,
+                    json,
+                )
+                .await?;
                 watched?;
             }
         }

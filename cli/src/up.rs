@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::args::{JobOptions, UpArgs};
-use crate::farm::Farm;
+use crate::farm::{Address, Farm};
 use crate::{fetch, submit, upscale, watch};
 
 /// How long the coordinator may take to listen.
@@ -92,7 +92,7 @@ impl LocalFarm {
 
     /// Waits until a worker of every name is registered and alive, or one of them exits.
     async fn wait_registered(&mut self, names: &[String]) -> anyhow::Result<()> {
-        let mut client = Farm::connect(&self.url).await?;
+        let mut client = Farm::connect(&Address::open(&self.url)).await?;
         let deadline = tokio::time::Instant::now() + REGISTER_TIMEOUT;
         loop {
             let registered: HashSet<String> = client
@@ -174,7 +174,7 @@ impl<'a> Batch<'a> {
 
     /// Submits, watches to the end and fetches into `--output`.
     async fn run(self, url: &str, args: &UpArgs, json: bool) -> anyhow::Result<()> {
-        let mut farm = Farm::connect(url).await?;
+        let mut farm = Farm::connect(&Address::open(url)).await?;
         let defaults = Settings::farm_defaults();
         let offered: HashSet<String> = farm
             .workers()
@@ -210,7 +210,7 @@ impl<'a> Batch<'a> {
             upscale::submit(&mut farm, &model, &options, self.fallback, json).await?
         };
         // Fetch what finished even when some pictures failed, then report the failure.
-        let watched = watch::watch(url, &job, json).await;
+        let watched = watch::watch(&Address::open(url), &job, json).await;
         fetch::fetch(&mut farm, &job, &args.output, json).await?;
         watched
     }

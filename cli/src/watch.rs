@@ -9,7 +9,7 @@ use tessera_proto::v1::job_event::Event;
 use tonic::Code;
 
 use crate::error::{with_causes, JobEnded};
-use crate::farm::Farm;
+use crate::farm::{Address, Farm};
 use crate::output::{event_json, print_json};
 use crate::progress::Bars;
 
@@ -21,8 +21,9 @@ const MAX_RETRIES: u32 = 35;
 
 /// Follows `job` until its `JobDone`; Ok when it succeeded, [`JobEnded`] when it failed or was
 /// cancelled.
-pub async fn watch(url: &str, job: &str, json: bool) -> anyhow::Result<()> {
-    let mut farm = Farm::connect(url).await?;
+pub async fn watch(address: &Address, job: &str, json: bool) -> anyhow::Result<()> {
+    let url = &address.url;
+    let mut farm = Farm::connect(address).await?;
     let status = farm.job(job).await?;
     let mut bars = (!json).then(|| Bars::new(&status));
     let mut cursor = String::new();
@@ -68,7 +69,7 @@ pub async fn watch(url: &str, job: &str, json: bool) -> anyhow::Result<()> {
                 None => eprintln!("{note}"),
             }
             tokio::time::sleep(backoff(retries)).await;
-            if let Ok(farm) = Farm::connect(url).await {
+            if let Ok(farm) = Farm::connect(address).await {
                 break farm;
             }
         };

@@ -28,10 +28,28 @@ pub struct Config {
     #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 
+    /// PEM certificate chain to serve gRPC over TLS with (with --tls-key); clients then use
+    /// https:// URLs.
+    #[arg(long, env = "TESSERA_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TESSERA_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Auth file (YAML): hashed worker, client and admin tokens, and per-tenant limits. Without
+    /// it the coordinator is open to anyone who can reach it.
+    #[arg(long, env = "TESSERA_AUTH_FILE")]
+    pub auth_file: Option<PathBuf>,
+
     /// Keep state in Redis at this URL (e.g. redis://127.0.0.1:6379/0); several coordinators
     /// may share it.
     #[arg(long, env = "TESSERA_REDIS", conflicts_with = "embedded")]
     pub redis: Option<String>,
+
+    /// PEM CA certificate to trust for a rediss:// (TLS) Redis URL (default: the system's roots).
+    #[arg(long, env = "TESSERA_REDIS_CA", requires = "redis")]
+    pub redis_ca: Option<PathBuf>,
 
     /// Keep state in this process instead of Redis (one coordinator per farm).
     #[arg(long, env = "TESSERA_EMBEDDED")]

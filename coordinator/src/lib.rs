@@ -3,6 +3,7 @@
 //! artifacts in object storage, and serves the `tessera.v1` gRPC API.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod server;

@@ -5,6 +5,7 @@
 use crate::api::jobs::JobsApi;
 use crate::api::workers::WorkersApi;
 use crate::api::{now_ms, Coordinator};
+use crate::auth::{Auth, Gate, Role};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::state::embedded::EmbeddedBackend;
@@ -22,7 +23,9 @@ use tessera_proto::v1::workers_server::WorkersServer;
 use tessera_telemetry::metrics::{bind_metrics, serve_metrics};
 use tessera_telemetry::propagation::server_span;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 /// Largest message accepted (a JSONL batch of many prompts, an upload chunk).
 const MAX_MESSAGE: usize = 64 << 20;
@@ -34,11 +37,21 @@ const HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// Opens the state store the configuration names.
 pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBackend>> {
     Ok(match (&config.redis, config.embedded) {
-        (Some(url), _) => Arc::new(
-            RedisBackend::connect(url, &config.redis_prefix)
-                .await
-                .with_context(|| format!("connecting to Redis at {url}"))?,
-        ),
+        (Some(url), _) => {
+            let connecting = || format!("connecting to Redis at {url}");
+            Arc::new(match &config.redis_ca {
+                Some(ca) => {
+                    let pem = std::fs::read(ca)
+                        .with_context(|| format!("reading --redis-ca {}", ca.display()))?;
+                    RedisBackend::connect_with_ca(url, &config.redis_prefix, pem)
+                        .await
+                        .with_context(connecting)?
+                }
+                None => RedisBackend::connect(url, &config.redis_prefix)
+                    .await
+                    .with_context(connecting)?,
+            })
+        }
         (None, true) => match &config.state_dir {
             Some(dir) => Arc::new(
                 EmbeddedBackend::open(dir)
@@ -60,6 +73,10 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         .await
         .context("the state store does not answer")?;
     let store = ArtifactStore::open(&config.store, config.max_artifact_bytes)?;
+    let auth = match &config.auth_file {
+        Some(path) => Some(Arc::new(Auth::load(path)?)),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new(backend.clone(), 3 * config.lease_ms));
     let coordinator = Arc::new(Coordinator {
         backend: backend.clone(),
@@ -72,6 +89,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         defaults: Settings::farm_defaults(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
+        auth: auth.clone(),
     });
 
     let (metrics_listener, metrics_address) = bind_metrics(config.metrics_listen).await?;
@@ -84,7 +102,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     // The one line on standard output: tests and `tessera up` read the bound port from it.
     println!("tessera-coordinator listening on {address}");
     std::io::stdout().flush()?;
-    tracing::info!(%address, lease_ms = config.lease_ms, "serving tessera.v1");
+    tracing::info!(
+        %address,
+        lease_ms = config.lease_ms,
+        tls = config.tls_cert.is_some(),
+        auth = auth.is_some(),
+        "serving tessera.v1"
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let tasks = [
@@ -100,18 +124,22 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             shutdown.clone(),
         )),
     ];
-    let result = tonic::transport::Server::builder()
+    let jobs_gate = Gate::new(auth.clone(), "Jobs", &[Role::Client, Role::Admin]);
+    let workers_gate = Gate::new(auth, "Workers", &[Role::Worker]);
+    let result = server_builder(&config)?
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .trace_fn(server_span)
         .add_service(health_service)
-        .add_service(
+        .add_service(InterceptedService::new(
             JobsServer::new(JobsApi::new(coordinator.clone()))
                 .max_decoding_message_size(MAX_MESSAGE),
-        )
-        .add_service(
+            jobs_gate,
+        ))
+        .add_service(InterceptedService::new(
             WorkersServer::new(WorkersApi::new(coordinator)).max_decoding_message_size(MAX_MESSAGE),
-        )
+            workers_gate,
+        ))
         // Without TCP_NODELAY a streamed download waits ~40 ms on delayed ACKs between frames.
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -124,6 +152,21 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     }
     tracing::info!("stopped");
     Ok(result?)
+}
+
+/// A server builder, with TLS when the configuration has a certificate.
+fn server_builder(config: &Config) -> anyhow::Result<Server> {
+    let builder = Server::builder();
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(builder);
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("reading {what} {}", path.display()))
+    };
+    let identity = Identity::from_pem(read("--tls-cert", cert)?, read("--tls-key", key)?);
+    builder
+        .tls_config(ServerTlsConfig::new().identity(identity))
+        .context("--tls-cert/--tls-key are not a PEM certificate and its key")
 }
 
 /// Serves `/metrics`; a failure is logged, not fatal: the farm keeps working unobserved.

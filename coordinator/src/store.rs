@@ -170,9 +170,22 @@ pub fn preview_key(job: &str, task: &str) -> String {
     format!("jobs/{job}/previews/{task}.png")
 }
 
-/// Where a client's upload goes: a fresh directory per upload.
-pub fn upload_key(id: &str, name: &str) -> String {
-    format!("uploads/{id}/{name}")
+/// Where a client's upload goes: a fresh directory per upload, under its tenant's when it
+/// has one.
+pub fn upload_key(tenant: &str, id: &str, name: &str) -> String {
+    match tenant {
+        "" => format!("uploads/{id}/{name}"),
+        tenant => format!("uploads/{tenant}/{id}/{name}"),
+    }
+}
+
+/// Whether `key` names an upload a job of `tenant` may use: any upload for a job without a
+/// tenant (an admin's or an open farm's), only the tenant's own otherwise.
+pub fn upload_usable_by(key: &str, tenant: &str) -> bool {
+    match tenant {
+        "" => key.starts_with("uploads/"),
+        tenant => key.starts_with(&format!("uploads/{tenant}/")),
+    }
 }
 
 /// What a stored file is: its key, size, SHA-256 and, for a picture the coordinator can read,

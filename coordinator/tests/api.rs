@@ -8,9 +8,10 @@ use std::collections::HashSet;
 
 use common::{coordinator, jobs, spec, status, submit, watch_to_end};
 use tempfile::TempDir;
+use tessera_proto::access::Access;
 use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
-use tessera_tests::protocol::ProtocolWorker;
+use tessera_tests::protocol::{workers_client, ProtocolWorker};
 use tessera_tests::RedisServer;
 use tonic::Code;
 
@@ -278,9 +279,7 @@ async fn a_killed_coordinator_restarts_and_the_job_goes_on() {
     let before = status(&mut client, &job).await;
     assert_eq!(before.tasks.unwrap().done, 4);
     let mut again = ProtocolWorker {
-        client: v1::workers_client::WorkersClient::connect(second.url())
-            .await
-            .unwrap(),
+        client: workers_client(&second.url(), &Access::default()).await,
         id: worker.id.clone(),
     };
     assert_eq!(

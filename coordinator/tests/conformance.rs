@@ -11,7 +11,7 @@ use tessera_coordinator::state::embedded::EmbeddedBackend;
 use tessera_coordinator::state::redis::RedisBackend;
 use tessera_coordinator::state::{
     CancelOutcome, CompleteOutcome, EventKind, FailVerdict, FarmStats, HeartbeatOutcome, JobState,
-    LeaseRef, NewJob, Policy, Progress, ResultState, StateBackend, TaskRecord, TaskState,
+    LeaseRef, NewJob, Policy, Progress, Quota, ResultState, StateBackend, TaskRecord, TaskState,
     WorkerRecord,
 };
 use tessera_core::job::{
@@ -256,6 +256,17 @@ fn job(id: &str, prompts: usize, priority: i32, upscale: bool) -> NewJob {
         expected: plan.expected,
         units: plan.units,
         tasks: plan.tasks,
+        tenant: String::new(),
+        quota: Quota::default(),
+    }
+}
+
+/// A one-prompt job of `tenant` under `quota`.
+fn tenant_job(id: &str, tenant: &str, quota: Quota) -> NewJob {
+    NewJob {
+        tenant: tenant.into(),
+        quota,
+        ..job(id, 1, 0, false)
     }
 }
 
@@ -292,6 +303,7 @@ conformance!(
     events_resume_from_a_cursor,
     the_state_survives_a_restart,
     stats_count_queues_and_states_over_every_job,
+    tenants_see_their_own_jobs_and_quotas_hold,
 );
 
 async fn stats_count_queues_and_states_over_every_job(mut s: Store) {
@@ -414,7 +426,7 @@ async fn a_job_is_stored_whole_or_not_at_all(s: Store) {
     assert!(again.is_err(), "a second job with the same id is refused");
     let record = s.backend.job("dup").await.unwrap().unwrap();
     assert_eq!(record.counts.queued, 3, "the refused job changed nothing");
-    let (jobs, total) = s.backend.jobs(0, 10).await.unwrap();
+    let (jobs, total) = s.backend.jobs(None, 0, 10).await.unwrap();
     assert_eq!((jobs.len(), total), (1, 1));
     assert!(s.backend.job("missing").await.unwrap().is_none());
     assert!(s.backend.results("missing", 0, 1).await.unwrap().is_none());
@@ -806,4 +818,68 @@ async fn racing_completions_accept_one() {
     );
     let record = s.backend.job("j").await.unwrap().unwrap();
     assert_eq!(record.counts.queued, 4, "the tiles were planned once");
+}
+
+async fn tenants_see_their_own_jobs_and_quotas_hold(mut s: Store) {
+    let quota = Quota {
+        jobs_in_flight: Some(2),
+        submissions_per_minute: Some(3),
+    };
+    // Start at a minute's beginning, so the scenario's ticks stay inside one minute.
+    s.now = 60_000 * 1_000;
+    s.submit(&tenant_job("a1", "acme", quota)).await;
+    s.submit(&tenant_job("a2", "acme", quota)).await;
+    s.submit(&tenant_job("o1", "other", quota)).await;
+    s.submit(&job("admin", 1, 0, false)).await;
+
+    let refused = s
+        .backend
+        .create_job(&tenant_job("a3", "acme", quota), s.now)
+        .await;
+    let message = refused.unwrap_err().to_string();
+    assert!(
+        message.contains("'acme'") && message.contains("jobs_in_flight"),
+        "{message}"
+    );
+    assert!(
+        s.backend.job("a3").await.unwrap().is_none(),
+        "nothing of it was stored"
+    );
+
+    // A job that ends no longer counts against the tenant.
+    let now = s.tick(1);
+    assert_eq!(
+        s.backend.cancel("a1", &s.policy, now).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    s.submit(&tenant_job("a3", "acme", quota)).await;
+    assert_eq!(s.backend.job("a3").await.unwrap().unwrap().tenant, "acme");
+
+    // Three submissions this minute already; the quota holds until the next minute.
+    let now = s.tick(1);
+    s.backend.cancel("a2", &s.policy, now).await.unwrap();
+    let refused = s
+        .backend
+        .create_job(&tenant_job("a4", "acme", quota), s.now)
+        .await;
+    let message = refused.unwrap_err().to_string();
+    assert!(message.contains("submissions_per_minute"), "{message}");
+    s.tick(60_000);
+    s.submit(&tenant_job("a4", "acme", quota)).await;
+
+    let ids = |jobs: Vec<tessera_coordinator::state::JobRecord>| -> Vec<String> {
+        jobs.into_iter().map(|j| j.id).collect()
+    };
+    let (acme, total) = s.backend.jobs(Some("acme"), 0, 10).await.unwrap();
+    assert_eq!(
+        (ids(acme), total),
+        (vec!["a4".into(), "a3".into(), "a2".into(), "a1".into()], 4)
+    );
+    let (page, total) = s.backend.jobs(Some("acme"), 1, 2).await.unwrap();
+    assert_eq!((ids(page), total), (vec!["a3".into(), "a2".into()], 4));
+    let (other, _) = s.backend.jobs(Some("other"), 0, 10).await.unwrap();
+    assert_eq!(ids(other), vec!["o1".to_string()]);
+    let (all, total) = s.backend.jobs(None, 0, 10).await.unwrap();
+    assert_eq!((all.len(), total), (6, 6));
+    assert_eq!(s.backend.job("admin").await.unwrap().unwrap().tenant, "");
 }

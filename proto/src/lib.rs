@@ -6,5 +6,6 @@ pub mod v1 {
     tonic::include_proto!("tessera.v1");
 }
 
+pub mod access;
 pub mod convert;
 pub mod transfer;

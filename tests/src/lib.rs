@@ -16,6 +16,7 @@ use tempfile::TempDir;
 pub mod otlp;
 pub mod protocol;
 pub mod scrape;
+pub mod tls;
 
 /// How long a service may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

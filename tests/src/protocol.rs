@@ -2,9 +2,11 @@
 //! with a picture of the size the task asks for. Tests of the coordinator and the CLI use it to
 //! play the farm's workers without models.
 
+use tessera_proto::access::{Access, Bearer};
 use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
 use tessera_proto::v1::workers_client::WorkersClient;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::Service;
@@ -40,10 +42,23 @@ pub fn output_size(task: &v1::Task) -> (u32, u32) {
     }
 }
 
+/// An interceptor that adds nothing, under the bearer token of [`Access`].
+pub type NoMetadata = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+
+/// A client of the workers' service, with a token when its [`Access`] has one.
+pub type WorkersApi = WorkersClient<InterceptedService<Channel, Bearer<NoMetadata>>>;
+
+/// Connects a client of the workers' service to `url` (TLS for `https://`).
+pub async fn workers_client(url: &str, access: &Access) -> WorkersApi {
+    let channel = access.endpoint(url).unwrap().connect().await.unwrap();
+    let nothing: NoMetadata = Ok;
+    WorkersClient::with_interceptor(channel, access.interceptor(nothing).unwrap())
+}
+
 /// A worker that speaks the protocol and does no real work.
 pub struct ProtocolWorker {
     /// Its connection.
-    pub client: WorkersClient<Channel>,
+    pub client: WorkersApi,
     /// The id the coordinator gave it.
     pub id: String,
 }
@@ -51,7 +66,13 @@ pub struct ProtocolWorker {
 impl ProtocolWorker {
     /// Registers a CPU worker that runs every kind of task with the default models.
     pub async fn register(service: &Service, name: &str) -> ProtocolWorker {
-        let mut client = WorkersClient::connect(service.url()).await.unwrap();
+        Self::register_at(&service.url(), &Access::default(), name).await
+    }
+
+    /// Registers like [`ProtocolWorker::register`] with the coordinator at `url`, reached
+    /// through `access` (a secured farm).
+    pub async fn register_at(url: &str, access: &Access, name: &str) -> ProtocolWorker {
+        let mut client = workers_client(url, access).await;
         let capabilities = v1::Capabilities {
             kinds: vec![
                 v1::TaskKind::Generate as i32,
@@ -171,7 +192,7 @@ impl ProtocolWorker {
 }
 
 /// Downloads the stored file `key` whole through the workers' API (what a worker fetches).
-pub async fn download(client: &mut WorkersClient<Channel>, key: &str) -> Vec<u8> {
+pub async fn download(client: &mut WorkersApi, key: &str) -> Vec<u8> {
     let request = v1::DownloadArtifactRequest {
         key: key.into(),
         offset: 0,

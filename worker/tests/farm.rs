@@ -9,9 +9,10 @@ use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
 use tessera_core::tiles::{TilePlan, TileSpec};
+use tessera_proto::access::Access;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
-use tessera_proto::v1::workers_client::WorkersClient;
+use tessera_tests::protocol::workers_client;
 use tessera_tests::scrape::Scrape;
 use tessera_tests::{binary, Service};
 use tonic::transport::Channel;
@@ -272,7 +273,7 @@ async fn watch(client: &mut JobsClient<Channel>, job: &str) -> Vec<v1::job_event
 }
 
 async fn download(url: String, key: &str) -> Vec<u8> {
-    let mut client = WorkersClient::connect(url).await.unwrap();
+    let mut client = workers_client(&url, &Access::default()).await;
     tessera_tests::protocol::download(&mut client, key).await
 }
 

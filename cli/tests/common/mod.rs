@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use tessera_proto::access::Access;
 use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::Service;
 use tokio::task::JoinHandle;
@@ -101,7 +102,12 @@ pub struct Workers(JoinHandle<()>);
 impl Workers {
     /// Starts one protocol-only worker on `service`.
     pub async fn start(service: &Service) -> Workers {
-        let mut worker = ProtocolWorker::register(service, "cli-test").await;
+        Self::start_at(&service.url(), &Access::default()).await
+    }
+
+    /// Starts one protocol-only worker on the coordinator at `url`, reached through `access`.
+    pub async fn start_at(url: &str, access: &Access) -> Workers {
+        let mut worker = ProtocolWorker::register_at(url, access, "cli-test").await;
         Workers(tokio::spawn(async move {
             loop {
                 if let Some(task) = worker.lease(200).await {

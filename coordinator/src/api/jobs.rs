@@ -4,12 +4,13 @@ use super::convert::{job_event, job_status, result_info, task_info, worker_info}
 use super::{
     async_stream, new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream,
 };
-use crate::state::{CancelOutcome, EventKind, JobRecord, NewJob, ResultState};
-use crate::store::{check_name, describe, preview_key, upload_key};
+use crate::auth::{Principal, Role};
+use crate::state::{CancelOutcome, EventKind, JobRecord, NewJob, Quota, ResultState};
+use crate::store::{check_name, describe, preview_key, upload_key, upload_usable_by};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::{
-    parse_prompts_jsonl, parse_prompts_text, InputImage, JobError, JobRequest, JobSource,
+    parse_prompts_jsonl, parse_prompts_text, InputImage, JobError, JobRequest, JobSource, Limits,
     PromptEntry,
 };
 use tessera_core::plan::plan_job;
@@ -37,7 +38,7 @@ impl JobsApi {
     }
 
     /// A job request from its wire form, reading the uploaded pictures' sizes.
-    async fn request(&self, spec: v1::JobSpec) -> Result<JobRequest, Status> {
+    async fn request(&self, spec: v1::JobSpec, tenant: &str) -> Result<JobRequest, Status> {
         use v1::job_spec::Source;
         let invalid = |e: JobError| Status::invalid_argument(e.to_string());
         let source =
@@ -60,7 +61,7 @@ impl JobsApi {
                 Some(Source::Images(list)) => {
                     let mut images = Vec::with_capacity(list.images.len());
                     for image in list.images {
-                        images.push(self.input_image(image).await?);
+                        images.push(self.input_image(image, tenant).await?);
                     }
                     JobSource::Images(images)
                 }
@@ -77,15 +78,15 @@ impl JobsApi {
         })
     }
 
-    async fn input_image(&self, image: v1::InputImage) -> Result<InputImage, Status> {
+    async fn input_image(&self, image: v1::InputImage, tenant: &str) -> Result<InputImage, Status> {
         let refuse = |why: &str| {
             Status::invalid_argument(format!(
                 "input image '{}' (key '{}'): {why}",
                 image.name, image.key
             ))
         };
-        if !image.key.starts_with("uploads/") {
-            return Err(refuse("not a key returned by UploadInput"));
+        if !upload_usable_by(&image.key, tenant) {
+            return Err(refuse("not a key UploadInput returned to this tenant"));
         }
         let data = self
             .c
@@ -103,22 +104,39 @@ impl JobsApi {
         })
     }
 
-    async fn record(&self, id: &str) -> Result<JobRecord, Status> {
+    /// A job the caller may see. Another tenant's job is reported as missing, so tenants
+    /// cannot even learn which ids exist.
+    async fn record(&self, caller: &Principal, id: &str) -> Result<JobRecord, Status> {
         self.c
             .backend
             .job(id)
             .await?
+            .filter(|job| caller.may_access(&job.tenant))
             .ok_or_else(|| Status::not_found(format!("no job {id}")))
     }
 
-    async fn status(&self, id: &str) -> Result<v1::JobStatus, Status> {
-        Ok(job_status(&self.record(id).await?))
+    async fn status(&self, caller: &Principal, id: &str) -> Result<v1::JobStatus, Status> {
+        Ok(job_status(&self.record(caller, id).await?))
+    }
+
+    /// The limits of the caller's jobs and its tenant's admission quota.
+    fn limits_of(&self, caller: &Principal) -> (Limits, Quota) {
+        let Some(auth) = &self.c.auth else {
+            return (self.c.limits.clone(), Quota::default());
+        };
+        let tenant = auth.tenant_limits(caller.owner());
+        let quota = Quota {
+            jobs_in_flight: tenant.jobs_in_flight,
+            submissions_per_minute: tenant.submissions_per_minute,
+        };
+        (tenant.job_limits(&self.c.limits), quota)
     }
 }
 
 #[tonic::async_trait]
 impl Jobs for JobsApi {
     async fn ping(&self, _: Request<v1::PingRequest>) -> Result<Response<v1::PingReply>, Status> {
+        // Passing the gate is the check: any client or admin token may ask.
         Ok(Response::new(v1::PingReply {
             version: env!("CARGO_PKG_VERSION").to_string(),
         }))
@@ -128,15 +146,17 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::SubmitJobRequest>,
     ) -> Result<Response<v1::SubmitJobReply>, Status> {
+        let caller = Principal::of(&request)?;
         let spec = request
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("the request has no job spec"))?;
-        let request = self.request(spec).await?;
+        let request = self.request(spec, caller.owner()).await?;
         let id = new_id();
         Span::current().record("job", &id);
         let c = &self.c;
-        let mut plan = plan_job(&id, &request, &c.defaults, &c.catalog, &c.limits)
+        let (limits, quota) = self.limits_of(&caller);
+        let mut plan = plan_job(&id, &request, &c.defaults, &c.catalog, &limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let trace = current_traceparent();
         for t in &mut plan.tasks {
@@ -151,11 +171,13 @@ impl Jobs for JobsApi {
             expected: plan.expected,
             units: plan.units,
             tasks: plan.tasks,
+            tenant: caller.owner().to_string(),
+            quota,
         };
         c.backend.create_job(&job, now_ms()).await?;
         c.metrics.job_planned(&job.expected);
-        tracing::info!(job = %id, results = job.units.len(), "job submitted");
-        let status = self.status(&id).await?;
+        tracing::info!(job = %id, tenant = %job.tenant, results = job.units.len(), "job submitted");
+        let status = self.status(&caller, &id).await?;
         Ok(Response::new(v1::SubmitJobReply {
             job_id: id,
             status: Some(status),
@@ -166,9 +188,10 @@ impl Jobs for JobsApi {
         &self,
         request: Request<Streaming<v1::UploadChunk>>,
     ) -> Result<Response<v1::ArtifactRef>, Status> {
+        let caller = Principal::of(&request)?;
         let (header, data) = read_upload(request.into_inner(), self.c.store.max_bytes()).await?;
         check_name(&header.name)?;
-        let key = upload_key(&new_id(), &header.name);
+        let key = upload_key(caller.owner(), &new_id(), &header.name);
         let artifact = self.c.store.put(&key, data).await?;
         if artifact.width == 0 {
             return Err(Status::invalid_argument(format!(
@@ -183,21 +206,23 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::GetJobRequest>,
     ) -> Result<Response<v1::JobStatus>, Status> {
+        let caller = Principal::of(&request)?;
         let id = request.into_inner().job_id;
         Span::current().record("job", &id);
-        Ok(Response::new(self.status(&id).await?))
+        Ok(Response::new(self.status(&caller, &id).await?))
     }
 
     async fn list_jobs(
         &self,
         request: Request<v1::ListJobsRequest>,
     ) -> Result<Response<v1::ListJobsReply>, Status> {
+        let caller = Principal::of(&request)?;
         let r = request.into_inner();
         let limit = if r.limit == 0 { 100 } else { r.limit.min(1000) };
         let (jobs, total) = self
             .c
             .backend
-            .jobs(r.offset as usize, limit as usize)
+            .jobs(caller.scope(), r.offset as usize, limit as usize)
             .await?;
         Ok(Response::new(v1::ListJobsReply {
             jobs: jobs.iter().map(job_status).collect(),
@@ -211,9 +236,10 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::WatchJobRequest>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
+        let caller = Principal::of(&request)?;
         let r = request.into_inner();
         Span::current().record("job", &r.job_id);
-        self.status(&r.job_id).await?;
+        self.record(&caller, &r.job_id).await?;
         let c = self.c.clone();
         let stream = async_stream(move |tx| async move {
             let mut after = r.after;
@@ -264,17 +290,19 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::CancelJobRequest>,
     ) -> Result<Response<v1::JobStatus>, Status> {
+        let caller = Principal::of(&request)?;
         let id = request.into_inner().job_id;
         Span::current().record("job", &id);
+        self.record(&caller, &id).await?;
         match self.c.backend.cancel(&id, &self.c.policy, now_ms()).await? {
             CancelOutcome::NotFound => Err(Status::not_found(format!("no job {id}"))),
             CancelOutcome::Cancelled => {
                 tracing::info!(job = %id, "job cancelled");
-                let job = self.record(&id).await?;
+                let job = self.record(&caller, &id).await?;
                 self.c.metrics.job_ended(&job);
                 Ok(Response::new(job_status(&job)))
             }
-            CancelOutcome::AlreadyEnded(_) => Ok(Response::new(self.status(&id).await?)),
+            CancelOutcome::AlreadyEnded(_) => Ok(Response::new(self.status(&caller, &id).await?)),
         }
     }
 
@@ -282,8 +310,10 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::ListResultsRequest>,
     ) -> Result<Response<v1::ListResultsReply>, Status> {
+        let caller = Principal::of(&request)?;
         let r = request.into_inner();
         Span::current().record("job", &r.job_id);
+        self.record(&caller, &r.job_id).await?;
         let limit = if r.limit == 0 {
             1000
         } else {
@@ -307,8 +337,10 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::FetchResultRequest>,
     ) -> Result<Response<Self::FetchResultStream>, Status> {
+        let caller = Principal::of(&request)?;
         let r = request.into_inner();
         Span::current().record("job", &r.job_id);
+        self.record(&caller, &r.job_id).await?;
         let (results, total) = self
             .c
             .backend
@@ -344,21 +376,26 @@ impl Jobs for JobsApi {
         &self,
         request: Request<v1::GetTaskRequest>,
     ) -> Result<Response<v1::TaskInfo>, Status> {
+        let caller = Principal::of(&request)?;
         let id = request.into_inner().task_id;
         Span::current().record("task", &id);
-        let task = self
-            .c
-            .backend
-            .task(&id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no task {id}")))?;
+        let missing = || Status::not_found(format!("no task {id}"));
+        self.record(&caller, job_of_task(&id))
+            .await
+            .map_err(|_| missing())?;
+        let task = self.c.backend.task(&id).await?.ok_or_else(missing)?;
         Ok(Response::new(task_info(&task)))
     }
 
     async fn list_workers(
         &self,
-        _: Request<v1::ListWorkersRequest>,
+        request: Request<v1::ListWorkersRequest>,
     ) -> Result<Response<v1::ListWorkersReply>, Status> {
+        if Principal::of(&request)?.role != Role::Admin {
+            return Err(Status::permission_denied(
+                "only an admin token may list the workers",
+            ));
+        }
         let now = now_ms();
         let workers = self.c.backend.workers().await?;
         Ok(Response::new(v1::ListWorkersReply {

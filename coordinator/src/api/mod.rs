@@ -5,6 +5,7 @@ pub mod convert;
 pub mod jobs;
 pub mod workers;
 
+use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::state::{Policy, StateBackend, StateError};
 use crate::store::{ArtifactStore, StoreError};
@@ -43,6 +44,8 @@ pub struct Coordinator {
     pub metrics: Arc<Metrics>,
     /// Cancelled on shutdown: long waits and streams end.
     pub shutdown: CancellationToken,
+    /// Tokens and tenants; `None` when the coordinator is open.
+    pub auth: Option<Arc<Auth>>,
 }
 
 /// Milliseconds since the Unix epoch: the time every transition is stamped with.
@@ -69,6 +72,7 @@ impl From<StateError> for Status {
         match e {
             StateError::Unavailable(_) => Status::unavailable(e.to_string()),
             StateError::JobExists(_) => Status::already_exists(e.to_string()),
+            StateError::OverQuota(_) => Status::resource_exhausted(e.to_string()),
             StateError::Corrupt { .. } => Status::internal(e.to_string()),
         }
     }

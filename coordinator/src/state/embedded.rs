@@ -9,9 +9,9 @@
 
 use super::model::Model;
 use super::{
-    CancelOutcome, CompleteOutcome, Event, FailOutcome, FarmStats, HeartbeatOutcome, JobRecord,
-    LeaseRef, NewJob, Policy, Progress, ResultRecord, StateBackend, StateError, StateResult,
-    TaskRecord, WorkerRecord,
+    CancelOutcome, CompleteOutcome, CreateOutcome, Event, FailOutcome, FarmStats, HeartbeatOutcome,
+    JobRecord, LeaseRef, NewJob, Policy, Progress, ResultRecord, StateBackend, StateError,
+    StateResult, TaskRecord, WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -88,7 +88,7 @@ enum Op {
 
 /// What an operation answered.
 enum Answer {
-    Created(bool),
+    Created(CreateOutcome),
     Unit,
     Tasks(Vec<String>),
     Leased(Option<Box<TaskRecord>>),
@@ -368,9 +368,8 @@ impl StateBackend for EmbeddedBackend {
             job: job.clone(),
             now,
         };
-        match self.apply(op, |a| matches!(a, Answer::Created(true)))? {
-            Answer::Created(true) => Ok(()),
-            Answer::Created(false) => Err(StateError::JobExists(job.id.clone())),
+        match self.apply(op, |a| matches!(a, Answer::Created(CreateOutcome::Created)))? {
+            Answer::Created(outcome) => outcome.into_result(job),
             _ => Err(unexpected()),
         }
     }
@@ -379,8 +378,13 @@ impl StateBackend for EmbeddedBackend {
         Ok(self.read(|m| m.job(id)))
     }
 
-    async fn jobs(&self, offset: usize, limit: usize) -> StateResult<(Vec<JobRecord>, u64)> {
-        Ok(self.read(|m| m.jobs(offset, limit)))
+    async fn jobs(
+        &self,
+        tenant: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> StateResult<(Vec<JobRecord>, u64)> {
+        Ok(self.read(|m| m.jobs(tenant, offset, limit)))
     }
 
     async fn results(

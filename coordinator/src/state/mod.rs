@@ -197,6 +197,58 @@ pub struct NewJob {
     pub units: Vec<Unit>,
     /// Its first tasks.
     pub tasks: Vec<NewTask>,
+    /// The tenant it belongs to ("" for an open farm's or an admin's jobs).
+    #[serde(default)]
+    pub tenant: String,
+    /// The tenant's admission limits, checked in the same step that stores the job.
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+/// A tenant's admission limits; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Jobs of the tenant still running.
+    pub jobs_in_flight: Option<u32>,
+    /// Jobs the tenant submits per clock minute.
+    pub submissions_per_minute: Option<u32>,
+}
+
+/// The clock minute of `now_ms`, the window of `Quota::submissions_per_minute`.
+pub fn minute_of(now_ms: u64) -> u64 {
+    now_ms / 60_000
+}
+
+/// What storing a job came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// Stored and queued.
+    Created,
+    /// The id is taken.
+    Exists,
+    /// The tenant has as many jobs running as its quota allows.
+    JobsInFlight(u32),
+    /// The tenant submitted as many jobs this minute as its quota allows.
+    SubmissionsPerMinute(u32),
+}
+
+impl CreateOutcome {
+    /// `Ok` when created; otherwise the error naming the limit that refused the job.
+    pub fn into_result(self, job: &NewJob) -> StateResult<()> {
+        let tenant = &job.tenant;
+        match self {
+            CreateOutcome::Created => Ok(()),
+            CreateOutcome::Exists => Err(StateError::JobExists(job.id.clone())),
+            CreateOutcome::JobsInFlight(limit) => Err(StateError::OverQuota(format!(
+                "tenant '{tenant}' already has {limit} jobs running, its limit jobs_in_flight; \
+                 wait for one to end or cancel one"
+            ))),
+            CreateOutcome::SubmissionsPerMinute(limit) => Err(StateError::OverQuota(format!(
+                "tenant '{tenant}' submitted {limit} jobs this minute, its limit \
+                 submissions_per_minute; submit again next minute"
+            ))),
+        }
+    }
 }
 
 /// A stored job with its counters.
@@ -206,6 +258,9 @@ pub struct JobRecord {
     pub id: String,
     /// Label.
     pub name: String,
+    /// The tenant it belongs to ("" for none).
+    #[serde(default)]
+    pub tenant: String,
     /// Priority.
     pub priority: i32,
     /// State.
@@ -589,6 +644,9 @@ pub enum StateError {
     /// A job with this id exists already.
     #[error("job {0} exists already")]
     JobExists(String),
+    /// The tenant's quota refuses another job now; the message names the limit.
+    #[error("{0}")]
+    OverQuota(String),
 }
 
 /// Result of a state operation.
@@ -604,8 +662,13 @@ pub trait StateBackend: Send + Sync + 'static {
     /// A job with its counters and queue position.
     async fn job(&self, id: &str) -> StateResult<Option<JobRecord>>;
 
-    /// Jobs newest first, and how many there are.
-    async fn jobs(&self, offset: usize, limit: usize) -> StateResult<(Vec<JobRecord>, u64)>;
+    /// Jobs newest first, and how many there are; only `tenant`'s when it is given.
+    async fn jobs(
+        &self,
+        tenant: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> StateResult<(Vec<JobRecord>, u64)>;
 
     /// A page of a job's results and how many there are; `None` for an unknown job.
     async fn results(

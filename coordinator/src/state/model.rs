@@ -7,9 +7,9 @@
 //! which is what lets the embedded backend persist a journal of operations and replay it.
 
 use super::{
-    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, FarmStats,
-    HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord,
-    ResultState, StateCounts, TaskRecord, TaskState, WorkerRecord,
+    minute_of, CancelOutcome, CompleteOutcome, CreateOutcome, Event, EventKind, FailOutcome,
+    FailVerdict, FarmStats, HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy,
+    Progress, ResultRecord, ResultState, StateCounts, TaskRecord, TaskState, WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -59,6 +59,9 @@ pub struct Model {
     rotation: BTreeMap<i32, BTreeSet<(i64, String)>>,
     leases: BTreeSet<(u64, String)>,
     workers: BTreeMap<String, WorkerRecord>,
+    /// Per tenant: the clock minute of its last submission and its submissions in it.
+    #[serde(default)]
+    submissions: BTreeMap<String, (u64, u32)>,
     /// Set by transitions that queued a task, for waking waiting lease requests.
     #[serde(skip)]
     pub queued_any: bool,
@@ -83,17 +86,23 @@ impl Model {
         Some(record)
     }
 
-    /// Jobs newest first.
-    pub fn jobs(&self, offset: usize, limit: usize) -> (Vec<JobRecord>, u64) {
+    /// Jobs newest first; only `tenant`'s when it is given.
+    pub fn jobs(&self, tenant: Option<&str>, offset: usize, limit: usize) -> (Vec<JobRecord>, u64) {
+        let listed = |id: &&String| tenant.is_none_or(|t| self.jobs[*id].record.tenant == t);
         let page = self
             .job_order
             .values()
             .rev()
+            .filter(listed)
             .skip(offset)
             .take(limit)
             .filter_map(|id| self.job(id))
             .collect();
-        (page, self.job_order.len() as u64)
+        let total = match tenant {
+            None => self.job_order.len(),
+            Some(_) => self.job_order.values().filter(listed).count(),
+        };
+        (page, total as u64)
     }
 
     /// A page of a job's results.
@@ -182,15 +191,30 @@ impl Model {
 
     // ----- transitions -------------------------------------------------------------------
 
-    /// Stores a job; `false` when the id is taken.
-    pub fn create_job(&mut self, new: &NewJob, now: u64) -> bool {
+    /// Stores a job, unless its id is taken or its tenant's quota refuses it.
+    pub fn create_job(&mut self, new: &NewJob, now: u64) -> CreateOutcome {
         if self.jobs.contains_key(&new.id) {
-            return false;
+            return CreateOutcome::Exists;
+        }
+        if let Some(refused) = self.over_quota(new, now) {
+            return refused;
+        }
+        if new.quota.submissions_per_minute.is_some() {
+            let minute = minute_of(now);
+            let entry = self
+                .submissions
+                .entry(new.tenant.clone())
+                .or_insert((minute, 0));
+            if entry.0 != minute {
+                *entry = (minute, 0);
+            }
+            entry.1 += 1;
         }
         self.job_seq += 1;
         let record = JobRecord {
             id: new.id.clone(),
             name: new.name.clone(),
+            tenant: new.tenant.clone(),
             priority: new.priority,
             state: JobState::Running,
             upscale_only: new.upscale_only,
@@ -227,7 +251,31 @@ impl Model {
         for task in &new.tasks {
             self.create_task(task);
         }
-        true
+        CreateOutcome::Created
+    }
+
+    /// The refusal of `new` by its tenant's quota, if any.
+    fn over_quota(&self, new: &NewJob, now: u64) -> Option<CreateOutcome> {
+        if let Some(limit) = new.quota.jobs_in_flight {
+            let running = self
+                .jobs
+                .values()
+                .filter(|j| j.record.tenant == new.tenant && j.record.state == JobState::Running)
+                .count();
+            if running >= limit as usize {
+                return Some(CreateOutcome::JobsInFlight(limit));
+            }
+        }
+        if let Some(limit) = new.quota.submissions_per_minute {
+            let this_minute = match self.submissions.get(&new.tenant) {
+                Some(&(minute, count)) if minute == minute_of(now) => count,
+                _ => 0,
+            };
+            if this_minute >= limit {
+                return Some(CreateOutcome::SubmissionsPerMinute(limit));
+            }
+        }
+        None
     }
 
     /// Adds or replaces a worker.

@@ -5,14 +5,14 @@
 //! requests are woken at once wherever the task appeared.
 
 use super::{
-    CancelOutcome, CompleteOutcome, Event, EventKind, FailOutcome, FailVerdict, FarmStats,
-    HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy, Progress, ResultRecord,
-    ResultState, StateBackend, StateCounts, StateError, StateResult, TaskRecord, TaskState,
-    WorkerRecord,
+    CancelOutcome, CompleteOutcome, CreateOutcome, Event, EventKind, FailOutcome, FailVerdict,
+    FarmStats, HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy, Progress,
+    ResultRecord, ResultState, StateBackend, StateCounts, StateError, StateResult, TaskRecord,
+    TaskState, WorkerRecord,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::StreamReadReply;
-use redis::{AsyncConnectionConfig, Client, Script, Value};
+use redis::{AsyncConnectionConfig, Client, Script, TlsCertificates, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -96,7 +96,21 @@ impl RedisBackend {
     /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`); every key starts with `prefix`, so
     /// several farms may share one Redis.
     pub async fn connect(url: &str, prefix: &str) -> StateResult<Self> {
-        let client = Client::open(url).map_err(unavailable)?;
+        Self::with_client(Client::open(url).map_err(unavailable)?, prefix).await
+    }
+
+    /// Connects to a TLS Redis (`rediss://`) whose certificate `ca_pem` (a PEM CA certificate)
+    /// signed, rather than one of the system's roots.
+    pub async fn connect_with_ca(url: &str, prefix: &str, ca_pem: Vec<u8>) -> StateResult<Self> {
+        let certificates = TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca_pem),
+        };
+        let client = Client::build_with_tls(url, certificates).map_err(unavailable)?;
+        Self::with_client(client, prefix).await
+    }
+
+    async fn with_client(client: Client, prefix: &str) -> StateResult<Self> {
         // Submitting a large job is one script over many tasks; give it time.
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(30)))
@@ -371,6 +385,8 @@ fn parse_job(id: &str, f: &Fields, queue_position: u64) -> Result<JobRecord, Str
     Ok(JobRecord {
         id: id.to_string(),
         name: f.str("name")?.to_string(),
+        // Jobs stored before tenants existed have none.
+        tenant: f.str("tenant").unwrap_or_default().to_string(),
         priority: f.num("priority")?,
         state: JobState::parse(state).ok_or_else(|| format!("unknown job state '{state}'"))?,
         upscale_only: f.str("upscale_only")? == "1",
@@ -554,6 +570,9 @@ impl StateBackend for RedisBackend {
             job.expected.upscale_tile.to_string(),
             job.expected.stitch.to_string(),
             job.units.len().to_string(),
+            job.tenant.clone(),
+            job.quota.jobs_in_flight.unwrap_or(0).to_string(),
+            job.quota.submissions_per_minute.unwrap_or(0).to_string(),
         ];
         for unit in &job.units {
             args.push(unit.index.to_string());
@@ -561,11 +580,14 @@ impl StateBackend for RedisBackend {
         }
         task_args(&job.tasks, &mut args);
         let created: i64 = self.run(&self.scripts.create_job, now, 0, args).await?;
-        if created == 1 {
-            Ok(())
-        } else {
-            Err(StateError::JobExists(job.id.clone()))
+        let quota = &job.quota;
+        match created {
+            1 => CreateOutcome::Created,
+            -1 => CreateOutcome::JobsInFlight(quota.jobs_in_flight.unwrap_or(0)),
+            -2 => CreateOutcome::SubmissionsPerMinute(quota.submissions_per_minute.unwrap_or(0)),
+            _ => CreateOutcome::Exists,
         }
+        .into_result(job)
     }
 
     async fn job(&self, id: &str) -> StateResult<Option<JobRecord>> {
@@ -580,9 +602,17 @@ impl StateBackend for RedisBackend {
             .transpose()
     }
 
-    async fn jobs(&self, offset: usize, limit: usize) -> StateResult<(Vec<JobRecord>, u64)> {
+    async fn jobs(
+        &self,
+        tenant: Option<&str>,
+        offset: usize,
+        limit: usize,
+    ) -> StateResult<(Vec<JobRecord>, u64)> {
         let mut conn = self.conn.clone();
-        let key = self.key(&["jobs"]);
+        let key = match tenant {
+            Some(tenant) => self.key(&["tenant_jobs", tenant]),
+            None => self.key(&["jobs"]),
+        };
         let (ids, total): (Vec<String>, u64) = redis::pipe()
             .cmd("ZREVRANGE")
             .arg(&key)

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use tessera_proto::transfer::{read_download, upload_messages, CONNECTION_WINDOW, STREAM_WINDOW};
+use tessera_proto::access::{Access, Bearer};
+use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
 use tessera_proto::v1::workers_client::WorkersClient;
 use tessera_telemetry::propagation::TraceContextInterceptor;
@@ -23,7 +23,7 @@ const LEASE_WAIT_MS: u32 = 5_000;
 /// A registered worker's connection, cheap to clone into background work.
 #[derive(Clone)]
 pub struct Link {
-    client: WorkersClient<InterceptedService<Channel, TraceContextInterceptor>>,
+    client: WorkersClient<InterceptedService<Channel, Bearer<TraceContextInterceptor>>>,
     url: String,
     id: String,
 }
@@ -72,15 +72,13 @@ impl Link {
     /// returns the link and the heartbeat interval the coordinator asks for.
     pub async fn register(
         url: &str,
+        access: &Access,
         request: v1::RegisterRequest,
         stop: &CancellationToken,
     ) -> anyhow::Result<(Link, Duration)> {
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .with_context(|| format!("--coordinator '{url}' is not a URL"))?
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW);
-        let client =
-            WorkersClient::with_interceptor(endpoint.connect_lazy(), TraceContextInterceptor);
+        let endpoint = access.endpoint(url)?;
+        let interceptor = access.interceptor(TraceContextInterceptor)?;
+        let client = WorkersClient::with_interceptor(endpoint.connect_lazy(), interceptor);
         let register = retrying(url, "registration", || {
             let mut client = client.clone();
             let request = request.clone();

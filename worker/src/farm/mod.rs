@@ -30,6 +30,16 @@ pub struct FarmArgs {
     /// runs one of its local commands instead.
     #[arg(long, env = "TESSERA_COORDINATOR")]
     pub coordinator: Option<String>,
+    /// PEM file of the CA that signed the coordinator's certificate, for an https://
+    /// coordinator (default: the system's roots).
+    #[arg(long, env = "TESSERA_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Worker token, for a coordinator with an auth file (`tessera token --role worker`).
+    #[arg(long, env = "TESSERA_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the worker token (a mounted secret), when --token is not given.
+    #[arg(long, env = "TESSERA_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
     /// `cpu` or `cuda:N`: the device every model of farm mode runs on.
     #[arg(
         long = "device",

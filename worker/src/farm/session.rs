@@ -12,6 +12,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tessera_proto::access::Access;
 
 use anyhow::Context;
 use tessera_core::timing::TaskTiming;
@@ -223,7 +224,12 @@ impl Session {
             capabilities: Some(capabilities),
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let (link, heartbeat) = Link::register(url, request, stop).await?;
+        let access = Access::load(
+            args.token.clone(),
+            args.token_file.as_deref(),
+            args.tls_ca.clone(),
+        )?;
+        let (link, heartbeat) = Link::register(url, &access, request, stop).await?;
         println!("tessera-worker registered as {}", link.id());
         let timings = match &args.timings {
             Some(path) => Some(

@@ -72,7 +72,9 @@ local function release_worker(worker, tid)
   end
 end
 
+-- Every end of a job passes here: it no longer counts against its tenant's jobs in flight.
 local function job_done_event(job)
+  redis.call('SREM', P .. 'running:' .. (redis.call('HGET', job_key(job), 'tenant') or ''), job)
   local v = redis.call('HMGET', job_key(job), 'state', 'n_queued', 'n_blocked', 'n_running',
     'n_done', 'n_failed', 'n_cancelled', 'units_done', 'units_failed')
   event(job, 'job_done', { 'state', v[1], 'queued', v[2], 'blocked', v[3], 'running', v[4],
