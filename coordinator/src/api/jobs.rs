@@ -5,7 +5,7 @@ use super::{
     async_stream, new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream,
 };
 use crate::state::{CancelOutcome, EventKind, JobRecord, NewJob, ResultState};
-use crate::store::{check_name, describe, preview_key, upload_key};
+use crate::store::{check_name, check_upload, describe, preview_key, upload_key};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::{
@@ -168,14 +168,10 @@ impl Jobs for JobsApi {
     ) -> Result<Response<v1::ArtifactRef>, Status> {
         let (header, data) = read_upload(request.into_inner(), self.c.store.max_bytes()).await?;
         check_name(&header.name)?;
+        check_upload(&header.name, &data, self.c.limits.max_input_pixels)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let key = upload_key(&new_id(), &header.name);
         let artifact = self.c.store.put(&key, data).await?;
-        if artifact.width == 0 {
-            return Err(Status::invalid_argument(format!(
-                "'{}' is not a PNG, JPEG or WebP picture",
-                header.name
-            )));
-        }
         Ok(Response::new(artifact.into()))
     }
 
