@@ -449,6 +449,31 @@ mod tests {
         }
     }
 
+    /// Replays every committed input of the `upload_image` fuzz target (`fuzz/corpus/`) as the
+    /// target does, so CI on the stable toolchain catches a picture check that panics again or
+    /// accepts what the job's plan would see without pixels.
+    #[test]
+    fn upload_image_corpus_is_checked_cleanly() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/upload_image");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            if check_upload("fuzz.png", &data, MAX_PIXELS).is_ok() {
+                let a = describe("uploads/fuzz/fuzz.png", &data);
+                let pixels = u64::from(a.width) * u64::from(a.height);
+                assert!(
+                    (1..=MAX_PIXELS).contains(&pixels),
+                    "{}x{}",
+                    a.width,
+                    a.height
+                );
+            }
+            replayed += 1;
+        }
+        assert!(replayed > 0, "corpus {} is empty", dir.display());
+    }
+
     #[test]
     fn names_are_single_safe_segments() {
         assert!(check_name("checkpoint-150.safetensors").is_ok());
