@@ -210,6 +210,100 @@ pub fn describe(key: &str, data: &[u8]) -> ArtifactRef {
     }
 }
 
+/// Why an uploaded picture is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PictureError {
+    /// Not one of the formats the coordinator reads.
+    #[error("'{0}' is not a PNG, JPEG or WebP picture")]
+    NotAPicture(String),
+    /// More pixels than an input picture may have (a decompression bomb declares a huge size
+    /// in a tiny file).
+    #[error("'{name}' is {width}x{height}, more than the limit of {max} pixels")]
+    TooManyPixels {
+        /// The file name given with the upload.
+        name: String,
+        /// Declared width.
+        width: u32,
+        /// Declared height.
+        height: u32,
+        /// The limit (`Limits::max_input_pixels`).
+        max: u64,
+    },
+    /// Decoding it would take more than the limits derived from the pixel limit allow.
+    #[error("'{name}' is larger than the limit of {max} pixels allows to decode: {reason}")]
+    OverLimits {
+        /// The file name given with the upload.
+        name: String,
+        /// The limit (`Limits::max_input_pixels`).
+        max: u64,
+        /// Which of the decoder's limits it exceeds.
+        reason: String,
+    },
+    /// Its data does not decode to the picture its header declares.
+    #[error("'{name}' is truncated or corrupt: {reason}")]
+    Corrupt {
+        /// The file name given with the upload.
+        name: String,
+        /// What the decoder found.
+        reason: String,
+    },
+}
+
+/// Bytes per pixel of the widest picture the formats decode to (16-bit RGBA).
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+/// Checks an uploaded picture before it is stored: a PNG, JPEG or WebP of at most `max_pixels`
+/// that decodes completely. Reading only the header (as [`describe`] does) would let a truncated
+/// picture, one whose header lies about its size or a decompression bomb through to a worker;
+/// decoding it here, with `image`'s limits, refuses them with a message naming `name`.
+pub fn check_upload(name: &str, data: &[u8], max_pixels: u64) -> Result<(), PictureError> {
+    use image::{DynamicImage, ImageDecoder, ImageFormat};
+    let corrupt = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => PictureError::OverLimits {
+            name: name.to_string(),
+            max: max_pixels,
+            reason: e.to_string(),
+        },
+        _ => PictureError::Corrupt {
+            name: name.to_string(),
+            reason: e.to_string(),
+        },
+    };
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(data))
+        .with_guessed_format()
+        .map_err(|e| corrupt(e.into()))?;
+    if !matches!(
+        reader.format(),
+        Some(ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP)
+    ) {
+        return Err(PictureError::NotAPicture(name.to_string()));
+    }
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(max_pixels.saturating_mul(MAX_BYTES_PER_PIXEL));
+    reader.limits(limits);
+    let decoder = reader.into_decoder().map_err(corrupt)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(PictureError::TooManyPixels {
+            name: name.to_string(),
+            width,
+            height,
+            max: max_pixels,
+        });
+    }
+    if width == 0 || height == 0 {
+        return Err(PictureError::Corrupt {
+            name: name.to_string(),
+            reason: format!("it declares {width}x{height} pixels"),
+        });
+    }
+    DynamicImage::from_decoder(decoder).map_err(corrupt)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +345,146 @@ mod tests {
             small.put("a", Bytes::from_static(b"abc")).await,
             Err(StoreError::TooLarge(2))
         ));
+    }
+
+    /// A 64x64 PNG of varied pixels, so its compressed data is not a few bytes.
+    fn varied_png() -> Vec<u8> {
+        let picture = image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([(x * 7 + y * 13) as u8, (x * y) as u8, (x ^ y) as u8])
+        });
+        let mut out = Vec::new();
+        picture
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .unwrap();
+        out
+    }
+
+    /// `png` with its IHDR declaring `width`x`height`, its CRC recomputed so only the size lies.
+    fn with_declared_size(mut png: Vec<u8>, width: u32, height: u32) -> Vec<u8> {
+        assert_eq!(&png[12..16], b"IHDR");
+        png[16..20].copy_from_slice(&width.to_be_bytes());
+        png[20..24].copy_from_slice(&height.to_be_bytes());
+        let crc = crc32(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        png
+    }
+
+    /// CRC-32 as PNG chunks use it (ISO 3309, reflected 0xEDB88320).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= u32::from(b);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    const MAX_PIXELS: u64 = 4096 * 4096;
+
+    #[test]
+    fn upload_check_accepts_a_valid_picture() {
+        check_upload("x.png", &varied_png(), MAX_PIXELS).unwrap();
+        check_upload("y.png", &png(20, 12), MAX_PIXELS).unwrap();
+        let mut jpeg = Vec::new();
+        image::RgbImage::new(16, 8)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        check_upload("z.jpg", &jpeg, MAX_PIXELS).unwrap();
+    }
+
+    #[test]
+    fn upload_check_refuses_a_decompression_bomb() {
+        let bomb = with_declared_size(png(1, 1).to_vec(), 100_000, 100_000);
+        assert!(bomb.len() < 100, "a tiny file: {} bytes", bomb.len());
+        let err = check_upload("x.png", &bomb, MAX_PIXELS).unwrap_err();
+        assert!(matches!(err, PictureError::TooManyPixels { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "'x.png' is 100000x100000, more than the limit of 16777216 pixels"
+        );
+        // A side longer than the pixel limit is refused by the decoder's own limits.
+        let wide = with_declared_size(png(1, 1).to_vec(), 20_000_000, 1);
+        let err = check_upload("w.png", &wide, MAX_PIXELS).unwrap_err();
+        assert!(
+            err.to_string().starts_with("'w.png' is ")
+                && err.to_string().contains("16777216 pixels"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upload_check_refuses_a_truncated_picture() {
+        let whole = varied_png();
+        for cut in [whole.len() / 2, whole.len() - 20, 40] {
+            let err = check_upload("x.png", &whole[..cut], MAX_PIXELS).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("'x.png' is truncated or corrupt: "),
+                "cut at {cut}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn upload_check_refuses_a_header_that_lies_about_the_size() {
+        // The header of a 64x64 picture claiming 256x256: the data runs out.
+        let lying = with_declared_size(varied_png(), 256, 256);
+        assert_eq!(
+            (describe("k", &lying).width, describe("k", &lying).height),
+            (256, 256),
+            "the header alone is believed"
+        );
+        let err = check_upload("x.png", &lying, MAX_PIXELS).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("'x.png' is truncated or corrupt: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upload_check_refuses_what_is_not_a_picture() {
+        for data in [&b"hello"[..], b"", b"GIF89a\x01\x00\x01\x00"] {
+            let err = check_upload("notes.txt", data, MAX_PIXELS).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "'notes.txt' is not a PNG, JPEG or WebP picture"
+            );
+        }
+    }
+
+    /// Replays every committed input of the `upload_image` fuzz target (`fuzz/corpus/`) as the
+    /// target does, so CI on the stable toolchain catches a picture check that panics again or
+    /// accepts what the job's plan would see without pixels.
+    #[test]
+    fn upload_image_corpus_is_checked_cleanly() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/upload_image");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            if check_upload("fuzz.png", &data, MAX_PIXELS).is_ok() {
+                let a = describe("uploads/fuzz/fuzz.png", &data);
+                let pixels = u64::from(a.width) * u64::from(a.height);
+                assert!(
+                    (1..=MAX_PIXELS).contains(&pixels),
+                    "{}x{}",
+                    a.width,
+                    a.height
+                );
+            }
+            replayed += 1;
+        }
+        assert!(replayed > 0, "corpus {} is empty", dir.display());
     }
 
     #[test]

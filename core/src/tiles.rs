@@ -244,7 +244,7 @@ fn spans(length: u32, spec: TileSpec) -> Result<Vec<Span>, TileError> {
             let out_end = if last { length } else { boundary(k + 1) + half };
             Span {
                 read_start: out_start.saturating_sub(spec.pad),
-                read_end: (out_end + spec.pad).min(length),
+                read_end: out_end.saturating_add(spec.pad).min(length),
                 out_start,
                 out_end,
                 fade_in: !first,
@@ -453,6 +453,23 @@ mod tests {
             assert!(r.width <= 128 + sp.overlap + 2 * sp.pad);
             let o = t.output(4);
             assert!(o.x >= r.x * 4 && o.x + o.width <= (r.x + r.width) * 4);
+        }
+    }
+
+    #[test]
+    fn padding_larger_than_the_image_reads_the_whole_image() {
+        // A prompt file line `{"prompt": "x", "tile_pad": 4294967295}` overflowed the read end
+        // (it panicked the `prompts_jsonl` fuzz target); such padding means the whole image.
+        for tile in [0, 256] {
+            let plan = TilePlan::new(496, 496, 4, spec(tile, u32::MAX, 16)).unwrap();
+            for t in &plan.tiles {
+                let r = t.input();
+                assert_eq!(
+                    (r.x, r.y, r.width, r.height),
+                    (0, 0, 496, 496),
+                    "tile {tile}"
+                );
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use super::{
 };
 use crate::auth::{Principal, Role};
 use crate::state::{CancelOutcome, EventKind, JobRecord, NewJob, Quota, ResultState};
-use crate::store::{check_name, describe, preview_key, upload_key, upload_usable_by};
+use crate::store::{check_name, check_upload, describe, preview_key, upload_key, upload_usable_by};
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::{
@@ -191,14 +191,18 @@ impl Jobs for JobsApi {
         let caller = Principal::of(&request)?;
         let (header, data) = read_upload(request.into_inner(), self.c.store.max_bytes()).await?;
         check_name(&header.name)?;
+        // Decoding a large picture takes a while: off the async threads.
+        let (name, picture, max_pixels) = (
+            header.name.clone(),
+            data.clone(),
+            self.c.limits.max_input_pixels,
+        );
+        tokio::task::spawn_blocking(move || check_upload(&name, &picture, max_pixels))
+            .await
+            .map_err(|e| Status::internal(format!("checking the upload: {e}")))?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let key = upload_key(caller.owner(), &new_id(), &header.name);
         let artifact = self.c.store.put(&key, data).await?;
-        if artifact.width == 0 {
-            return Err(Status::invalid_argument(format!(
-                "'{}' is not a PNG, JPEG or WebP picture",
-                header.name
-            )));
-        }
         Ok(Response::new(artifact.into()))
     }
 

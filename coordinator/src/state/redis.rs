@@ -557,6 +557,72 @@ fn parse_worker(f: &Fields) -> Result<WorkerRecord, String> {
     Ok(record)
 }
 
+/// Which record [`decode_record`] reads.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A job's hash.
+    Job,
+    /// A task's hash, its errors and its inputs' hash.
+    Task,
+    /// A worker's hash.
+    Worker,
+    /// An entry of a job's event stream.
+    Event,
+    /// The farm's task counts and queue entries.
+    Stats,
+}
+
+impl RecordKind {
+    const NAMES: [(RecordKind, &'static str); 5] = [
+        (RecordKind::Job, "job"),
+        (RecordKind::Task, "task"),
+        (RecordKind::Worker, "worker"),
+        (RecordKind::Event, "event"),
+        (RecordKind::Stats, "stats"),
+    ];
+
+    /// The kind named `name` (`job`, `task`, `worker`, `event` or `stats`).
+    pub fn parse(name: &str) -> Option<RecordKind> {
+        Self::NAMES
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(k, _)| *k)
+    }
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map_or("record", |(_, n)| n)
+    }
+}
+
+/// Decodes one record as this backend does when it reads it back from Redis, so a test can show
+/// that corrupt state gives [`StateError::Corrupt`] and never a panic. It exists for the
+/// `redis_state` fuzz target (`fuzz/`) and the replay of its corpus; the backend itself does
+/// not call it. `fields` is the flat field/value list of the hash (or stream entry), `extra`
+/// the task's errors or the stats' queue entries (priority, kind, count), `inputs` the flat
+/// list of the task's input hash; `id` is the job's id or the event's cursor.
+#[doc(hidden)]
+pub fn decode_record(
+    kind: RecordKind,
+    id: &str,
+    fields: Vec<String>,
+    extra: Vec<String>,
+    inputs: Vec<String>,
+) -> StateResult<()> {
+    let f = Fields::from_flat(fields);
+    match kind {
+        RecordKind::Job => parse_job(id, &f, 0).map(drop),
+        RecordKind::Task => parse_task(&f, extra, Fields::from_flat(inputs)).map(drop),
+        RecordKind::Worker => parse_worker(&f).map(drop),
+        RecordKind::Event => parse_event(id, &f).map(drop),
+        RecordKind::Stats => parse_stats(f, &extra).map(drop),
+    }
+    .map_err(|detail| corrupt(format!("{} {id}", kind.name()), detail))
+}
+
 #[async_trait::async_trait]
 impl StateBackend for RedisBackend {
     async fn create_job(&self, job: &NewJob, now: u64) -> StateResult<()> {
@@ -936,5 +1002,73 @@ impl StateBackend for RedisBackend {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Replays every committed input of the `redis_state` fuzz target (`fuzz/corpus/`), read as
+    /// the target reads it, so CI on the stable toolchain catches a decoder that panics again.
+    #[test]
+    fn redis_state_corpus_decodes_or_is_corrupt() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/redis_state");
+        let mut replayed = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let Ok(input) = String::from_utf8(std::fs::read(entry.unwrap().path()).unwrap()) else {
+                continue;
+            };
+            let mut lines = input.split('\n');
+            let Some(kind) = lines.next().and_then(RecordKind::parse) else {
+                continue;
+            };
+            let id = lines.next().unwrap_or_default();
+            let mut lists: [Vec<String>; 3] = Default::default();
+            let mut list = 0;
+            for line in lines {
+                if line == "--" {
+                    list = (list + 1).min(2);
+                } else {
+                    lists[list].push(line.to_string());
+                }
+            }
+            let [fields, extra, inputs] = lists;
+            match decode_record(kind, id, fields, extra, inputs) {
+                Ok(()) | Err(StateError::Corrupt { .. }) => replayed += 1,
+                Err(other) => panic!("{other:?} is not a corrupt-state error"),
+            }
+        }
+        assert!(replayed > 0, "corpus {} is empty", dir.display());
+    }
+
+    #[test]
+    fn corrupt_records_are_corrupt_errors() {
+        let err = decode_record(
+            RecordKind::Worker,
+            "w1",
+            strings(&["record", "{"]),
+            vec![],
+            vec![],
+        )
+        .unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+        let err = decode_record(
+            RecordKind::Stats,
+            "",
+            vec![],
+            strings(&["1", "generate"]),
+            vec![],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("is not priority, kind, count"),
+            "{err}"
+        );
     }
 }

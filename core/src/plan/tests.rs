@@ -354,3 +354,12 @@ fn task_specs_round_trip_through_json() {
         assert_eq!(serde_json::from_str::<NewTask>(&json).unwrap(), task);
     }
 }
+
+#[test]
+fn prompt_file_with_padding_beyond_any_picture_plans() {
+    // `"tile_pad": 4294967295` overflowed planning the tiles (it panicked the prompts_jsonl
+    // fuzz target).
+    let entries = parse_prompts_jsonl("{\"prompt\": \"x\", \"tile_pad\": 4294967295}").unwrap();
+    let plan = plan(&request(JobSource::Prompts(entries))).unwrap();
+    assert_eq!(plan.expected.get(TaskKind::Generate), 2);
+}
