@@ -31,6 +31,8 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 const MAX_MESSAGE: usize = 64 << 20;
 /// Expired leases handled per reaper step.
 const REAP_BATCH: usize = 500;
+/// Longest pause between two attempts to reach the state store at start.
+const MAX_STATE_WAIT: Duration = Duration::from_secs(10);
 /// How often the health status is refreshed from the state store.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
@@ -65,13 +67,39 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBacken
     })
 }
 
+/// Opens the state store like [`open_backend`], waiting with doubling pauses while Redis cannot
+/// be reached, so a coordinator started before its Redis (or while Redis restarts) comes up
+/// when Redis does. A URL that cannot be right fails at once; `shutdown` ends the wait.
+async fn open_backend_waiting(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn StateBackend>> {
+    if let Some(url) = &config.redis {
+        redis::Client::open(url.as_str())
+            .with_context(|| format!("--redis '{url}' is not a Redis URL"))?;
+    }
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let failure = match open_backend(config).await {
+            Ok(backend) => match backend.ping().await {
+                Ok(()) => return Ok(backend),
+                Err(e) => anyhow::Error::new(e).context("the state store does not answer"),
+            },
+            Err(e) if config.redis.is_none() => return Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!("{failure:#}; retrying in {:.1} s", pause.as_secs_f64());
+        tokio::select! {
+            _ = shutdown.cancelled() => return Err(failure.context("stopped while waiting for the state store")),
+            _ = tokio::time::sleep(pause) => {}
+        }
+        pause = (pause * 2).min(MAX_STATE_WAIT);
+    }
+}
+
 /// Serves until `shutdown` is cancelled, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let backend = open_backend(&config).await?;
-    backend
-        .ping()
-        .await
-        .context("the state store does not answer")?;
+    let backend = open_backend_waiting(&config, &shutdown).await?;
     let store = ArtifactStore::open(&config.store, config.max_artifact_bytes)?;
     let auth = match &config.auth_file {
         Some(path) => Some(Arc::new(Auth::load(path)?)),

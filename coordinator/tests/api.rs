@@ -352,3 +352,52 @@ async fn health_reports_serving() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_coordinator_started_before_its_redis_waits_for_it_then_serves() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let store = TempDir::new().unwrap();
+    let port = tessera_tests::free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tessera-coordinator"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--redis", &url, "--store"])
+        .arg(store.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        stderr
+            .lines()
+            .map_while(Result::ok)
+            .for_each(|l| drop(lines.send(l)))
+    });
+    let waiting = received
+        .iter()
+        .find(|line| line.contains("retrying in"))
+        .expect("the coordinator says it waits for Redis");
+    assert!(waiting.contains(&url), "the message names Redis: {waiting}");
+
+    let _redis = RedisServer::start_on(port).unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let listening = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split_once("listening on ")
+                .map(|(_, a)| a.trim().to_string())
+        })
+        .expect("the coordinator serves once Redis is up");
+    let mut client = v1::jobs_client::JobsClient::connect(format!("http://{listening}"))
+        .await
+        .unwrap();
+    submit(&mut client, spec(1, false)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -41,8 +41,12 @@ impl RedisServer {
     /// Starts Redis and waits until it accepts connections. Fails with a hint when
     /// `redis-server` is not installed (scripts/setup.sh installs it).
     pub fn start() -> anyhow::Result<RedisServer> {
+        Self::start_on(free_port())
+    }
+
+    /// Starts Redis on `port`, for a test that pointed a service at it before it existed.
+    pub fn start_on(port: u16) -> anyhow::Result<RedisServer> {
         let dir = TempDir::new()?;
-        let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
