@@ -2,7 +2,7 @@
 //! unreachable is retried with backoff (and said on stderr), so a restarting coordinator costs
 //! a pause, never a result. Each call carries the current span's trace context.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tessera_proto::access::{Access, Bearer};
@@ -25,7 +25,10 @@ const LEASE_WAIT_MS: u32 = 5_000;
 pub struct Link {
     client: WorkersClient<InterceptedService<Channel, Bearer<TraceContextInterceptor>>>,
     url: String,
-    id: String,
+    /// The id the coordinator gave; replaced when it asks the worker to register again.
+    id: Arc<RwLock<String>>,
+    /// What registration sends, kept for registering again.
+    registration: Arc<v1::RegisterRequest>,
 }
 
 /// A task the coordinator handed over, and how long the request waited for one to exist.
@@ -91,31 +94,59 @@ impl Link {
         let link = Link {
             client,
             url: url.to_string(),
-            id: reply.worker_id,
+            id: Arc::new(RwLock::new(reply.worker_id)),
+            registration: Arc::new(request),
         };
         Ok((link, Duration::from_millis(reply.heartbeat_interval_ms)))
     }
 
     /// The id the coordinator gave this worker.
-    pub fn id(&self) -> &str {
-        &self.id
+    pub fn id(&self) -> String {
+        self.id
+            .read()
+            .expect("the id lock is never poisoned")
+            .clone()
+    }
+
+    /// Registers again after the coordinator forgot this worker (its state was reset, e.g. a
+    /// Redis without persistence restarted), so the worker goes on instead of exiting.
+    async fn register_again(&self) -> Result<(), Status> {
+        let reply = retrying(&self.url, "registration", || {
+            let mut client = self.client.clone();
+            let request = (*self.registration).clone();
+            async move { client.register(request).await }
+        })
+        .await?
+        .into_inner();
+        eprintln!(
+            "tessera-worker: the coordinator at {} no longer knew this worker; registered again as {}",
+            self.url, reply.worker_id
+        );
+        *self.id.write().expect("the id lock is never poisoned") = reply.worker_id;
+        Ok(())
     }
 
     /// The next task, waiting for one to become available; `None` when none came in time or
     /// `stop` fired.
     pub async fn lease(&self, stop: &CancellationToken) -> Result<Option<Lease>, Status> {
-        let request = v1::LeaseTaskRequest {
-            worker_id: self.id.clone(),
-            wait_ms: LEASE_WAIT_MS,
-        };
-        let lease = retrying(&self.url, "lease", || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.lease_task(request).await }
-        });
-        let reply = tokio::select! {
-            reply = lease => reply?.into_inner(),
-            _ = stop.cancelled() => return Ok(None),
+        let reply = loop {
+            let request = v1::LeaseTaskRequest {
+                worker_id: self.id(),
+                wait_ms: LEASE_WAIT_MS,
+            };
+            let lease = retrying(&self.url, "lease", || {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.lease_task(request).await }
+            });
+            let reply = tokio::select! {
+                reply = lease => reply,
+                _ = stop.cancelled() => return Ok(None),
+            };
+            match reply {
+                Err(status) if status.code() == Code::NotFound => self.register_again().await?,
+                reply => break reply?.into_inner(),
+            }
         };
         Ok(reply.task.map(|task| Lease {
             task,
@@ -140,7 +171,7 @@ impl Link {
     /// Reports that a task failed here; the coordinator decides whether it runs again.
     pub async fn fail(&self, task: &v1::Task, error: String) -> Result<(), Status> {
         let request = v1::FailTaskRequest {
-            worker_id: self.id.clone(),
+            worker_id: self.id(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             error,
@@ -158,7 +189,7 @@ impl Link {
     /// Removes this worker from the farm; the task it holds, if any, is queued again.
     pub async fn deregister(&self) -> Result<(), Status> {
         let request = v1::DeregisterRequest {
-            worker_id: self.id.clone(),
+            worker_id: self.id(),
         };
         self.client.clone().deregister(request).await?;
         Ok(())
@@ -173,7 +204,7 @@ impl Link {
             Err(status) => return Err(status.into()),
         };
         let request = v1::CompleteTaskRequest {
-            worker_id: self.id.clone(),
+            worker_id: self.id(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             output: Some(artifact),
@@ -196,7 +227,7 @@ impl Link {
     ) -> Result<v1::ArtifactRef, Status> {
         let header = v1::UploadHeader {
             name: name.into(),
-            worker_id: self.id.clone(),
+            worker_id: self.id(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
         };

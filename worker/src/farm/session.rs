@@ -91,7 +91,7 @@ impl LeaseAhead {
                     _ = tick.tick() => {
                         let task = &prepared.task;
                         let request = v1::HeartbeatRequest {
-                            worker_id: link.id().to_string(),
+                            worker_id: link.id(),
                             task_id: task.task_id.clone(),
                             attempt: task.attempt,
                             iteration: task.checkpoint_iteration,
@@ -522,7 +522,7 @@ impl Session {
             None => None,
         };
         let request = v1::HeartbeatRequest {
-            worker_id: self.link.id().to_string(),
+            worker_id: self.link.id(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             iteration: latest.iteration,
