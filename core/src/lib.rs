@@ -1,6 +1,8 @@
 //! Logic that the coordinator, the workers and the CLI must agree on, kept free of libtorch so
 //! the coordinator and CLI never link it.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod job;
 pub mod plan;
 pub mod prompt;

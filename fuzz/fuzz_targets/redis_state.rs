@@ -6,28 +6,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tessera_coordinator::state::redis::{decode_record, RecordKind};
+use tessera_coordinator::state::redis::decode_fuzz_input;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(input) = std::str::from_utf8(data) else {
-        return;
-    };
-    let mut lines = input.split('\n');
-    let Some(kind) = lines.next().and_then(RecordKind::parse) else {
-        return;
-    };
-    let id = lines.next().unwrap_or_default();
-    let mut lists: [Vec<String>; 3] = Default::default();
-    let mut list = 0;
-    for line in lines {
-        if line == "--" {
-            list = (list + 1).min(2);
-        } else {
-            lists[list].push(line.to_string());
+    if let Ok(input) = std::str::from_utf8(data) {
+        if let Err(e) = decode_fuzz_input(input) {
+            drop(e.to_string());
         }
-    }
-    let [fields, extra, inputs] = lists;
-    if let Err(e) = decode_record(kind, id, fields, extra, inputs) {
-        drop(e.to_string());
     }
 });

@@ -598,6 +598,30 @@ impl RecordKind {
     }
 }
 
+/// Decodes the `redis_state` fuzz target's input format with [`decode_record`]: the first
+/// line names the record, the second is its id, then one string per line in up to three lists
+/// separated by `--` lines (fields, extra, inputs). Input that names no record is `Ok`. Shared
+/// by the fuzz target and the replay of its corpus.
+#[doc(hidden)]
+pub fn decode_fuzz_input(input: &str) -> StateResult<()> {
+    let mut lines = input.split('\n');
+    let Some(kind) = lines.next().and_then(RecordKind::parse) else {
+        return Ok(());
+    };
+    let id = lines.next().unwrap_or_default();
+    let mut lists: [Vec<String>; 3] = Default::default();
+    let mut list = 0;
+    for line in lines {
+        if line == "--" {
+            list = (list + 1).min(2);
+        } else {
+            lists[list].push(line.to_string());
+        }
+    }
+    let [fields, extra, inputs] = lists;
+    decode_record(kind, id, fields, extra, inputs)
+}
+
 /// Decodes one record as this backend does when it reads it back from Redis, so a test can show
 /// that corrupt state gives [`StateError::Corrupt`] and never a panic. It exists for the
 /// `redis_state` fuzz target (`fuzz/`) and the replay of its corpus; the backend itself does
@@ -1024,22 +1048,7 @@ mod tests {
             let Ok(input) = String::from_utf8(std::fs::read(entry.unwrap().path()).unwrap()) else {
                 continue;
             };
-            let mut lines = input.split('\n');
-            let Some(kind) = lines.next().and_then(RecordKind::parse) else {
-                continue;
-            };
-            let id = lines.next().unwrap_or_default();
-            let mut lists: [Vec<String>; 3] = Default::default();
-            let mut list = 0;
-            for line in lines {
-                if line == "--" {
-                    list = (list + 1).min(2);
-                } else {
-                    lists[list].push(line.to_string());
-                }
-            }
-            let [fields, extra, inputs] = lists;
-            match decode_record(kind, id, fields, extra, inputs) {
+            match decode_fuzz_input(&input) {
                 Ok(()) | Err(StateError::Corrupt { .. }) => replayed += 1,
                 Err(other) => panic!("{other:?} is not a corrupt-state error"),
             }
