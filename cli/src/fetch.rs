@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::json;
-use sha2::{Digest, Sha256};
+use tessera_core::task::{sha256_hex, ArtifactRef};
 use tessera_proto::v1;
 
 use crate::farm::Farm;
@@ -107,7 +107,7 @@ async fn fetch_one(
     path: &Path,
 ) -> anyhow::Result<bool> {
     if let Ok(existing) = std::fs::read(path) {
-        if matches(&existing, output) {
+        if ArtifactRef::from(output.clone()).holds(&existing) {
             return Ok(false);
         }
     }
@@ -131,13 +131,13 @@ async fn fetch_one(
     file.write_all(&data[start..])
         .with_context(|| format!("cannot write {}", part.display()))?;
     drop(file);
-    if !matches(&data, output) {
+    if !ArtifactRef::from(output.clone()).holds(&data) {
         std::fs::remove_file(&part)?;
         anyhow::bail!(
             "result {index} of job {job} arrived as {} bytes with SHA-256 {} but the coordinator \
              stored {} bytes with SHA-256 {}; the partial file was removed, rerun the fetch",
             data.len(),
-            sha256(&data),
+            sha256_hex(&data),
             output.size,
             output.sha256
         );
@@ -145,14 +145,6 @@ async fn fetch_one(
     std::fs::rename(&part, path)
         .with_context(|| format!("cannot rename {} to its final name", part.display()))?;
     Ok(true)
-}
-
-fn matches(data: &[u8], output: &v1::ArtifactRef) -> bool {
-    data.len() as u64 == output.size && sha256(data) == output.sha256
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(data))
 }
 
 /// `NAME.part`, where a download in progress lives.

@@ -90,7 +90,8 @@ pub struct Config {
     #[arg(long, env = "TESSERA_MAX_EXPIRIES", default_value_t = 10)]
     pub max_expiries: u32,
 
-    /// Failures of one job's tasks after which a worker gets no more of them (0: never).
+    /// Tasks of one job a worker failed and another worker then did, after which it gets no
+    /// more of that job's tasks (0: never). A task that fails everywhere bans nobody.
     #[arg(long, env = "TESSERA_BAN_AFTER", default_value_t = 3)]
     pub ban_after: u32,
 

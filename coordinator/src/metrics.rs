@@ -26,6 +26,7 @@ pub const FAMILIES: &[&str] = &[
     "tessera_tasks_completed_total",
     "tessera_lease_expiries_total",
     "tessera_task_retries_total",
+    "tessera_corrupt_artifacts_total",
     "tessera_task_duration_seconds",
     "tessera_job_duration_seconds",
 ];
@@ -76,6 +77,7 @@ pub struct Metrics {
     completed: Family<KindLabel, Counter>,
     lease_expiries: Counter,
     retries: Counter,
+    corrupt_artifacts: Counter,
     task_duration: Histograms<KindLabel>,
     job_duration: Histograms<StateLabel>,
     /// One scrape at a time: a scrape clears and refills the gauges before encoding.
@@ -96,6 +98,7 @@ impl Metrics {
             completed: Family::default(),
             lease_expiries: Counter::default(),
             retries: Counter::default(),
+            corrupt_artifacts: Counter::default(),
             task_duration: Family::new_with_constructor(task_buckets),
             job_duration: Family::new_with_constructor(job_buckets),
             scrape: tokio::sync::Mutex::new(()),
@@ -135,6 +138,11 @@ impl Metrics {
             "tessera_task_retries",
             "Failed attempts this coordinator queued again",
             metrics.retries.clone(),
+        );
+        r.register(
+            "tessera_corrupt_artifacts",
+            "Task inputs found corrupt or missing in the artifact store, so made again",
+            metrics.corrupt_artifacts.clone(),
         );
         r.register(
             "tessera_task_duration_seconds",
@@ -188,6 +196,11 @@ impl Metrics {
     /// A failed attempt was queued again.
     pub fn task_retried(&self) {
         self.retries.inc();
+    }
+
+    /// A worker's input was found corrupt or missing in the artifact store.
+    pub fn corrupt_artifact(&self) {
+        self.corrupt_artifacts.inc();
     }
 
     /// Observes the job's duration if it has ended.

@@ -12,9 +12,9 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
-use sha2::{Digest, Sha256};
+
 use std::sync::Arc;
-use tessera_core::task::ArtifactRef;
+use tessera_core::task::{sha256_hex, ArtifactRef};
 use tokio_stream::{Stream, StreamExt};
 
 /// A problem with stored files.
@@ -37,13 +37,29 @@ pub enum StoreError {
     /// More bytes than allowed.
     #[error("upload is larger than the limit of {0} bytes")]
     TooLarge(u64),
+    /// The store's disk (or quota) is full: a condition that passes once room is made, so
+    /// callers retry.
+    #[error("the artifact store is full ({0}): make room in it; uploads are retried until then")]
+    Full(String),
     /// The store failed.
     #[error("artifact store: {0}")]
     Backend(String),
 }
 
 fn backend(e: object_store::Error) -> StoreError {
-    StoreError::Backend(e.to_string())
+    let full = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<std::io::Error>())
+        .any(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        });
+    if full {
+        StoreError::Full(e.to_string())
+    } else {
+        StoreError::Backend(e.to_string())
+    }
 }
 
 /// The coordinator's artifact store.
@@ -101,6 +117,15 @@ impl ArtifactStore {
             .await
             .map_err(backend)?;
         Ok(artifact)
+    }
+
+    /// Whether the stored file still is `artifact` (there, with its length and SHA-256).
+    pub async fn intact(&self, artifact: &ArtifactRef) -> Result<bool, StoreError> {
+        match self.read(&artifact.key).await {
+            Ok(data) => Ok(artifact.holds(&data)),
+            Err(StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// The size of `key`, or `NotFound`.
@@ -165,6 +190,14 @@ pub fn task_prefix(job: &str, task: &str, attempt: u32) -> String {
     format!("jobs/{job}/{task}/{attempt}/")
 }
 
+/// The task whose attempt stored `key` (see [`task_prefix`]); `None` for uploads and previews.
+pub fn producer_of(key: &str) -> Option<&str> {
+    match key.split('/').collect::<Vec<_>>()[..] {
+        ["jobs", _, task, _, _] => Some(task),
+        _ => None,
+    }
+}
+
 /// Where the latest preview of a task is kept.
 pub fn preview_key(job: &str, task: &str) -> String {
     format!("jobs/{job}/previews/{task}.png")
@@ -191,10 +224,7 @@ pub fn upload_usable_by(key: &str, tenant: &str) -> bool {
 /// What a stored file is: its key, size, SHA-256 and, for a picture the coordinator can read,
 /// its size in pixels.
 pub fn describe(key: &str, data: &[u8]) -> ArtifactRef {
-    let sha256 = Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = sha256_hex(data);
     let (width, height) = image::ImageReader::new(std::io::Cursor::new(data))
         .with_guessed_format()
         .ok()

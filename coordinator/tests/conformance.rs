@@ -142,6 +142,14 @@ impl Store {
             .verdict
     }
 
+    /// Reports input `key` of `task` corrupt in the store, made by `producer`.
+    async fn corrupt(&self, task: &TaskRecord, key: &str, producer: Option<&str>) -> FailVerdict {
+        self.backend
+            .redo_input(lease_of(task), key, producer, &self.policy, self.now)
+            .await
+            .unwrap()
+    }
+
     async fn heartbeat(&self, task: &TaskRecord, progress: &Progress) -> HeartbeatOutcome {
         self.backend
             .heartbeat(lease_of(task), progress, &self.policy, self.now, LEASE_MS)
@@ -304,6 +312,9 @@ conformance!(
     the_state_survives_a_restart,
     stats_count_queues_and_states_over_every_job,
     tenants_see_their_own_jobs_and_quotas_hold,
+    a_poison_task_bans_nobody_and_the_rest_of_its_job_completes,
+    a_corrupt_input_is_made_again_by_the_task_that_made_it,
+    a_corrupt_checkpoint_is_dropped_and_a_corrupt_upload_fails,
 );
 
 async fn stats_count_queues_and_states_over_every_job(mut s: Store) {
@@ -612,6 +623,7 @@ async fn retries_are_bounded_and_keep_every_error(s: Store) {
 
 async fn a_failing_worker_is_kept_off_the_job(s: Store) {
     s.submit(&job("j", 4, 0, false)).await;
+    // Two tasks fail on "bad" and then succeed on "good": "bad" was at fault.
     for _ in 0..2 {
         let task = s.lease("bad").await.unwrap();
         let outcome = s
@@ -620,13 +632,47 @@ async fn a_failing_worker_is_kept_off_the_job(s: Store) {
             .await
             .unwrap();
         assert_eq!(outcome.verdict, FailVerdict::Retrying);
+        assert!(!outcome.banned, "a failure alone proves nothing");
+        let again = s.lease("good").await.unwrap();
+        assert_eq!(again.id, task.id);
+        s.complete(&again).await;
     }
     assert!(s.lease("bad").await.is_none(), "banned after two failures");
     s.submit(&job("other", 1, 0, false)).await;
     let other = s.lease("bad").await.unwrap();
     assert_eq!(other.job, "other", "the ban covers one job only");
-    assert_eq!(s.drain("good").await.len(), 4);
+    assert_eq!(s.drain("good").await.len(), 2);
     assert_eq!(s.job_state("j").await, JobState::Succeeded);
+}
+
+async fn a_poison_task_bans_nobody_and_the_rest_of_its_job_completes(s: Store) {
+    s.submit(&job("j", 3, 0, false)).await;
+    // The first task fails on every worker until its budget is spent.
+    let poison = s.lease("w1").await.unwrap();
+    for (attempt, worker) in [(1, "w1"), (2, "w2"), (3, "w1")] {
+        let task = if attempt == 1 {
+            poison.clone()
+        } else {
+            s.lease(worker).await.unwrap()
+        };
+        assert_eq!(
+            (task.id.as_str(), task.attempt),
+            (poison.id.as_str(), attempt)
+        );
+        let verdict = s.fail(&task, &format!("poison #{attempt}"), true).await;
+        let expected = if attempt < 3 {
+            FailVerdict::Retrying
+        } else {
+            FailVerdict::Failed
+        };
+        assert_eq!(verdict, expected);
+    }
+    // Both workers failed it twice or once, yet neither is kept off the job: the task is bad.
+    assert_eq!(s.drain("w1").await.len(), 2);
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Failed);
+    assert_eq!((record.units_done, record.units_failed), (2, 1));
+    assert_eq!(s.task(&poison.id).await.errors.len(), 3);
 }
 
 async fn a_task_that_keeps_expiring_fails(mut s: Store) {
@@ -882,4 +928,150 @@ async fn tenants_see_their_own_jobs_and_quotas_hold(mut s: Store) {
     let (all, total) = s.backend.jobs(None, 0, 10).await.unwrap();
     assert_eq!((all.len(), total), (6, 6));
     assert_eq!(s.backend.job("admin").await.unwrap().unwrap().tenant, "");
+}
+
+/// The source picture a tile reads.
+fn source_of(tile: &TaskRecord) -> String {
+    match &tile.spec {
+        tessera_core::task::TaskSpec::UpscaleTile { source, .. } => source.key.clone(),
+        other => panic!("not a tile: {other:?}"),
+    }
+}
+
+async fn a_corrupt_input_is_made_again_by_the_task_that_made_it(s: Store) {
+    s.submit(&job("j", 1, 0, true)).await;
+    s.register("w", &everything()).await;
+    let render = s.lease("w").await.unwrap();
+    s.complete(&render).await;
+    let picture = s.task(&render.id).await.output.unwrap();
+
+    // Two tiles find the render's picture corrupt: the render runs again, and both wait for
+    // it without a failure counted; a third tile had already finished with it.
+    let tile0 = s.lease("w").await.unwrap();
+    assert_eq!(source_of(&tile0), picture.key);
+    let verdict = s.corrupt(&tile0, &picture.key, Some(&render.id)).await;
+    assert_eq!(verdict, FailVerdict::WaitingForInput);
+    let tile1 = s.lease("w").await.unwrap();
+    let verdict = s.corrupt(&tile1, &picture.key, Some(&render.id)).await;
+    assert_eq!(verdict, FailVerdict::WaitingForInput);
+    let tile2 = s.lease("w").await.unwrap();
+    s.complete(&tile2).await;
+    for tile in [&tile0, &tile1] {
+        let stored = s.task(&tile.id).await;
+        assert_eq!((stored.state, stored.failures), (TaskState::Blocked, 0));
+        assert!(stored
+            .errors
+            .last()
+            .unwrap()
+            .contains("is corrupt in the artifact store"));
+    }
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert_eq!((record.counts.queued, record.counts.done), (2, 1));
+    assert_eq!(
+        record.ended.total(),
+        1,
+        "the render no longer counts as ended"
+    );
+
+    // The render is leased next (the last tile is queued behind it by then), and its new
+    // picture reaches every tile that has not finished.
+    let tile3 = s.lease("w").await.unwrap();
+    assert_eq!(tile3.kind, TaskKind::UpscaleTile);
+    let again = s.lease("w").await.unwrap();
+    assert_eq!((again.id.as_str(), again.attempt), (render.id.as_str(), 2));
+    s.complete(&again).await;
+    let picture2 = s.task(&render.id).await.output.unwrap();
+    assert_ne!(picture2.key, picture.key);
+    // The last tile still held the old picture when it reported it: queued again with the new.
+    let verdict = s.corrupt(&tile3, &picture.key, Some(&render.id)).await;
+    assert_eq!(verdict, FailVerdict::Requeued);
+    let mut tiles = Vec::new();
+    while let Some(tile) = s.lease("w").await {
+        if tile.kind == TaskKind::Stitch {
+            tiles.push(tile);
+            break;
+        }
+        assert_eq!(source_of(&tile), picture2.key, "{}", tile.id);
+        s.complete(&tile).await;
+    }
+    let stitch = tiles
+        .pop()
+        .expect("the stitch is queued once its tiles are done");
+
+    // The stitch finds a tile's output corrupt: that tile runs again and the stitch waits.
+    let tile_output = stitch.inputs[&0].clone();
+    let producer = s.task("j.0.t0").await;
+    assert_eq!(
+        producer.output.as_ref(),
+        Some(&tile_output),
+        "tile 0 fills slot 0"
+    );
+    let verdict = s
+        .corrupt(&stitch, &tile_output.key, Some(&producer.id))
+        .await;
+    assert_eq!(verdict, FailVerdict::WaitingForInput);
+    let waiting = s.task(&stitch.id).await;
+    assert_eq!(waiting.state, TaskState::Blocked);
+    assert!(!waiting.inputs.contains_key(&0));
+    let redone = s.lease("w").await.unwrap();
+    assert_eq!(redone.id, producer.id);
+    s.complete(&redone).await;
+    let stitch = s.lease("w").await.unwrap();
+    assert_ne!(stitch.inputs[&0], tile_output);
+    s.complete(&stitch).await;
+
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert_eq!(record.state, JobState::Succeeded);
+    assert_eq!((record.counts.done, record.ended.total()), (6, 6));
+    assert_eq!(record.units_done, 1);
+    let events = s.events("j").await;
+    let redone = events.iter().any(|e| {
+        matches!(e, EventKind::TaskRequeued { task, reason, .. }
+            if *task == render.id && reason.contains("is corrupt in the artifact store"))
+    });
+    assert!(redone, "the render's redo is an event");
+}
+
+async fn a_corrupt_checkpoint_is_dropped_and_a_corrupt_upload_fails(s: Store) {
+    s.submit(&job("j", 1, 0, false)).await;
+    let first = s.lease("w1").await.unwrap();
+    let checkpoint = ArtifactRef {
+        key: "checkpoints/j.0.g/1".into(),
+        size: 10,
+        sha256: "ab".repeat(32),
+        width: 0,
+        height: 0,
+    };
+    let progress = Progress {
+        iteration: 12,
+        iterations: 20,
+        loss: Some(0.5),
+        checkpoint: Some((checkpoint.clone(), 10)),
+        preview: false,
+    };
+    s.heartbeat(&first, &progress).await;
+    let verdict = s.corrupt(&first, &checkpoint.key, None).await;
+    assert_eq!(verdict, FailVerdict::Requeued);
+    let second = s.lease("w1").await.unwrap();
+    assert_eq!(
+        (&second.checkpoint, second.checkpoint_iteration),
+        (&None, 0)
+    );
+    assert_eq!(second.failures, 0);
+
+    // A picture no task of the job made (an upload) cannot be made again: the task fails,
+    // saying what to do.
+    s.submit(&job("k", 1, 0, true)).await;
+    s.complete(&second).await;
+    let render = s.lease("w1").await.unwrap();
+    assert_eq!(render.job, "k");
+    s.complete(&render).await;
+    let tile = s.lease("w1").await.unwrap();
+    let verdict = s.corrupt(&tile, &source_of(&tile), None).await;
+    assert_eq!(verdict, FailVerdict::Failed);
+    let failed = s.task(&tile.id).await;
+    assert_eq!(failed.state, TaskState::Failed);
+    assert!(failed.errors.last().unwrap().contains("upload it again"));
+    s.drain("w1").await;
+    assert_eq!(s.job_state("k").await, JobState::Failed);
 }

@@ -113,6 +113,7 @@ async fn metrics_follow_a_job(state: &[&str]) {
             attempt: task.attempt,
             error: "out of memory".into(),
             retryable: true,
+            ..Default::default()
         })
         .await
         .unwrap()

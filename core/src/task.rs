@@ -53,6 +53,15 @@ impl fmt::Display for TaskKind {
     }
 }
 
+/// Lower-case hex SHA-256 of `data`: how [`ArtifactRef::sha256`] names a file's content.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A stored file: what workers upload and download and clients fetch, with what is needed to
 /// check it and, for pictures, plan with it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +76,14 @@ pub struct ArtifactRef {
     pub width: u32,
     /// Picture height in pixels (0 when the file is not a picture).
     pub height: u32,
+}
+
+impl ArtifactRef {
+    /// Whether `data` is this file's content: its length and SHA-256 match. Whoever reads an
+    /// artifact checks it, so a file damaged in storage or on the way is never used.
+    pub fn holds(&self, data: &[u8]) -> bool {
+        data.len() as u64 == self.size && sha256_hex(data) == self.sha256
+    }
 }
 
 /// The geometry a tile or stitch task works with; [`ImagePlan::tile_plan`] rebuilds the same
@@ -375,13 +392,22 @@ impl KindCounts {
         }
     }
 
+    fn count_mut(&mut self, kind: TaskKind) -> &mut u64 {
+        match kind {
+            TaskKind::Generate => &mut self.generate,
+            TaskKind::UpscaleTile => &mut self.upscale_tile,
+            TaskKind::Stitch => &mut self.stitch,
+        }
+    }
+
     /// Adds `n` to the count of `kind`.
     pub fn add(&mut self, kind: TaskKind, n: u64) {
-        match kind {
-            TaskKind::Generate => self.generate += n,
-            TaskKind::UpscaleTile => self.upscale_tile += n,
-            TaskKind::Stitch => self.stitch += n,
-        }
+        *self.count_mut(kind) += n;
+    }
+
+    /// Takes `n` from the count of `kind` (a task counted as ended runs again).
+    pub fn remove(&mut self, kind: TaskKind, n: u64) {
+        *self.count_mut(kind) -= n;
     }
 
     /// All kinds together.

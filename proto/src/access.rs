@@ -6,7 +6,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::transfer::{CONNECTION_WINDOW, STREAM_WINDOW};
-use sha2::{Digest, Sha256};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
@@ -161,10 +160,7 @@ impl<I: Interceptor> Interceptor for Bearer<I> {
 /// The SHA-256 of a token as auth files keep it (64 lower-case hex digits): a copy of the
 /// file gives no way in.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tessera_core::task::sha256_hex(token.as_bytes())
 }
 
 /// Whether a tenant name is acceptable: 1 to 64 letters, digits, `-` or `_`, so it is safe in

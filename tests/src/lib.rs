@@ -29,12 +29,15 @@ pub fn free_port() -> u16 {
         .expect("the OS hands out a loopback port")
 }
 
-/// A `redis-server` of our own on a free port, with no persistence and its files in a
-/// temporary directory; killed on drop.
+/// A `redis-server` of our own on a free port, with its files in a temporary directory; killed
+/// on drop. Without persistence by default; [`RedisServer::start_durable`] keeps an
+/// append-only file synced on every write, so a killed server comes back with every write it
+/// acknowledged.
 pub struct RedisServer {
     child: Child,
     port: u16,
-    _dir: TempDir,
+    durable: bool,
+    dir: TempDir,
 }
 
 impl RedisServer {
@@ -46,23 +49,59 @@ impl RedisServer {
 
     /// Starts Redis on `port`, for a test that pointed a service at it before it existed.
     pub fn start_on(port: u16) -> anyhow::Result<RedisServer> {
+        Self::launch(port, false)
+    }
+
+    /// Starts Redis with an append-only file (`appendfsync always`), for tests that restart it.
+    pub fn start_durable() -> anyhow::Result<RedisServer> {
+        Self::launch(free_port(), true)
+    }
+
+    fn launch(port: u16, durable: bool) -> anyhow::Result<RedisServer> {
         let dir = TempDir::new()?;
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start redis-server (run scripts/setup.sh, which installs it)")?;
+        let child = Self::spawn(port, durable, dir.path())?;
         let mut server = RedisServer {
             child,
             port,
-            _dir: dir,
+            durable,
+            dir,
         };
         server.wait_listening()?;
         Ok(server)
+    }
+
+    fn spawn(port: u16, durable: bool, dir: &Path) -> anyhow::Result<Child> {
+        let persistence: &[&str] = if durable {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(persistence)
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start redis-server (run scripts/setup.sh, which installs it)")
+    }
+
+    /// Kills the server at once (SIGKILL), as a crashed node ends; [`RedisServer::restart`]
+    /// brings it back on the same port with the same files.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again (killing it first if it still runs) on the same port and
+    /// directory, and waits until it accepts connections: a durable one has replayed its
+    /// append-only file by then.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.child = Self::spawn(self.port, self.durable, self.dir.path())?;
+        self.wait_listening()
     }
 
     fn wait_listening(&mut self) -> anyhow::Result<()> {

@@ -72,6 +72,18 @@ impl ProtocolWorker {
     /// Registers like [`ProtocolWorker::register`] with the coordinator at `url`, reached
     /// through `access` (a secured farm).
     pub async fn register_at(url: &str, access: &Access, name: &str) -> ProtocolWorker {
+        let models = ["ViT-B/32", "vqgan_imagenet_f16_16384", "realesrgan-x4plus"];
+        Self::register_with(url, access, name, &models).await
+    }
+
+    /// Registers a CPU worker that runs every kind of task with `models` (a farm whose
+    /// coordinator knows other models than the defaults).
+    pub async fn register_with(
+        url: &str,
+        access: &Access,
+        name: &str,
+        models: &[&str],
+    ) -> ProtocolWorker {
         let mut client = workers_client(url, access).await;
         let capabilities = v1::Capabilities {
             kinds: vec![
@@ -79,9 +91,7 @@ impl ProtocolWorker {
                 v1::TaskKind::UpscaleTile as i32,
                 v1::TaskKind::Stitch as i32,
             ],
-            models: ["ViT-B/32", "vqgan_imagenet_f16_16384", "realesrgan-x4plus"]
-                .map(String::from)
-                .to_vec(),
+            models: models.iter().map(|m| m.to_string()).collect(),
             device: "cpu".into(),
             max_pixels: 0,
         };

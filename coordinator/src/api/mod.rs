@@ -84,7 +84,10 @@ impl From<StoreError> for Status {
             StoreError::BadName(_) => Status::invalid_argument(e.to_string()),
             StoreError::TooLarge(_) => Status::resource_exhausted(e.to_string()),
             StoreError::NotFound(_) => Status::not_found(e.to_string()),
-            StoreError::Open { .. } | StoreError::Backend(_) => Status::unavailable(e.to_string()),
+            StoreError::Open { .. } | StoreError::Full(_) | StoreError::Backend(_) => {
+                tracing::warn!("{e}");
+                Status::unavailable(e.to_string())
+            }
         }
     }
 }

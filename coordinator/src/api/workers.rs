@@ -6,7 +6,7 @@ use crate::state::{
     CompleteOutcome, FailVerdict, HeartbeatOutcome, LeaseRef, Progress, TaskRecord, TaskState,
     WorkerRecord,
 };
-use crate::store::{check_name, preview_key, task_prefix};
+use crate::store::{check_name, preview_key, producer_of, task_prefix};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +60,52 @@ impl WorkersApi {
         Ok(())
     }
 
+    /// Counts what a failure report led to in the metrics.
+    async fn observe_verdict(&self, task: &str, verdict: FailVerdict) -> Result<(), Status> {
+        match verdict {
+            FailVerdict::Retrying => self.c.metrics.task_retried(),
+            FailVerdict::Failed => self.observe_job_end(job_of_task(task)).await?,
+            FailVerdict::Stale
+            | FailVerdict::Cancelled
+            | FailVerdict::WaitingForInput
+            | FailVerdict::Requeued => {}
+        }
+        Ok(())
+    }
+
+    /// Whether input `key` of `task` is corrupt or missing in the store, as a worker reported.
+    /// A key that is no longer among the task's inputs counts as corrupt: the state then sees
+    /// that it was replaced and queues the task with the new one.
+    async fn stored_corrupt(&self, task: &str, key: &str) -> Result<bool, Status> {
+        let record = self.task(task).await?;
+        match record.input(key) {
+            Some(artifact) => Ok(!self.c.store.intact(artifact).await?),
+            None => Ok(true),
+        }
+    }
+
+    /// Has the task that made a corrupt input run again (see `StateBackend::redo_input`).
+    async fn redo_input(
+        &self,
+        lease: LeaseRef<'_>,
+        key: &str,
+    ) -> Result<Response<v1::FailTaskReply>, Status> {
+        let verdict = self
+            .c
+            .backend
+            .redo_input(lease, key, producer_of(key), &self.c.policy, now_ms())
+            .await?;
+        self.c.metrics.corrupt_artifact();
+        self.observe_verdict(lease.task, verdict).await?;
+        tracing::warn!(task = %lease.task, attempt = lease.attempt, worker = %lease.worker, key, ?verdict, "an input is corrupt in the artifact store");
+        let task = self.task(lease.task).await?;
+        Ok(Response::new(v1::FailTaskReply {
+            verdict: proto_verdict(verdict) as i32,
+            failures: task.failures,
+            worker_banned: false,
+        }))
+    }
+
     /// A file a worker says belongs to this attempt must be stored under its key prefix.
     async fn check_own_artifact(
         &self,
@@ -96,6 +142,17 @@ fn record_task(task: &str) {
     let span = Span::current();
     span.record("task", task);
     span.record("job", job_of_task(task));
+}
+
+fn proto_verdict(verdict: FailVerdict) -> v1::FailVerdict {
+    match verdict {
+        FailVerdict::Retrying => v1::FailVerdict::Retrying,
+        FailVerdict::Failed => v1::FailVerdict::Failed,
+        FailVerdict::Stale => v1::FailVerdict::Stale,
+        FailVerdict::Cancelled => v1::FailVerdict::Cancelled,
+        FailVerdict::WaitingForInput => v1::FailVerdict::WaitingForInput,
+        FailVerdict::Requeued => v1::FailVerdict::Requeued,
+    }
 }
 
 fn holds(task: &TaskRecord, attempt: u32, worker: &str) -> bool {
@@ -319,32 +376,31 @@ impl Workers for WorkersApi {
         &self,
         request: Request<v1::FailTaskRequest>,
     ) -> Result<Response<v1::FailTaskReply>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
         record_lease(&r.task_id, &r.worker_id);
         let lease = LeaseRef {
             task: &r.task_id,
             attempt: r.attempt,
             worker: &r.worker_id,
         };
+        if !r.corrupt_input.is_empty() {
+            if self.stored_corrupt(&r.task_id, &r.corrupt_input).await? {
+                return self.redo_input(lease, &r.corrupt_input).await;
+            }
+            r.error = format!(
+                "{} (the stored file is intact: it was damaged on the way to the worker)",
+                r.error
+            );
+        }
         let outcome = self
             .c
             .backend
             .fail(lease, &r.error, r.retryable, &self.c.policy, now_ms())
             .await?;
-        match outcome.verdict {
-            FailVerdict::Retrying => self.c.metrics.task_retried(),
-            FailVerdict::Failed => self.observe_job_end(job_of_task(&r.task_id)).await?,
-            FailVerdict::Stale | FailVerdict::Cancelled => {}
-        }
-        let verdict = match outcome.verdict {
-            FailVerdict::Retrying => v1::FailVerdict::Retrying,
-            FailVerdict::Failed => v1::FailVerdict::Failed,
-            FailVerdict::Stale => v1::FailVerdict::Stale,
-            FailVerdict::Cancelled => v1::FailVerdict::Cancelled,
-        };
+        self.observe_verdict(&r.task_id, outcome.verdict).await?;
         tracing::info!(task = %r.task_id, attempt = r.attempt, worker = %r.worker_id, error = %r.error, ?outcome, "attempt failed");
         Ok(Response::new(v1::FailTaskReply {
-            verdict: verdict as i32,
+            verdict: proto_verdict(outcome.verdict) as i32,
             failures: outcome.failures,
             worker_banned: outcome.banned,
         }))

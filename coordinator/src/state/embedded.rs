@@ -9,9 +9,9 @@
 
 use super::model::Model;
 use super::{
-    CancelOutcome, CompleteOutcome, CreateOutcome, Event, FailOutcome, FarmStats, HeartbeatOutcome,
-    JobRecord, LeaseRef, NewJob, Policy, Progress, ResultRecord, StateBackend, StateError,
-    StateResult, TaskRecord, WorkerRecord,
+    CancelOutcome, CompleteOutcome, CreateOutcome, Event, FailOutcome, FailVerdict, FarmStats,
+    HeartbeatOutcome, JobRecord, LeaseRef, NewJob, Policy, Progress, ResultRecord, StateBackend,
+    StateError, StateResult, TaskRecord, WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -74,6 +74,15 @@ enum Op {
         policy: Policy,
         now: u64,
     },
+    RedoInput {
+        task: String,
+        attempt: u32,
+        worker: String,
+        key: String,
+        producer: Option<String>,
+        policy: Policy,
+        now: u64,
+    },
     Expire {
         policy: Policy,
         now: u64,
@@ -95,6 +104,7 @@ enum Answer {
     Heartbeat(HeartbeatOutcome),
     Complete(CompleteOutcome),
     Fail(FailOutcome),
+    Verdict(FailVerdict),
     Cancel(CancelOutcome),
 }
 
@@ -170,6 +180,25 @@ impl Op {
                 },
                 error,
                 *retryable,
+                policy,
+                *now,
+            )),
+            Op::RedoInput {
+                task,
+                attempt,
+                worker,
+                key,
+                producer,
+                policy,
+                now,
+            } => Answer::Verdict(m.redo_input(
+                LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                },
+                key,
+                producer.as_deref(),
                 policy,
                 *now,
             )),
@@ -520,6 +549,29 @@ impl StateBackend for EmbeddedBackend {
         };
         match self.apply(op, always)? {
             Answer::Fail(f) => Ok(f),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn redo_input(
+        &self,
+        lease: LeaseRef<'_>,
+        key: &str,
+        producer: Option<&str>,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<FailVerdict> {
+        let op = Op::RedoInput {
+            task: lease.task.to_string(),
+            attempt: lease.attempt,
+            worker: lease.worker.to_string(),
+            key: key.to_string(),
+            producer: producer.map(str::to_string),
+            policy: *policy,
+            now,
+        };
+        match self.apply(op, always)? {
+            Answer::Verdict(v) => Ok(v),
             _ => Err(unexpected()),
         }
     }

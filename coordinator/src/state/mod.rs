@@ -28,7 +28,9 @@ pub struct Policy {
     pub max_retries: u32,
     /// Expired leases a task may have before it fails for good (a task that kills its worker).
     pub max_expiries: u32,
-    /// Failures of one job's tasks after which a worker gets no more tasks of that job (0: never).
+    /// Tasks of one job that a worker failed and another worker then did, after which the
+    /// first gets no more tasks of that job (0: never). Counting only tasks others did keeps a
+    /// poison task, which fails everywhere, from banning good workers.
     pub ban_after: u32,
     /// Events kept per job; older ones are dropped first.
     pub events_max: u64,
@@ -377,6 +379,22 @@ pub struct TaskRecord {
     pub trace: String,
 }
 
+impl TaskRecord {
+    /// The file of this task with artifact key `key` that a worker downloads to run it: a
+    /// consumed output, an upscale tile's source picture, or the checkpoint to resume from.
+    pub fn input(&self, key: &str) -> Option<&ArtifactRef> {
+        let source = match &self.spec {
+            TaskSpec::UpscaleTile { source, .. } => Some(source),
+            _ => None,
+        };
+        self.inputs
+            .values()
+            .chain(source)
+            .chain(self.checkpoint.as_ref())
+            .find(|artifact| artifact.key == key)
+    }
+}
+
 /// The lease a report claims to hold.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseRef<'a> {
@@ -441,6 +459,11 @@ pub enum FailVerdict {
     Stale,
     /// The job was cancelled.
     Cancelled,
+    /// Its corrupt input is being made again; the task waits for it (no failure counted).
+    WaitingForInput,
+    /// Its corrupt input was made again meanwhile, or was its checkpoint, now dropped: queued
+    /// again at once (no failure counted).
+    Requeued,
 }
 
 /// Answer to a failure report.
@@ -738,6 +761,21 @@ pub trait StateBackend: Send + Sync + 'static {
         policy: &Policy,
         now: u64,
     ) -> StateResult<FailOutcome>;
+
+    /// Answers a worker that found input `key` of the task it holds corrupt, once the
+    /// coordinator has found the stored file corrupt or missing too. When `producer` (the
+    /// task whose output `key` should be) made it, the producer runs again and this task
+    /// waits for its new output; a corrupt checkpoint is dropped and the task starts over; an
+    /// input nobody in the job made (an upload) fails the task for good. No failure is
+    /// counted against the task or the worker: the file broke after it was accepted.
+    async fn redo_input(
+        &self,
+        lease: LeaseRef<'_>,
+        key: &str,
+        producer: Option<&str>,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<FailVerdict>;
 
     /// Queues again up to `limit` tasks whose lease ended before `now`; returns them.
     async fn expire(&self, policy: &Policy, now: u64, limit: usize) -> StateResult<Vec<String>>;

@@ -14,7 +14,7 @@ use super::{
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use tessera_core::plan::Unit;
-use tessera_core::task::{ArtifactRef, Capabilities, KindCounts, NewTask, Requirements};
+use tessera_core::task::{ArtifactRef, Capabilities, KindCounts, NewTask, Requirements, TaskKind};
 
 /// Fair-share position given to new jobs: below every served job (served jobs get the lease
 /// counter), in submission order among themselves.
@@ -28,6 +28,9 @@ struct Task {
     seq: u64,
     planned_tiles: u32,
     planned_stitches: u32,
+    /// Workers whose attempts at it failed, blamed only if another worker completes it.
+    #[serde(default)]
+    failed_by: BTreeSet<String>,
 }
 
 /// A job with its queues, results, bans and events.
@@ -502,7 +505,10 @@ impl Model {
             w.tasks_done += 1;
         }
         self.move_task(task, TaskState::Done);
-        self.tasks.get_mut(task).expect("task exists").record.output = Some(output.clone());
+        let t = self.tasks.get_mut(task).expect("task exists");
+        t.record.output = Some(output.clone());
+        let failed_by = std::mem::take(&mut t.failed_by);
+        self.blame(&job_id, &failed_by, worker, policy);
         let job = self.jobs.get_mut(&job_id).expect("task's job exists");
         job.record.ended.add(kind, 1);
         job.record.busy_ms.add(kind, now.saturating_sub(started));
@@ -533,6 +539,27 @@ impl Model {
         }
         self.maybe_finish(&job_id, policy, now);
         CompleteOutcome::Accepted
+    }
+
+    /// Workers whose attempts failed at a task that `completer` then did were at fault, not the
+    /// task: each such task counts against them, and `ban_after` of them keep a worker off the
+    /// job. A task that fails everywhere (a poison task) bans nobody, so it cannot keep good
+    /// workers from the rest of its job.
+    fn blame(
+        &mut self,
+        job_id: &str,
+        failed_by: &BTreeSet<String>,
+        completer: &str,
+        policy: &Policy,
+    ) {
+        let job = self.jobs.get_mut(job_id).expect("task's job exists");
+        for culprit in failed_by.iter().filter(|w| *w != completer) {
+            let count = job.worker_failures.entry(culprit.clone()).or_insert(0);
+            *count += 1;
+            if policy.ban_after > 0 && *count >= policy.ban_after {
+                job.banned.insert(culprit.clone());
+            }
+        }
     }
 
     /// Gives a consuming task one of its inputs, queueing it when it has them all.
@@ -579,15 +606,10 @@ impl Model {
             .push(format!("attempt {attempt} on {worker}: {error}"));
         r.failures += 1;
         let (job_id, failures, deadline) = (r.job.clone(), r.failures, r.deadline_ms);
+        t.failed_by.insert(worker.to_string());
         self.leases.remove(&(deadline, task.to_string()));
         self.release_worker(worker, task);
-        let job = self.jobs.get_mut(&job_id).expect("task's job exists");
-        let count = job.worker_failures.entry(worker.to_string()).or_insert(0);
-        *count += 1;
-        if policy.ban_after > 0 && *count >= policy.ban_after {
-            job.banned.insert(worker.to_string());
-        }
-        let banned = job.banned.contains(worker);
+        let banned = self.jobs[&job_id].banned.contains(worker);
         let verdict = if retryable && failures <= policy.max_retries {
             self.enqueue(task);
             self.event(
@@ -609,6 +631,148 @@ impl Model {
         };
         self.maybe_finish(&job_id, policy, now);
         outcome(verdict, failures, banned)
+    }
+
+    /// Answers a report that input `key` of the leased task is corrupt in the store (see
+    /// [`super::StateBackend::redo_input`]).
+    pub fn redo_input(
+        &mut self,
+        lease: LeaseRef<'_>,
+        key: &str,
+        producer: Option<&str>,
+        policy: &Policy,
+        now: u64,
+    ) -> FailVerdict {
+        let LeaseRef {
+            task,
+            attempt,
+            worker,
+        } = lease;
+        let Some(t) = self.tasks.get(task) else {
+            return FailVerdict::Stale;
+        };
+        let r = &t.record;
+        match r.state {
+            TaskState::Cancelled => return FailVerdict::Cancelled,
+            TaskState::Running if r.attempt == attempt && r.worker == worker => {}
+            _ => return FailVerdict::Stale,
+        }
+        let (job_id, deadline) = (r.job.clone(), r.deadline_ms);
+        let is_checkpoint = r.checkpoint.as_ref().is_some_and(|c| c.key == key);
+        let held = r.input(key).is_some();
+        self.leases.remove(&(deadline, task.to_string()));
+        self.release_worker(worker, task);
+        let verdict = if is_checkpoint {
+            let r = &mut self.tasks.get_mut(task).expect("task exists").record;
+            r.checkpoint = None;
+            r.checkpoint_iteration = 0;
+            let reason =
+                format!("checkpoint {key} is corrupt in the artifact store; starting over");
+            self.requeue(task, &reason, policy, now);
+            FailVerdict::Requeued
+        } else if !held {
+            let reason = format!("input {key} was made again meanwhile; running with the new one");
+            self.requeue(task, &reason, policy, now);
+            FailVerdict::Requeued
+        } else if let Some(producer) = producer.filter(|p| self.made(p, &job_id, key)) {
+            self.redo(producer, key, task, policy, now);
+            let reason = format!(
+                "input {key} is corrupt in the artifact store; waiting for {producer} to make it again"
+            );
+            self.note_error(task, &reason);
+            self.tasks
+                .get_mut(task)
+                .expect("task exists")
+                .record
+                .waiting += 1;
+            self.move_task(task, TaskState::Blocked);
+            self.requeued_event(task, &reason, policy, now);
+            FailVerdict::WaitingForInput
+        } else {
+            let reason = format!(
+                "input {key} is corrupt in the artifact store and no task of this job made it \
+                 (an uploaded picture): upload it again and submit a new job"
+            );
+            self.note_error(task, &reason);
+            self.fail_for_good(task, &reason, worker, attempt, policy, now);
+            FailVerdict::Failed
+        };
+        self.maybe_finish(&job_id, policy, now);
+        verdict
+    }
+
+    /// Whether task `producer` of job `job` made artifact `key`: its accepted output, or it
+    /// is being made again (its output was found corrupt and dropped).
+    fn made(&self, producer: &str, job: &str, key: &str) -> bool {
+        self.tasks.get(producer).is_some_and(|p| {
+            let r = &p.record;
+            r.job == job
+                && match &r.output {
+                    Some(output) => r.state == TaskState::Done && output.key == key,
+                    None => matches!(r.state, TaskState::Queued | TaskState::Running),
+                }
+        })
+    }
+
+    /// Runs `producer` again because its output `key` is corrupt (nothing when a report
+    /// before this one already did); `consumer` waits for the new output.
+    fn redo(&mut self, producer: &str, key: &str, consumer: &str, policy: &Policy, now: u64) {
+        let p = &mut self
+            .tasks
+            .get_mut(producer)
+            .expect("producer exists")
+            .record;
+        if p.output.take().is_none() {
+            return;
+        }
+        let (kind, job_id) = (p.kind, p.job.clone());
+        let parent_slot = (p.parent.as_deref() == Some(consumer)).then_some(p.slot);
+        let reason = format!(
+            "its output {key} is corrupt in the artifact store (found by {consumer}); running again"
+        );
+        self.note_error(producer, &reason);
+        self.jobs
+            .get_mut(&job_id)
+            .expect("job exists")
+            .record
+            .ended
+            .remove(kind, 1);
+        if let Some(slot) = parent_slot {
+            let c = &mut self
+                .tasks
+                .get_mut(consumer)
+                .expect("consumer exists")
+                .record;
+            c.inputs.remove(&slot);
+        }
+        self.enqueue(producer);
+        self.requeued_event(producer, &reason, policy, now);
+    }
+
+    /// Queues a task whose lease was taken back without a failure, with the reason kept.
+    fn requeue(&mut self, tid: &str, reason: &str, policy: &Policy, now: u64) {
+        self.note_error(tid, reason);
+        self.enqueue(tid);
+        self.requeued_event(tid, reason, policy, now);
+    }
+
+    /// Adds to a task's error history, naming its latest attempt and worker.
+    fn note_error(&mut self, tid: &str, reason: &str) {
+        let r = &mut self.tasks.get_mut(tid).expect("task exists").record;
+        r.errors
+            .push(format!("attempt {} on {}: {reason}", r.attempt, r.worker));
+    }
+
+    fn requeued_event(&mut self, tid: &str, reason: &str, policy: &Policy, now: u64) {
+        let r = &self.tasks[tid].record;
+        let kind = EventKind::TaskRequeued {
+            task: tid.to_string(),
+            attempt: r.attempt,
+            worker: r.worker.clone(),
+            reason: reason.to_string(),
+        };
+        let job = r.job.clone();
+        self.event(&job, now, policy, kind);
     }
 
     /// Queues again up to `limit` tasks whose lease ended at or before `now`.
@@ -635,10 +799,12 @@ impl Model {
     /// A running task whose worker went away (its lease entry already removed): queued again,
     /// or failed for good after too many such ends.
     fn abandon(&mut self, tid: &str, reason: &str, policy: &Policy, now: u64) {
-        let t = self.tasks.get_mut(tid).expect("abandoned task exists");
-        let r = &mut t.record;
-        r.errors
-            .push(format!("attempt {} on {}: {reason}", r.attempt, r.worker));
+        self.note_error(tid, reason);
+        let r = &mut self
+            .tasks
+            .get_mut(tid)
+            .expect("abandoned task exists")
+            .record;
         r.expiries += 1;
         let (job, worker, attempt, expiries) =
             (r.job.clone(), r.worker.clone(), r.attempt, r.expiries);
@@ -648,17 +814,7 @@ impl Model {
             self.fail_for_good(tid, &why, &worker, attempt, policy, now);
         } else {
             self.enqueue(tid);
-            self.event(
-                &job,
-                now,
-                policy,
-                EventKind::TaskRequeued {
-                    task: tid.to_string(),
-                    attempt,
-                    worker,
-                    reason: reason.to_string(),
-                },
-            );
+            self.requeued_event(tid, reason, policy, now);
         }
         self.maybe_finish(&job, policy, now);
     }
@@ -712,6 +868,10 @@ impl Model {
     // ----- helpers -----------------------------------------------------------------------
 
     fn create_task(&mut self, new: &NewTask) {
+        if self.tasks.contains_key(&new.id) {
+            self.refresh_followup(new);
+            return;
+        }
         self.seq += 1;
         let record = TaskRecord {
             id: new.id.clone(),
@@ -747,12 +907,32 @@ impl Model {
                 seq: self.seq,
                 planned_tiles: new.planned_tiles,
                 planned_stitches: new.planned_stitches,
+                failed_by: BTreeSet::new(),
             },
         );
         let job = self.jobs.get_mut(&new.job).expect("task's job exists");
         job.tasks.push(new.id.clone());
         job.record.counts.blocked += 1;
         if new.waiting == 0 {
+            self.enqueue(&new.id);
+        }
+    }
+
+    /// A follow-up planned again by a task that ran again (its output was corrupt): an upscale
+    /// tile that has not finished takes the new spec (the new source picture), and one that
+    /// waited for it is queued. Stitches and finished tiles stay as they are.
+    fn refresh_followup(&mut self, new: &NewTask) {
+        let r = &mut self.tasks.get_mut(&new.id).expect("task exists").record;
+        let unfinished = matches!(
+            r.state,
+            TaskState::Queued | TaskState::Blocked | TaskState::Running
+        );
+        if r.kind != TaskKind::UpscaleTile || !unfinished {
+            return;
+        }
+        r.spec = new.spec.clone();
+        if r.state == TaskState::Blocked {
+            r.waiting = 0;
             self.enqueue(&new.id);
         }
     }

@@ -31,6 +31,7 @@ struct Scripts {
     heartbeat: Script,
     complete: Script,
     fail: Script,
+    redo_input: Script,
     expire: Script,
     deregister: Script,
     cancel: Script,
@@ -52,6 +53,7 @@ impl Scripts {
             heartbeat: script(include_str!("lua/heartbeat.lua")),
             complete: script(include_str!("lua/complete.lua")),
             fail: script(include_str!("lua/fail.lua")),
+            redo_input: script(include_str!("lua/redo_input.lua")),
             expire: script(include_str!("lua/expire.lua")),
             deregister: script(include_str!("lua/deregister.lua")),
             cancel: script(include_str!("lua/cancel.lua")),
@@ -65,6 +67,8 @@ impl Scripts {
 
 /// The Redis state store.
 pub struct RedisBackend {
+    /// `host:port`, for errors.
+    address: String,
     client: Client,
     conn: ConnectionManager,
     prefix: String,
@@ -81,8 +85,10 @@ impl Drop for RedisBackend {
     }
 }
 
-fn unavailable(e: redis::RedisError) -> StateError {
-    StateError::Unavailable(e.to_string())
+/// Turns a Redis error into an unavailable state store, naming the server (`host:port`, never
+/// the URL, which may hold a password).
+fn unavailable(address: &str) -> impl Fn(redis::RedisError) -> StateError + '_ {
+    move |e| StateError::Unavailable(format!("Redis at {address}: {e}"))
 }
 
 fn corrupt(what: impl Into<String>, detail: impl ToString) -> StateError {
@@ -96,7 +102,7 @@ impl RedisBackend {
     /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`); every key starts with `prefix`, so
     /// several farms may share one Redis.
     pub async fn connect(url: &str, prefix: &str) -> StateResult<Self> {
-        Self::with_client(Client::open(url).map_err(unavailable)?, prefix).await
+        Self::with_client(Client::open(url).map_err(unavailable("its URL"))?, prefix).await
     }
 
     /// Connects to a TLS Redis (`rediss://`) whose certificate `ca_pem` (a PEM CA certificate)
@@ -106,7 +112,7 @@ impl RedisBackend {
             client_tls: None,
             root_cert: Some(ca_pem),
         };
-        let client = Client::build_with_tls(url, certificates).map_err(unavailable)?;
+        let client = Client::build_with_tls(url, certificates).map_err(unavailable("its URL"))?;
         Self::with_client(client, prefix).await
     }
 
@@ -115,11 +121,13 @@ impl RedisBackend {
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_connection_timeout(Some(Duration::from_secs(5)));
+        let address = client.get_connection_info().addr().to_string();
         let conn = client
             .get_connection_manager_with_config(config)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable(&address))?;
         let backend = RedisBackend {
+            address,
             client,
             conn,
             prefix: prefix.to_string(),
@@ -188,7 +196,7 @@ impl RedisBackend {
         invocation
             .invoke_async(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable(&self.address))
     }
 
     async fn read_task(&self, id: &str) -> StateResult<Option<TaskRecord>> {
@@ -213,7 +221,7 @@ impl RedisBackend {
                 self.client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
-                    .map_err(unavailable)
+                    .map_err(unavailable(&self.address))
             }
         }
     }
@@ -237,11 +245,16 @@ impl RedisBackend {
         let reply: Option<StreamReadReply> = match block {
             None => {
                 let mut conn = self.conn.clone();
-                cmd.query_async(&mut conn).await.map_err(unavailable)?
+                cmd.query_async(&mut conn)
+                    .await
+                    .map_err(unavailable(&self.address))?
             }
             Some(_) => {
                 let mut conn = self.blocking_connection().await?;
-                let reply = cmd.query_async(&mut conn).await.map_err(unavailable)?;
+                let reply = cmd
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable(&self.address))?;
                 self.blocking
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -712,7 +725,7 @@ impl StateBackend for RedisBackend {
             .arg(&key)
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable(&self.address))?;
         let mut jobs = Vec::with_capacity(ids.len());
         for id in ids.iter().take(limit) {
             if let Some(job) = self.job(id).await? {
@@ -797,7 +810,7 @@ impl StateBackend for RedisBackend {
             .ignore()
             .query_async::<()>(&mut conn)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable(&self.address))
     }
 
     async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>> {
@@ -806,7 +819,7 @@ impl StateBackend for RedisBackend {
             .arg(self.key(&["worker", id]))
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable(&self.address))?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -821,7 +834,7 @@ impl StateBackend for RedisBackend {
             .arg(self.key(&["workers"]))
             .query_async(&mut conn)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable(&self.address))?;
         ids.sort();
         let mut workers = Vec::with_capacity(ids.len());
         for id in ids {
@@ -920,6 +933,7 @@ impl StateBackend for RedisBackend {
             lease.attempt.to_string(),
             lease.worker.to_string(),
             json(output),
+            policy.ban_after.to_string(),
         ];
         task_args(followups, &mut args);
         let reply: String = self
@@ -949,7 +963,6 @@ impl StateBackend for RedisBackend {
             error.to_string(),
             flag(retryable),
             policy.max_retries.to_string(),
-            policy.ban_after.to_string(),
         ];
         let (verdict, failures, banned): (String, u32, u32) = self
             .run(&self.scripts.fail, now, policy.events_max, args)
@@ -966,6 +979,34 @@ impl StateBackend for RedisBackend {
             failures,
             banned: banned == 1,
         })
+    }
+
+    async fn redo_input(
+        &self,
+        lease: LeaseRef<'_>,
+        key: &str,
+        producer: Option<&str>,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<FailVerdict> {
+        let args = vec![
+            lease.task.to_string(),
+            lease.attempt.to_string(),
+            lease.worker.to_string(),
+            key.to_string(),
+            producer.unwrap_or_default().to_string(),
+        ];
+        let verdict: String = self
+            .run(&self.scripts.redo_input, now, policy.events_max, args)
+            .await?;
+        match verdict.as_str() {
+            "waiting_for_input" => Ok(FailVerdict::WaitingForInput),
+            "requeued" => Ok(FailVerdict::Requeued),
+            "failed" => Ok(FailVerdict::Failed),
+            "stale" => Ok(FailVerdict::Stale),
+            "cancelled" => Ok(FailVerdict::Cancelled),
+            other => Err(corrupt("redo_input reply", other)),
+        }
     }
 
     async fn expire(&self, policy: &Policy, now: u64, limit: usize) -> StateResult<Vec<String>> {
@@ -1025,7 +1066,7 @@ impl StateBackend for RedisBackend {
             .query_async::<String>(&mut conn)
             .await
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(unavailable(&self.address))
     }
 }
 

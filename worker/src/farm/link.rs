@@ -5,6 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tessera_core::task::{sha256_hex, ArtifactRef};
 use tessera_proto::access::{Access, Bearer};
 use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
@@ -168,14 +169,21 @@ impl Link {
         Ok(reply.into_inner())
     }
 
-    /// Reports that a task failed here; the coordinator decides whether it runs again.
-    pub async fn fail(&self, task: &v1::Task, error: String) -> Result<(), Status> {
+    /// Reports that a task failed here, naming the input that was found corrupt when that was
+    /// why; the coordinator decides whether it runs again (or has the input made again).
+    pub async fn fail(
+        &self,
+        task: &v1::Task,
+        error: String,
+        corrupt_input: Option<&str>,
+    ) -> Result<(), Status> {
         let request = v1::FailTaskRequest {
             worker_id: self.id(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
             error,
             retryable: true,
+            corrupt_input: corrupt_input.unwrap_or_default().to_string(),
         };
         retrying(&self.url, "failure report", || {
             let mut client = self.client.clone();
@@ -240,10 +248,11 @@ impl Link {
         Ok(reply.into_inner())
     }
 
-    /// Downloads one artifact whole.
-    pub async fn download(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+    /// Downloads one artifact whole and checks it against its length and SHA-256: a file
+    /// damaged in storage or on the way is a [`CorruptInput`] error, never used.
+    pub async fn download(&self, artifact: &v1::ArtifactRef) -> anyhow::Result<Vec<u8>> {
         let request = v1::DownloadArtifactRequest {
-            key: key.into(),
+            key: artifact.key.clone(),
             offset: 0,
         };
         let stream = retrying(&self.url, "download", || {
@@ -255,6 +264,7 @@ impl Link {
         .into_inner();
         let mut out = Vec::new();
         read_download(stream, &mut out).await?;
+        check(artifact, &out)?;
         Ok(out)
     }
 
@@ -262,8 +272,8 @@ impl Link {
     pub async fn download_all(&self, inputs: &[v1::ArtifactRef]) -> anyhow::Result<Vec<Vec<u8>>> {
         let mut downloads = tokio::task::JoinSet::new();
         for (index, input) in inputs.iter().enumerate() {
-            let (link, key) = (self.clone(), input.key.clone());
-            downloads.spawn(async move { (index, link.download(&key).await) });
+            let (link, input) = (self.clone(), input.clone());
+            downloads.spawn(async move { (index, link.download(&input).await) });
         }
         let mut out = vec![Vec::new(); inputs.len()];
         while let Some(joined) = downloads.join_next().await {
@@ -275,12 +285,46 @@ impl Link {
 
     /// An upscale source picture: `cached` when it is the one asked for (artifacts never
     /// change once stored), else downloaded.
-    pub async fn source(&self, key: &str, cached: Option<Source>) -> anyhow::Result<Source> {
+    pub async fn source(
+        &self,
+        artifact: &v1::ArtifactRef,
+        cached: Option<Source>,
+    ) -> anyhow::Result<Source> {
         match cached {
-            Some(source) if source.0 == key => Ok(source),
-            _ => Ok((key.to_string(), Arc::new(self.download(key).await?))),
+            Some(source) if source.0 == artifact.key => Ok(source),
+            _ => Ok((
+                artifact.key.clone(),
+                Arc::new(self.download(artifact).await?),
+            )),
         }
     }
+}
+
+/// An input whose bytes are not the file the coordinator recorded: damaged in storage or on
+/// the way. Reported with the failure, so the coordinator can have the file made again.
+#[derive(Debug, thiserror::Error)]
+#[error("input {key} is corrupt: {got} bytes with SHA-256 {got_sha256}, expected {size} bytes with SHA-256 {sha256}")]
+pub struct CorruptInput {
+    /// Its artifact key.
+    pub key: String,
+    size: u64,
+    sha256: String,
+    got: usize,
+    got_sha256: String,
+}
+
+/// Checks downloaded `data` against what the coordinator recorded of `artifact`.
+fn check(artifact: &v1::ArtifactRef, data: &[u8]) -> Result<(), CorruptInput> {
+    if ArtifactRef::from(artifact.clone()).holds(data) {
+        return Ok(());
+    }
+    Err(CorruptInput {
+        key: artifact.key.clone(),
+        size: artifact.size,
+        sha256: artifact.sha256.clone(),
+        got: data.len(),
+        got_sha256: sha256_hex(data),
+    })
 }
 
 /// A tile's source picture with its artifact key: the tiles of one picture often come to the

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument;
 
-use super::link::{Link, Source};
+use super::link::{CorruptInput, Link, Source};
 use super::metrics::WorkerMetrics;
 use super::tasks::{self, ModelCache, Outcome};
 use super::FarmArgs;
@@ -192,14 +192,14 @@ async fn fetch_inputs(
     last_source: Option<Source>,
 ) -> anyhow::Result<Inputs> {
     let checkpoint = match &task.checkpoint {
-        Some(c) if !c.key.is_empty() => Some(link.download(&c.key).await?),
+        Some(c) if !c.key.is_empty() => Some(link.download(c).await?),
         _ => None,
     };
     let tiles = link.download_all(&task.inputs).await?;
     let source = match &task.spec {
         Some(v1::task::Spec::UpscaleTile(t)) => {
-            let key = &t.source.as_ref().context("the tile has no source")?.key;
-            Some(link.source(key, last_source).await?)
+            let source = t.source.as_ref().context("the tile has no source")?;
+            Some(link.source(source, last_source).await?)
         }
         _ => None,
     };
@@ -377,7 +377,11 @@ impl Session {
     /// Tells the coordinator the task failed here, with the whole error chain.
     async fn report_failure(&self, task: &v1::Task, error: &anyhow::Error) -> anyhow::Result<()> {
         eprintln!("tessera-worker: task {} failed: {error:#}", task.task_id);
-        self.link.fail(task, format!("{error:#}")).await?;
+        let corrupt = error
+            .chain()
+            .find_map(|e| e.downcast_ref::<CorruptInput>())
+            .map(|c| c.key.as_str());
+        self.link.fail(task, format!("{error:#}"), corrupt).await?;
         Ok(())
     }
 

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod farm;
+
 use tch::Tensor;
 
 /// The repository root (the workspace above this crate).

@@ -45,22 +45,45 @@ local function enqueue(tid)
   woke = true
 end
 
--- Twelve arguments per task, from ARGV[at]: id, job, kind, unit, class, spec, parent, slot,
--- waiting, final, planned tiles, planned stitches. Returns the index after the last one.
+-- A follow-up planned again by a task that ran again (its output was corrupt): an upscale tile
+-- that has not finished takes the new spec (the new source picture), and one that waited for
+-- it is queued. Stitches and finished tiles stay as they are.
+local function refresh_followup(id, spec)
+  local kind, state = unpack(redis.call('HMGET', task_key(id), 'kind', 'state'))
+  if kind ~= 'upscale_tile' or not (state == 'queued' or state == 'blocked' or state == 'running') then
+    return
+  end
+  redis.call('HSET', task_key(id), 'spec', spec)
+  if state == 'blocked' then
+    redis.call('HSET', task_key(id), 'waiting', 0)
+    enqueue(id)
+  end
+end
+
+local function create_task(id, job, kind, unit, class, spec, parent, slot, waiting, final, ptiles,
+                           pstitches, trace)
+  local seq = redis.call('INCR', P .. 'seq')
+  redis.call('HSET', task_key(id), 'id', id, 'job', job, 'kind', kind, 'unit', unit, 'state', 'blocked',
+    'attempt', 0, 'failures', 0, 'expiries', 0, 'worker', '', 'deadline', 0, 'spec', spec,
+    'parent', parent, 'slot', slot, 'waiting', waiting, 'final', final, 'checkpoint', '',
+    'ckpt_iter', 0, 'iteration', 0, 'loss', '', 'output', '', 'class', class, 'seq', seq,
+    'ptiles', ptiles, 'pstitches', pstitches, 'started', 0, 'trace', trace)
+  redis.call('RPUSH', P .. 'tasks:' .. job, id)
+  redis.call('HINCRBY', job_key(job), 'n_blocked', 1)
+  redis.call('HINCRBY', P .. 'counts', 'blocked', 1)
+  if tonumber(waiting) == 0 then enqueue(id) end
+end
+
+-- Thirteen arguments per task, from ARGV[at]: id, job, kind, unit, class, spec, parent, slot,
+-- waiting, final, planned tiles, planned stitches, trace. Returns the index after the last one.
 local function create_tasks(at, count)
   for _ = 1, count do
-    local id, job, kind, unit, class, spec, parent, slot, waiting, final, ptiles, pstitches, trace =
-      unpack(ARGV, at, at + 12)
-    local seq = redis.call('INCR', P .. 'seq')
-    redis.call('HSET', task_key(id), 'id', id, 'job', job, 'kind', kind, 'unit', unit, 'state', 'blocked',
-      'attempt', 0, 'failures', 0, 'expiries', 0, 'worker', '', 'deadline', 0, 'spec', spec,
-      'parent', parent, 'slot', slot, 'waiting', waiting, 'final', final, 'checkpoint', '',
-      'ckpt_iter', 0, 'iteration', 0, 'loss', '', 'output', '', 'class', class, 'seq', seq,
-      'ptiles', ptiles, 'pstitches', pstitches, 'started', 0, 'trace', trace)
-    redis.call('RPUSH', P .. 'tasks:' .. job, id)
-    redis.call('HINCRBY', job_key(job), 'n_blocked', 1)
-    redis.call('HINCRBY', P .. 'counts', 'blocked', 1)
-    if tonumber(waiting) == 0 then enqueue(id) end
+    local id, spec = ARGV[at], ARGV[at + 5]
+    if redis.call('EXISTS', task_key(id)) == 1 then
+      refresh_followup(id, spec)
+    else
+      create_task(unpack(ARGV, at, at + 12))
+    end
     at = at + 13
   end
   return at
@@ -113,19 +136,28 @@ fail_for_good = function(tid, reason, worker, attempt)
   end
 end
 
+-- Adds to a task's error history, naming its latest attempt and worker.
+local function note_error(tid, reason)
+  local attempt, worker = unpack(redis.call('HMGET', task_key(tid), 'attempt', 'worker'))
+  redis.call('RPUSH', P .. 'errors:' .. tid, 'attempt ' .. attempt .. ' on ' .. worker .. ': ' .. reason)
+end
+
+local function requeued_event(tid, reason)
+  local job, attempt, worker = unpack(redis.call('HMGET', task_key(tid), 'job', 'attempt', 'worker'))
+  event(job, 'task_requeued', { 'task', tid, 'attempt', attempt, 'worker', worker, 'reason', reason })
+end
+
 local function abandon(tid, reason, max_expiries)
   local t = task_key(tid)
   local job, worker, attempt = unpack(redis.call('HMGET', t, 'job', 'worker', 'attempt'))
-  redis.call('RPUSH', P .. 'errors:' .. tid,
-    'attempt ' .. attempt .. ' on ' .. worker .. ': ' .. reason)
+  note_error(tid, reason)
   local expiries = redis.call('HINCRBY', t, 'expiries', 1)
   release_worker(worker, tid)
   if expiries > max_expiries then
     fail_for_good(tid, reason .. ' ' .. expiries .. ' times', worker, attempt)
   else
     enqueue(tid)
-    event(job, 'task_requeued', { 'task', tid, 'attempt', attempt, 'worker', worker,
-      'reason', reason })
+    requeued_event(tid, reason)
   end
   maybe_finish(job)
 end

@@ -1,6 +1,21 @@
--- complete: ARGV[4] task, [5] attempt, [6] worker, [7] output JSON, [8] follow-up count, then
--- thirteen arguments per follow-up task (see create_tasks).
+-- complete: ARGV[4] task, [5] attempt, [6] worker, [7] output JSON, [8] failed tasks (done by
+-- others) after which a worker is kept off a job (0: never), [9] follow-up count, then thirteen
+-- arguments per follow-up task (see create_tasks).
 -- Returns 'accepted', 'duplicate', 'stale' or 'cancelled'.
+-- Workers whose attempts failed at a task that `completer` then did were at fault, not the task
+-- (model.rs `blame`): a poison task, failing everywhere, bans nobody.
+local function blame(job, tid, completer, ban_after)
+  for _, culprit in ipairs(redis.call('SMEMBERS', P .. 'tfail:' .. tid)) do
+    if culprit ~= completer then
+      local count = redis.call('HINCRBY', P .. 'wfail:' .. job, culprit, 1)
+      if ban_after > 0 and count >= ban_after then
+        redis.call('SADD', P .. 'banned:' .. job, culprit)
+      end
+    end
+  end
+  redis.call('DEL', P .. 'tfail:' .. tid)
+end
+
 local function main()
   local tid, attempt, worker, output = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
   local t = task_key(tid)
@@ -18,6 +33,7 @@ local function main()
   end
   move_task(tid, job, 'running', 'done')
   redis.call('HSET', t, 'output', output)
+  blame(job, tid, worker, tonumber(ARGV[8]))
   local jk = job_key(job)
   redis.call('HINCRBY', jk, 'x_' .. kind, 1)
   redis.call('HINCRBY', jk, 'b_' .. kind, int(math.max(0, NOW - tonumber(started))))
@@ -40,7 +56,7 @@ local function main()
       if waiting == 0 and redis.call('HGET', pk, 'state') == 'blocked' then enqueue(parent) end
     end
   end
-  create_tasks(9, tonumber(ARGV[8]))
+  create_tasks(10, tonumber(ARGV[9]))
   maybe_finish(job)
   return 'accepted'
 end

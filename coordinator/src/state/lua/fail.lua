@@ -1,9 +1,10 @@
--- fail: ARGV[4] task, [5] attempt, [6] worker, [7] error, [8] retryable (0/1),
--- [9] retry budget, [10] failures of one job after which a worker is kept off it (0: never).
+-- fail: ARGV[4] task, [5] attempt, [6] worker, [7] error, [8] retryable (0/1), [9] retry budget.
+-- The worker is remembered as having failed the task; complete.lua blames it if another worker
+-- then does the task.
 -- Returns {verdict, failures, banned (0/1)}; verdict 'retrying', 'failed', 'stale', 'cancelled'.
 local function main()
   local tid, attempt, worker, err, retryable = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-  local max_retries, ban_after = tonumber(ARGV[9]), tonumber(ARGV[10])
+  local max_retries = tonumber(ARGV[9])
   local t = task_key(tid)
   local state, current, holder, job, failures =
     unpack(redis.call('HMGET', t, 'state', 'attempt', 'worker', 'job', 'failures'))
@@ -16,8 +17,7 @@ local function main()
   failures = redis.call('HINCRBY', t, 'failures', 1)
   redis.call('ZREM', P .. 'leases', tid)
   release_worker(worker, tid)
-  local count = redis.call('HINCRBY', P .. 'wfail:' .. job, worker, 1)
-  if ban_after > 0 and count >= ban_after then redis.call('SADD', P .. 'banned:' .. job, worker) end
+  redis.call('SADD', P .. 'tfail:' .. tid, worker)
   local banned = redis.call('SISMEMBER', P .. 'banned:' .. job, worker)
   local verdict
   if retryable == '1' and failures <= max_retries then

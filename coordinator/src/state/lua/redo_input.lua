@@ -1,0 +1,78 @@
+-- redo_input: ARGV[4] task, [5] attempt, [6] worker, [7] key of the corrupt input, [8] the task
+-- that made it ('' when none did). Returns 'waiting_for_input', 'requeued', 'failed', 'stale'
+-- or 'cancelled'.
+
+-- Whether an artifact's JSON (or a spec holding one) names `key`.
+local function names_key(json, key)
+  return json and string.find(json, '"key":"' .. key .. '"', 1, true) ~= nil
+end
+
+local function requeue(tid, reason)
+  note_error(tid, reason)
+  enqueue(tid)
+  requeued_event(tid, reason)
+end
+
+-- Whether `producer` of `job` made `key`: its accepted output, or it is being made again.
+local function made(producer, job, key)
+  local pjob, state, output = unpack(redis.call('HMGET', task_key(producer), 'job', 'state', 'output'))
+  if pjob ~= job then return false end
+  if output ~= '' then return state == 'done' and names_key(output, key) end
+  return state == 'queued' or state == 'running'
+end
+
+local function redo(producer, key, consumer)
+  local p = task_key(producer)
+  local output, kind, job, parent, slot = unpack(redis.call('HMGET', p, 'output', 'kind', 'job', 'parent', 'slot'))
+  if output == '' then return end
+  redis.call('HSET', p, 'output', '')
+  local reason = 'its output ' .. key .. ' is corrupt in the artifact store (found by ' .. consumer ..
+    '); running again'
+  note_error(producer, reason)
+  redis.call('HINCRBY', job_key(job), 'x_' .. kind, -1)
+  if parent == consumer then redis.call('HDEL', P .. 'inputs:' .. consumer, slot) end
+  enqueue(producer)
+  requeued_event(producer, reason)
+end
+
+local function main()
+  local tid, attempt, worker, key, producer = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+  local t = task_key(tid)
+  local state, current, holder, job, checkpoint, spec =
+    unpack(redis.call('HMGET', t, 'state', 'attempt', 'worker', 'job', 'checkpoint', 'spec'))
+  if not state then return 'stale' end
+  if state == 'cancelled' then return 'cancelled' end
+  if state ~= 'running' or current ~= attempt or holder ~= worker then return 'stale' end
+  local held = names_key(spec, key) or names_key(checkpoint, key)
+  for _, input in ipairs(redis.call('HVALS', P .. 'inputs:' .. tid)) do
+    held = held or names_key(input, key)
+  end
+  redis.call('ZREM', P .. 'leases', tid)
+  release_worker(worker, tid)
+  local verdict
+  if names_key(checkpoint, key) then
+    redis.call('HSET', t, 'checkpoint', '', 'ckpt_iter', 0)
+    requeue(tid, 'checkpoint ' .. key .. ' is corrupt in the artifact store; starting over')
+    verdict = 'requeued'
+  elseif not held then
+    requeue(tid, 'input ' .. key .. ' was made again meanwhile; running with the new one')
+    verdict = 'requeued'
+  elseif producer ~= '' and made(producer, job, key) then
+    redo(producer, key, tid)
+    local reason = 'input ' .. key .. ' is corrupt in the artifact store; waiting for ' .. producer ..
+      ' to make it again'
+    note_error(tid, reason)
+    redis.call('HINCRBY', t, 'waiting', 1)
+    move_task(tid, job, 'running', 'blocked')
+    requeued_event(tid, reason)
+    verdict = 'waiting_for_input'
+  else
+    local reason = 'input ' .. key .. ' is corrupt in the artifact store and no task of this job ' ..
+      'made it (an uploaded picture): upload it again and submit a new job'
+    note_error(tid, reason)
+    fail_for_good(tid, reason, worker, attempt)
+    verdict = 'failed'
+  end
+  maybe_finish(job)
+  return verdict
+end

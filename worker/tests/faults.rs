@@ -1,0 +1,547 @@
+//! The fault suite, on real processes (Redis with an append-only file, a coordinator on it,
+//! `tessera-worker` processes with tiny models, and the `tessera watch` CLI):
+//! - a job of 504 tasks runs while worker processes are killed with SIGKILL and replaced, the
+//!   coordinator is killed and restarted, and Redis is killed, left down until the farm
+//!   notices, and restarted; every task must complete exactly once, every result must be there
+//!   once and intact, and the watch must end with the right totals;
+//! - a picture damaged in the artifact store is caught by the worker that reads it (checksum)
+//!   and made again by the task that made it;
+//! - a poison task (an upscale model whose file is broken) fails after its retry budget with
+//!   every error kept, bans no worker, and the rest of its job completes;
+//! - an artifact store whose disk is full refuses uploads with a clear error, the workers keep
+//!   their outputs and retry with backoff, and the job completes once there is room.
+
+mod common;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::farm::{coordinator_on, download, job, models, watch, Workers};
+use tempfile::TempDir;
+use tessera_core::task::sha256_hex;
+use tessera_proto::access::Access;
+use tessera_proto::v1;
+use tessera_proto::v1::job_event::Event;
+use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_tests::protocol::ProtocolWorker;
+use tessera_tests::{binary, free_port, RedisServer, Service};
+use tonic::transport::Channel;
+
+/// Prompts of the job; with 2 seeds and 6 tasks per render, 504 tasks.
+const PROMPTS: usize = 42;
+const TASKS: usize = PROMPTS * 2 * 6;
+const WORKERS: usize = 4;
+const WORKER_KILLS: usize = 20;
+const COORDINATOR_RESTARTS: usize = 3;
+
+/// One thing that goes wrong.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    KillWorker,
+    RestartCoordinator,
+    RestartRedis,
+}
+
+/// The faults in the order they strike: worker kills throughout, the coordinator restarts at
+/// a quarter, a half and three quarters of the way, and Redis in between.
+fn schedule() -> Vec<Fault> {
+    let mut faults = vec![Fault::KillWorker; WORKER_KILLS];
+    for at in [5, 10, 15] {
+        faults.insert(at, Fault::RestartCoordinator);
+    }
+    faults.insert(12, Fault::RestartRedis);
+    assert_eq!(faults.len(), WORKER_KILLS + COORDINATOR_RESTARTS + 1);
+    faults
+}
+
+/// Follows a job's events across coordinator restarts: a broken stream is reopened after the
+/// last cursor seen, so no event is missed or seen twice.
+struct Follower {
+    url: String,
+    job: String,
+    cursor: String,
+    events: Vec<Event>,
+}
+
+impl Follower {
+    /// Follows until `done` tasks have completed (or the job ended).
+    async fn until_done(&mut self, done: usize) {
+        self.follow(|events| {
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::TaskDone(_)))
+                .count()
+                >= done
+        })
+        .await
+    }
+
+    /// Follows until the job ends.
+    async fn until_end(&mut self) {
+        self.follow(|_| false).await
+    }
+
+    async fn follow(&mut self, enough: impl Fn(&[Event]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while !enough(&self.events) && !matches!(self.events.last(), Some(Event::JobDone(_))) {
+            assert!(Instant::now() < deadline, "the job made no progress");
+            let Ok(mut client) = JobsClient::connect(self.url.clone()).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let request = v1::WatchJobRequest {
+                job_id: self.job.clone(),
+                after: self.cursor.clone(),
+                include_previews: false,
+            };
+            let Ok(stream) = client.watch_job(request).await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let mut stream = stream.into_inner();
+            while let Ok(Some(message)) = stream.message().await {
+                self.cursor = message.cursor;
+                let event = message.event.expect("events have a body");
+                let end = matches!(event, Event::JobDone(_));
+                self.events.push(event);
+                if end || enough(&self.events) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A small xorshift generator: which worker dies is random, and the seed is printed so a
+/// failing run can be repeated.
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % sides as u64) as usize
+    }
+}
+
+/// Waits until the coordinator answers a job query with an error (Redis is gone), and returns
+/// its message.
+async fn error_while_redis_is_down(url: &str, job: &str) -> String {
+    let mut client = JobsClient::connect(url.to_string()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = v1::GetJobRequest { job_id: job.into() };
+        match client.get_job(request).await {
+            Err(status) => return format!("{:?}: {}", status.code(), status.message()),
+            Ok(_) => assert!(Instant::now() < deadline, "the coordinator never noticed"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn submit(client: &mut JobsClient<Channel>, spec: v1::JobSpec) -> String {
+    let request = v1::SubmitJobRequest { spec: Some(spec) };
+    client
+        .submit_job(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .job_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_504_tasks_survives_killed_workers_coordinator_restarts_and_a_redis_restart() {
+    let started = Instant::now();
+    let models = models();
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let mut redis = RedisServer::start_durable().unwrap();
+    let redis_url = redis.url();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let flags = [
+        "--redis",
+        redis_url.as_str(),
+        "--lease-ms",
+        "2000",
+        "--max-expiries",
+        "30",
+    ];
+    let start_coordinator = || coordinator_on(&listen, &store, &flags);
+    let mut coordinator: Service = start_coordinator();
+    let url = coordinator.url();
+    let mut workers = Workers::start(WORKERS, models.path(), &coordinator);
+    let mut client = JobsClient::connect(url.clone()).await.unwrap();
+    let job_id = submit(&mut client, job(PROMPTS)).await;
+    let watch = tokio::process::Command::new(binary("tessera").unwrap())
+        .args(["--coordinator", &url, "watch", &job_id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let seed = started.elapsed().as_nanos() as u64 | 1;
+    eprintln!("dice seed {seed}");
+    let mut dice = Dice(seed);
+    let mut follower = Follower {
+        url: url.clone(),
+        job: job_id.clone(),
+        cursor: String::new(),
+        events: Vec::new(),
+    };
+    let faults = schedule();
+    let mut redis_error = String::new();
+    for (k, fault) in faults.iter().enumerate() {
+        follower
+            .until_done((k + 1) * TASKS / (faults.len() + 2))
+            .await;
+        match fault {
+            Fault::KillWorker => workers.replace(dice.roll(WORKERS)),
+            Fault::RestartCoordinator => {
+                coordinator.kill();
+                coordinator = start_coordinator();
+            }
+            Fault::RestartRedis => {
+                redis.kill();
+                redis_error = error_while_redis_is_down(&url, &job_id).await;
+                redis.restart().unwrap();
+            }
+        }
+    }
+    follower.until_end().await;
+    let events = &follower.events;
+
+    // The watch, a real CLI process that lived through every restart, ends with the totals.
+    let watched = tokio::time::timeout(Duration::from_secs(120), watch.wait_with_output())
+        .await
+        .expect("the watch ends")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&watched.stdout);
+    let renders = PROMPTS * 2;
+    assert!(
+        watched.status.success()
+            && stdout.contains(&format!("succeeded: {renders} result(s) done, 0 failed")),
+        "{watched:?}"
+    );
+    let Some(Event::JobDone(done)) = events.last() else {
+        panic!("the job did not end: {:?}", events.last())
+    };
+    assert_eq!(done.state(), v1::JobState::Succeeded, "{done:?}");
+    let counts = done.tasks.unwrap();
+    assert_eq!(
+        (counts.done, counts.failed),
+        (TASKS as u64, 0),
+        "{counts:?}"
+    );
+
+    // Every task completed exactly once: one accepted completion each, six per render.
+    let mut completions: BTreeMap<&str, u32> = BTreeMap::new();
+    for event in events {
+        if let Event::TaskDone(d) = event {
+            *completions.entry(d.task_id.as_str()).or_default() += 1;
+        }
+    }
+    assert_eq!(completions.len(), TASKS);
+    let twice: Vec<_> = completions.iter().filter(|(_, &n)| n != 1).collect();
+    assert!(twice.is_empty(), "completed more than once: {twice:?}");
+
+    // Every result is there once, and its file is intact.
+    let results = client_at(&url)
+        .await
+        .list_results(v1::ListResultsRequest {
+            job_id: job_id.clone(),
+            offset: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), renders);
+    let mut keys = HashSet::new();
+    for result in &results {
+        assert_eq!(result.state(), v1::ResultState::Done, "{result:?}");
+        let output = result.output.as_ref().unwrap();
+        assert!(keys.insert(output.key.clone()), "{} twice", output.key);
+        let bytes = download(url.clone(), &output.key).await;
+        assert_eq!(sha256_hex(&bytes), output.sha256, "{}", output.key);
+        let picture = image::load_from_memory(&bytes).unwrap();
+        assert_eq!((picture.width(), picture.height()), (128, 128));
+    }
+
+    // The faults really struck: tasks were requeued after their workers died.
+    let requeued = events
+        .iter()
+        .filter(|e| matches!(e, Event::TaskRequeued(_)))
+        .count();
+    assert_eq!(workers.started(), WORKERS + WORKER_KILLS);
+    assert!(requeued > 0, "no task was lost to a killed worker");
+    assert!(
+        redis_error.contains("Unavailable") && redis_error.to_lowercase().contains("redis"),
+        "{redis_error}"
+    );
+    eprintln!(
+        "{TASKS} tasks, {renders} results in {:.1} s: {WORKER_KILLS} workers killed, \
+         {COORDINATOR_RESTARTS} coordinator restarts, 1 Redis restart; {requeued} tasks requeued; \
+         while Redis was down: {redis_error}",
+        started.elapsed().as_secs_f64(),
+    );
+}
+
+async fn client_at(url: &str) -> JobsClient<Channel> {
+    JobsClient::connect(url.to_string()).await.unwrap()
+}
+
+async fn task_info(client: &mut JobsClient<Channel>, task: &str) -> v1::TaskInfo {
+    let request = v1::GetTaskRequest {
+        task_id: task.into(),
+    };
+    client.get_task(request).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn a_picture_corrupted_in_the_store_is_caught_by_its_reader_and_made_again() {
+    let models = models();
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let service = coordinator_on("127.0.0.1:0", &store, &["--embedded"]);
+    let url = service.url();
+    let mut client = client_at(&url).await;
+    let mut spec = job(1);
+    spec.seeds = vec![1];
+    let job_id = submit(&mut client, spec).await;
+
+    // A stand-in worker hands the render back.
+    let models_known = ["vit", "vq", "tiny-sr"];
+    let mut stand_in =
+        ProtocolWorker::register_with(&url, &Access::default(), "stand-in", &models_known).await;
+    let render = stand_in.lease(5_000).await.expect("the render is queued");
+    assert_eq!(
+        stand_in.finish(&render).await,
+        v1::CompletionVerdict::Accepted
+    );
+    let picture = task_info(&mut client, &render.task_id)
+        .await
+        .output
+        .unwrap();
+
+    // A report of a corrupt input whose stored file is intact (damaged on the way) is an
+    // ordinary failure, retried.
+    let tile = stand_in.lease(5_000).await.expect("the tiles are queued");
+    let request = v1::FailTaskRequest {
+        worker_id: stand_in.id.clone(),
+        task_id: tile.task_id.clone(),
+        attempt: tile.attempt,
+        error: "checksum mismatch".into(),
+        retryable: true,
+        corrupt_input: picture.key.clone(),
+    };
+    let reply = stand_in
+        .client
+        .fail_task(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.verdict(), v1::FailVerdict::Retrying);
+    let errors = task_info(&mut client, &tile.task_id).await.errors;
+    assert!(errors[0].contains("damaged on the way"), "{errors:?}");
+
+    // Now the stored picture is damaged: one byte flipped, the size unchanged.
+    let path = store.join(&picture.key);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    // A real worker reads it for a tile, finds the checksum wrong and says so; the render runs
+    // again (on that worker) and the job completes.
+    let _worker = Workers::start(1, models.path(), &service);
+    let events = watch(&mut client, &job_id).await;
+    let Some(Event::JobDone(done)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (done.state(), done.results_done),
+        (v1::JobState::Succeeded, 1)
+    );
+    let render_done = events
+        .iter()
+        .filter(|e| matches!(e, Event::TaskDone(d) if d.task_id == render.task_id))
+        .count();
+    assert_eq!(render_done, 2, "the render was accepted again");
+    let redone = events.iter().any(|e| {
+        matches!(e, Event::TaskRequeued(r) if r.task_id == render.task_id
+            && r.reason.contains(&format!("its output {} is corrupt", picture.key)))
+    });
+    assert!(redone, "{events:?}");
+    let rendered = task_info(&mut client, &render.task_id).await;
+    assert_eq!((rendered.attempt, rendered.failures), (2, 0));
+    assert_ne!(rendered.output.unwrap().key, picture.key);
+    // Only the stand-in's report counted as a failure; the tile that found the damage did not.
+    let mut failures = 0;
+    for k in 0..4 {
+        failures += task_info(&mut client, &format!("{job_id}.0.t{k}"))
+            .await
+            .failures;
+    }
+    assert_eq!(failures, 1);
+}
+
+/// A small tmpfs mounted over a directory, standing for a disk that fills up; unmounted on drop.
+/// Mounting needs root (or CAP_SYS_ADMIN), which the test machines have.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tessera-test"])
+            .arg(path)
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "cannot mount a tmpfs on {} ({status}): this test needs root or CAP_SYS_ADMIN",
+            path.display()
+        );
+        SmallDisk {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Fills the disk with a ballast file until nothing more fits.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let ballast = self.path.join("ballast");
+        let mut file = std::fs::File::create(&ballast).unwrap();
+        let block = vec![0u8; 4096];
+        while file.write_all(&block).and_then(|()| file.flush()).is_ok() {}
+        ballast
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_uploads_clearly_and_the_job_completes_once_there_is_room() {
+    let models = models();
+    let dir = TempDir::new().unwrap();
+    let store = dir.path().join("store");
+    let disk = SmallDisk::mount(&store, "4m");
+    let ballast = disk.fill();
+    let service = coordinator_on("127.0.0.1:0", &store, &["--embedded"]);
+    let url = service.url();
+    let mut client = client_at(&url).await;
+    let mut spec = job(1);
+    spec.seeds = vec![1];
+    let job_id = submit(&mut client, spec).await;
+    let _worker = Workers::start(1, models.path(), &service);
+
+    // The render's output does not fit: the coordinator says why, and the worker keeps it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !service.log().contains("the artifact store is full") {
+        assert!(Instant::now() < deadline, "{}", service.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        service.log().contains("No space left on device"),
+        "{}",
+        service.log()
+    );
+    let status = client
+        .get_job(v1::GetJobRequest {
+            job_id: job_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.state(), v1::JobState::Running);
+    assert_eq!(status.tasks.unwrap().failed, 0);
+
+    // Room is made; the retried upload goes through and the job completes, nothing lost.
+    std::fs::remove_file(ballast).unwrap();
+    let events = watch(&mut client, &job_id).await;
+    let Some(Event::JobDone(done)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (done.state(), done.results_done),
+        (v1::JobState::Succeeded, 1)
+    );
+    let failures = events
+        .iter()
+        .filter(|e| matches!(e, Event::TaskFailed(_)))
+        .count();
+    assert_eq!(failures, 0, "{events:?}");
+}
+
+#[tokio::test]
+async fn a_poison_task_fails_after_its_retries_with_its_errors_kept_and_the_rest_completes() {
+    let models = models();
+    std::fs::write(
+        models.path().join("broken-sr.safetensors"),
+        b"not a safetensors file",
+    )
+    .unwrap();
+    let dir = TempDir::new().unwrap();
+    let extra = ["--embedded", "--upscale-models", "broken-sr:4"];
+    let service = coordinator_on("127.0.0.1:0", &dir.path().join("store"), &extra);
+    let mut client = client_at(&service.url()).await;
+    let mut spec = job(0);
+    spec.seeds = vec![1];
+    spec.source = Some(v1::job_spec::Source::PromptsJsonl(
+        [
+            r#"{"prompt": "a red lighthouse"}"#,
+            r#"{"prompt": "a blue lighthouse", "upscale_model": "broken-sr"}"#,
+            r#"{"prompt": "a green lighthouse"}"#,
+        ]
+        .join("\n"),
+    ));
+    let job_id = submit(&mut client, spec).await;
+    let _workers = Workers::start(2, models.path(), &service);
+    let events = watch(&mut client, &job_id).await;
+
+    let Some(Event::JobDone(done)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (done.state(), done.results_done, done.results_failed),
+        (v1::JobState::Failed, 2, 1)
+    );
+    let results = client
+        .list_results(v1::ListResultsRequest {
+            job_id: job_id.clone(),
+            offset: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let states: Vec<_> = results.iter().map(|r| r.state()).collect();
+    use v1::ResultState::{Done, Failed};
+    assert_eq!(states, [Done, Failed, Done]);
+    assert!(results[1].error.contains("broken-sr"), "{:?}", results[1]);
+    // Every tile of the poison picture ran its whole budget (1 + 3 retries), on both workers,
+    // and kept every error.
+    for k in 0..4 {
+        let tile = task_info(&mut client, &format!("{job_id}.1.t{k}")).await;
+        assert_eq!(tile.state(), v1::TaskState::Failed);
+        assert_eq!((tile.failures, tile.errors.len()), (4, 4), "{tile:?}");
+        assert!(
+            tile.errors.iter().all(|e| e.contains("broken-sr")),
+            "{tile:?}"
+        );
+    }
+}
