@@ -20,7 +20,7 @@ use tessera_core::job::Settings;
 use tessera_proto::transfer::{CONNECTION_WINDOW, STREAM_WINDOW};
 use tessera_proto::v1::jobs_server::JobsServer;
 use tessera_proto::v1::workers_server::WorkersServer;
-use tessera_telemetry::metrics::{bind_metrics, serve_metrics};
+use tessera_telemetry::metrics::{bind_metrics, serve_metrics, Readiness};
 use tessera_telemetry::propagation::server_span;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -139,16 +139,23 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    let readiness = Readiness::default();
     let tasks = [
         tokio::spawn(reap(
             coordinator.clone(),
             config.reap_ms(),
             shutdown.clone(),
         )),
-        tokio::spawn(watch_health(backend, health, shutdown.clone())),
+        tokio::spawn(watch_health(
+            backend,
+            health,
+            readiness.clone(),
+            shutdown.clone(),
+        )),
         tokio::spawn(serve_metrics_logged(
             metrics_listener,
             metrics,
+            readiness,
             shutdown.clone(),
         )),
     ];
@@ -197,13 +204,15 @@ fn server_builder(config: &Config) -> anyhow::Result<Server> {
         .context("--tls-cert/--tls-key are not a PEM certificate and its key")
 }
 
-/// Serves `/metrics`; a failure is logged, not fatal: the farm keeps working unobserved.
+/// Serves `/metrics` and `/healthz`; a failure is logged, not fatal: the farm keeps working
+/// unobserved.
 async fn serve_metrics_logged(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) {
-    if let Err(e) = serve_metrics(listener, metrics, shutdown).await {
+    if let Err(e) = serve_metrics(listener, metrics, Some(readiness), shutdown).await {
         tracing::error!("{e:#}");
     }
 }
@@ -238,15 +247,18 @@ async fn reap(c: Arc<Coordinator>, every_ms: u64, shutdown: CancellationToken) {
     }
 }
 
-/// Reports SERVING while the state store answers, NOT_SERVING otherwise and after shutdown.
+/// Reports SERVING while the state store answers, NOT_SERVING otherwise and after shutdown,
+/// over gRPC health and on `/healthz`.
 async fn watch_health(
     backend: Arc<dyn StateBackend>,
     health: tonic_health::server::HealthReporter,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) {
     let mut serving = None;
     loop {
         let up = backend.ping().await.is_ok();
+        readiness.set(up);
         if serving != Some(up) {
             set_health(&health, up).await;
             serving = Some(up);
@@ -256,6 +268,7 @@ async fn watch_health(
             _ = tokio::time::sleep(HEALTH_EVERY) => {}
         }
     }
+    readiness.set(false);
     set_health(&health, false).await;
 }
 

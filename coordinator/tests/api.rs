@@ -329,7 +329,7 @@ async fn two_coordinators_on_one_redis_hand_each_task_out_once() {
 }
 
 #[tokio::test]
-async fn health_reports_serving() {
+async fn health_reports_serving_over_grpc_and_http() {
     let store = TempDir::new().unwrap();
     let service = coordinator(store.path(), &["--embedded"], &[]);
     let channel = tonic::transport::Endpoint::from_shared(service.url())
@@ -351,6 +351,18 @@ async fn health_reports_serving() {
             tonic_health::pb::health_check_response::ServingStatus::Serving
         );
     }
+    // The same answer in plain HTTP beside /metrics, for probes that cannot speak TLS.
+    let metrics = service.metrics.expect("the coordinator serves metrics");
+    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+    std::io::Write::write_all(
+        &mut stream,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\nSERVING\n"), "{response}");
 }
 
 #[tokio::test]

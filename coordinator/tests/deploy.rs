@@ -212,15 +212,24 @@ fn coordinator_flags_env_ports_and_probes_match_the_binary() {
         assert_eq!(named_port(container, "grpc"), grpc);
         assert_eq!(named_port(container, "metrics"), metrics);
         for probe in ["readinessProbe", "livenessProbe"] {
+            let get = &container[probe]["httpGet"];
             assert_eq!(
-                container[probe]["grpc"]["port"].as_u64(),
-                Some(grpc),
-                "{probe} uses gRPC health on the gRPC port"
+                (get["path"].as_str(), get["port"].as_str()),
+                (Some("/healthz"), Some("metrics")),
+                "{probe} reads /healthz on the metrics port (plain HTTP, whatever the gRPC port's TLS)"
             );
         }
-        let service = &container["readinessProbe"]["grpc"]["service"];
-        if let Some(service) = service.as_str() {
-            assert!(["tessera.v1.Jobs", "tessera.v1.Workers"].contains(&service));
+    }
+    // Where the gRPC port has TLS, it has tokens too, from mounted secrets.
+    let secured: Vec<_> = coordinators
+        .iter()
+        .filter(|c| env_value(c, "TESSERA_TLS_CERT").is_some())
+        .collect();
+    assert!(!secured.is_empty(), "an overlay serves gRPC over TLS");
+    for container in secured {
+        for var in ["TESSERA_TLS_KEY", "TESSERA_AUTH_FILE"] {
+            let path = env_value(container, var).unwrap_or_else(|| panic!("TLS comes with {var}"));
+            assert!(mounted(container, path), "{path} is mounted");
         }
     }
     let deployment = manifests.object("Deployment", "tessera-coordinator");
@@ -252,7 +261,17 @@ fn coordinator_flags_env_ports_and_probes_match_the_binary() {
             .map(|a| a.as_str().unwrap())
             .collect();
         let url = args[args.iter().position(|a| *a == "--coordinator").unwrap() + 1];
-        assert_eq!(url, format!("http://tessera-coordinator:{service_port}"));
+        let (scheme, address) = url.split_once("://").unwrap();
+        assert_eq!(address, format!("tessera-coordinator:{service_port}"));
+        if scheme == "https" {
+            for var in ["TESSERA_TLS_CA", "TESSERA_TOKEN_FILE"] {
+                let path = env_value(worker, var)
+                    .unwrap_or_else(|| panic!("a worker of a TLS farm is given {var}"));
+                assert!(mounted(worker, path), "{path} is mounted");
+            }
+        } else {
+            assert_eq!(scheme, "http");
+        }
         for flag in ["--device", "--models"] {
             assert!(args.contains(&flag), "workers are given {flag}");
         }
@@ -263,6 +282,16 @@ fn coordinator_flags_env_ports_and_probes_match_the_binary() {
             );
         }
     }
+}
+
+/// Whether `path` lies under one of the container's volume mounts.
+fn mounted(container: &Value, path: &str) -> bool {
+    container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["mountPath"].as_str())
+        .any(|dir| path.starts_with(&format!("{dir}/")))
 }
 
 /// Every `tessera_*` name in `text`.

@@ -100,7 +100,7 @@ pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Re
             let (listener, bound) = bind_metrics(address).await?;
             println!("tessera-worker metrics on {bound}");
             let source: Arc<dyn MetricsSource> = metrics.clone();
-            tokio::spawn(serve_metrics(listener, source, metrics_stop.clone()));
+            tokio::spawn(serve_metrics(listener, source, None, metrics_stop.clone()));
         }
         let mut session =
             Session::register(&coordinator, &args, capabilities, &stop, metrics).await?;
