@@ -501,20 +501,7 @@ async fn workers_get_only_what_they_can_do(s: Store) {
 async fn an_expired_lease_resumes_from_the_checkpoint(mut s: Store) {
     s.submit(&job("j", 1, 0, false)).await;
     let first = s.lease("w1").await.unwrap();
-    let checkpoint = ArtifactRef {
-        key: "checkpoints/j.0.g/1".into(),
-        size: 10,
-        sha256: "ab".repeat(32),
-        width: 0,
-        height: 0,
-    };
-    let progress = Progress {
-        iteration: 12,
-        iterations: 20,
-        loss: Some(0.5),
-        checkpoint: Some((checkpoint.clone(), 10)),
-        preview: false,
-    };
+    let (checkpoint, progress) = checkpointed_at_10();
     s.tick(LEASE_MS / 2);
     assert!(matches!(
         s.heartbeat(&first, &progress).await,
@@ -930,6 +917,25 @@ async fn tenants_see_their_own_jobs_and_quotas_hold(mut s: Store) {
     assert_eq!(s.backend.job("admin").await.unwrap().unwrap().tenant, "");
 }
 
+/// A render's report at iteration 12 of 20 with a checkpoint of iteration 10.
+fn checkpointed_at_10() -> (ArtifactRef, Progress) {
+    let checkpoint = ArtifactRef {
+        key: "checkpoints/j.0.g/1".into(),
+        size: 10,
+        sha256: "ab".repeat(32),
+        width: 0,
+        height: 0,
+    };
+    let progress = Progress {
+        iteration: 12,
+        iterations: 20,
+        loss: Some(0.5),
+        checkpoint: Some((checkpoint.clone(), 10)),
+        preview: false,
+    };
+    (checkpoint, progress)
+}
+
 /// The source picture a tile reads.
 fn source_of(tile: &TaskRecord) -> String {
     match &tile.spec {
@@ -1035,20 +1041,7 @@ async fn a_corrupt_input_is_made_again_by_the_task_that_made_it(s: Store) {
 async fn a_corrupt_checkpoint_is_dropped_and_a_corrupt_upload_fails(s: Store) {
     s.submit(&job("j", 1, 0, false)).await;
     let first = s.lease("w1").await.unwrap();
-    let checkpoint = ArtifactRef {
-        key: "checkpoints/j.0.g/1".into(),
-        size: 10,
-        sha256: "ab".repeat(32),
-        width: 0,
-        height: 0,
-    };
-    let progress = Progress {
-        iteration: 12,
-        iterations: 20,
-        loss: Some(0.5),
-        checkpoint: Some((checkpoint.clone(), 10)),
-        preview: false,
-    };
+    let (checkpoint, progress) = checkpointed_at_10();
     s.heartbeat(&first, &progress).await;
     let verdict = s.corrupt(&first, &checkpoint.key, None).await;
     assert_eq!(verdict, FailVerdict::Requeued);

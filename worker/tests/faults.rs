@@ -294,6 +294,20 @@ async fn client_at(url: &str) -> JobsClient<Channel> {
     JobsClient::connect(url.to_string()).await.unwrap()
 }
 
+/// Every event of the job, which must end succeeded with `results` results.
+async fn watch_to_success(client: &mut JobsClient<Channel>, job: &str, results: u64) -> Vec<Event> {
+    let events = watch(client, job).await;
+    let Some(Event::JobDone(done)) = events.last() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        (done.state(), done.results_done),
+        (v1::JobState::Succeeded, results),
+        "{events:?}"
+    );
+    events
+}
+
 async fn task_info(client: &mut JobsClient<Channel>, task: &str) -> v1::TaskInfo {
     let request = v1::GetTaskRequest {
         task_id: task.into(),
@@ -358,14 +372,7 @@ async fn a_picture_corrupted_in_the_store_is_caught_by_its_reader_and_made_again
     // A real worker reads it for a tile, finds the checksum wrong and says so; the render runs
     // again (on that worker) and the job completes.
     let _worker = Workers::start(1, models.path(), &service);
-    let events = watch(&mut client, &job_id).await;
-    let Some(Event::JobDone(done)) = events.last() else {
-        panic!("{events:?}")
-    };
-    assert_eq!(
-        (done.state(), done.results_done),
-        (v1::JobState::Succeeded, 1)
-    );
+    let events = watch_to_success(&mut client, &job_id, 1).await;
     let render_done = events
         .iter()
         .filter(|e| matches!(e, Event::TaskDone(d) if d.task_id == render.task_id))
@@ -471,14 +478,7 @@ async fn a_full_store_refuses_uploads_clearly_and_the_job_completes_once_there_i
 
     // Room is made; the retried upload goes through and the job completes, nothing lost.
     std::fs::remove_file(ballast).unwrap();
-    let events = watch(&mut client, &job_id).await;
-    let Some(Event::JobDone(done)) = events.last() else {
-        panic!("{events:?}")
-    };
-    assert_eq!(
-        (done.state(), done.results_done),
-        (v1::JobState::Succeeded, 1)
-    );
+    let events = watch_to_success(&mut client, &job_id, 1).await;
     let failures = events
         .iter()
         .filter(|e| matches!(e, Event::TaskFailed(_)))
