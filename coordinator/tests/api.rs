@@ -6,11 +6,12 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{coordinator, jobs, spec, status, submit, watch_to_end};
+use common::{coordinator, jobs, spec, watch_to_end};
 use tempfile::TempDir;
 use tessera_proto::access::Access;
 use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
+use tessera_tests::jobs::{status, submit};
 use tessera_tests::protocol::{workers_client, ProtocolWorker};
 use tessera_tests::RedisServer;
 use tonic::Code;

@@ -10,10 +10,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{coordinator, jobs, spec, submit};
+use common::{coordinator, jobs, spec};
 use serde::Deserialize;
 use serde_json::Value;
 use tempfile::TempDir;
+use tessera_tests::jobs::submit;
 use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::scrape::Scrape;
 

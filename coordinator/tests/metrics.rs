@@ -7,9 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{coordinator, jobs, spec, status, submit};
+use common::{coordinator, jobs, spec};
 use tempfile::TempDir;
 use tessera_proto::v1;
+use tessera_tests::jobs::{status, submit};
 use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::scrape::Scrape;
 use tessera_tests::{RedisServer, Service};

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
+pub mod jobs;
 pub mod otlp;
 pub mod protocol;
 pub mod scrape;

@@ -13,6 +13,7 @@ use tempfile::TempDir;
 use tessera_core::tiles::{TilePlan, TileSpec};
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_tests::jobs::{results, status, submit};
 use tessera_tests::scrape::Scrape;
 use tessera_tests::{binary, Service};
 use tonic::transport::Channel;
@@ -44,14 +45,7 @@ async fn one_worker_on_a_long_render(
 ) -> (Workers, JobsClient<Channel>, String) {
     let worker = Workers::start(1, models, service);
     let mut client = JobsClient::connect(service.url()).await.unwrap();
-    let job_id = client
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(single_render(iterations, checkpoint_every)),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let job_id = submit(&mut client, single_render(iterations, checkpoint_every)).await;
     (worker, client, job_id)
 }
 
@@ -93,14 +87,7 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
     let service = coordinator(store.path(), &[]);
     let workers = Workers::start(3, models.path(), &service);
     let mut client = JobsClient::connect(service.url()).await.unwrap();
-    let reply = client
-        .submit_job(v1::SubmitJobRequest {
-            spec: Some(job(20)),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let job_id = reply.job_id;
+    let job_id = submit(&mut client, job(20)).await;
     let events = watch(&mut client, &job_id).await;
     match events.last() {
         Some(v1::job_event::Event::JobDone(done)) => {
@@ -191,16 +178,9 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
     assert!(ahead > 0, "no task was leased ahead");
 
     // A stitched result equals the local upscale of the generated picture it came from.
-    let status = client
-        .list_results(v1::ListResultsRequest {
-            job_id: job_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.total, 40);
-    let result = &status.results[7];
+    let results = results(&mut client, &job_id).await;
+    assert_eq!(results.len(), 40);
+    let result = &results[7];
     let final_png = download(service.url(), &result.output.as_ref().unwrap().key).await;
     let generate = client
         .get_task(v1::GetTaskRequest {
@@ -319,12 +299,7 @@ async fn a_coordinator_killed_mid_job_restarts_and_the_workers_and_the_cli_watch
     let mut client = JobsClient::connect(service.url()).await.unwrap();
     let mut spec = job(4);
     spec.seeds = vec![1];
-    let job_id = client
-        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
+    let job_id = submit(&mut client, spec).await;
     let watch = tokio::process::Command::new(binary("tessera").unwrap())
         .args(["--coordinator", &service.url(), "watch", &job_id])
         .stdout(Stdio::piped())
@@ -354,13 +329,7 @@ async fn a_coordinator_killed_mid_job_restarts_and_the_workers_and_the_cli_watch
         "{watched:?}"
     );
     let mut client = JobsClient::connect(service.url()).await.unwrap();
-    let status = client
-        .get_job(v1::GetJobRequest {
-            job_id: job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = status(&mut client, &job_id).await;
     assert_eq!(status.state(), v1::JobState::Succeeded, "{status:?}");
     assert_eq!(status.results_done, 4);
 }

@@ -24,6 +24,7 @@ use tessera_proto::access::Access;
 use tessera_proto::v1;
 use tessera_proto::v1::job_event::Event;
 use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_tests::jobs::{results, status, submit};
 use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::{binary, free_port, RedisServer, Service};
 use tonic::transport::Channel;
@@ -141,16 +142,6 @@ async fn error_while_redis_is_down(url: &str, job: &str) -> String {
     }
 }
 
-async fn submit(client: &mut JobsClient<Channel>, spec: v1::JobSpec) -> String {
-    let request = v1::SubmitJobRequest { spec: Some(spec) };
-    client
-        .submit_job(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_of_504_tasks_survives_killed_workers_coordinator_restarts_and_a_redis_restart() {
     let started = Instant::now();
@@ -248,17 +239,7 @@ async fn a_job_of_504_tasks_survives_killed_workers_coordinator_restarts_and_a_r
     assert!(twice.is_empty(), "completed more than once: {twice:?}");
 
     // Every result is there once, and its file is intact.
-    let results = client_at(&url)
-        .await
-        .list_results(v1::ListResultsRequest {
-            job_id: job_id.clone(),
-            offset: 0,
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = results(&mut client_at(&url).await, &job_id).await;
     assert_eq!(results.len(), renders);
     let mut keys = HashSet::new();
     for result in &results {
@@ -466,13 +447,7 @@ async fn a_full_store_refuses_uploads_clearly_and_the_job_completes_once_there_i
         "{}",
         service.log()
     );
-    let status = client
-        .get_job(v1::GetJobRequest {
-            job_id: job_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let status = status(&mut client, &job_id).await;
     assert_eq!(status.state(), v1::JobState::Running);
     assert_eq!(status.tasks.unwrap().failed, 0);
 
@@ -519,16 +494,7 @@ async fn a_poison_task_fails_after_its_retries_with_its_errors_kept_and_the_rest
         (done.state(), done.results_done, done.results_failed),
         (v1::JobState::Failed, 2, 1)
     );
-    let results = client
-        .list_results(v1::ListResultsRequest {
-            job_id: job_id.clone(),
-            offset: 0,
-            limit: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = results(&mut client, &job_id).await;
     let states: Vec<_> = results.iter().map(|r| r.state()).collect();
     use v1::ResultState::{Done, Failed};
     assert_eq!(states, [Done, Failed, Done]);

@@ -76,19 +76,20 @@ impl WorkersApi {
     /// Whether input `key` of `task` is corrupt or missing in the store, as a worker reported.
     /// A key that is no longer among the task's inputs counts as corrupt: the state then sees
     /// that it was replaced and queues the task with the new one.
-    async fn stored_corrupt(&self, task: &str, key: &str) -> Result<bool, Status> {
-        let record = self.task(task).await?;
-        match record.input(key) {
+    async fn stored_corrupt(&self, task: &TaskRecord, key: &str) -> Result<bool, Status> {
+        match task.input(key) {
             Some(artifact) => Ok(!self.c.store.intact(artifact).await?),
             None => Ok(true),
         }
     }
 
-    /// Has the task that made a corrupt input run again (see `StateBackend::redo_input`).
+    /// Has the task that made a corrupt input run again (see `StateBackend::redo_input`);
+    /// `failures` are the reporting task's, which the redo leaves as they are.
     async fn redo_input(
         &self,
         lease: LeaseRef<'_>,
         key: &str,
+        failures: u32,
     ) -> Result<Response<v1::FailTaskReply>, Status> {
         let verdict = self
             .c
@@ -98,10 +99,9 @@ impl WorkersApi {
         self.c.metrics.corrupt_artifact();
         self.observe_verdict(lease.task, verdict).await?;
         tracing::warn!(task = %lease.task, attempt = lease.attempt, worker = %lease.worker, key, ?verdict, "an input is corrupt in the artifact store");
-        let task = self.task(lease.task).await?;
         Ok(Response::new(v1::FailTaskReply {
             verdict: proto_verdict(verdict) as i32,
-            failures: task.failures,
+            failures,
             worker_banned: false,
         }))
     }
@@ -384,8 +384,11 @@ impl Workers for WorkersApi {
             worker: &r.worker_id,
         };
         if !r.corrupt_input.is_empty() {
-            if self.stored_corrupt(&r.task_id, &r.corrupt_input).await? {
-                return self.redo_input(lease, &r.corrupt_input).await;
+            let task = self.task(&r.task_id).await?;
+            if self.stored_corrupt(&task, &r.corrupt_input).await? {
+                return self
+                    .redo_input(lease, &r.corrupt_input, task.failures)
+                    .await;
             }
             r.error = format!(
                 "{} (the stored file is intact: it was damaged on the way to the worker)",

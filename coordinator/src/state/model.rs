@@ -593,15 +593,12 @@ impl Model {
             failures,
             banned,
         };
-        let Some(t) = self.tasks.get_mut(task) else {
-            return outcome(FailVerdict::Stale, 0, false);
-        };
-        let r = &mut t.record;
-        match r.state {
-            TaskState::Cancelled => return outcome(FailVerdict::Cancelled, r.failures, false),
-            TaskState::Running if r.attempt == attempt && r.worker == worker => {}
-            _ => return outcome(FailVerdict::Stale, r.failures, false),
+        if let Err(verdict) = self.check_held(lease) {
+            let failures = self.tasks.get(task).map_or(0, |t| t.record.failures);
+            return outcome(verdict, failures, false);
         }
+        let t = self.tasks.get_mut(task).expect("a held task exists");
+        let r = &mut t.record;
         r.errors
             .push(format!("attempt {attempt} on {worker}: {error}"));
         r.failures += 1;
@@ -633,6 +630,20 @@ impl Model {
         outcome(verdict, failures, banned)
     }
 
+    /// Whether a failure report's attempt still holds its task; if not, the verdict: stale, or
+    /// cancelled with its job.
+    fn check_held(&self, lease: LeaseRef<'_>) -> Result<(), FailVerdict> {
+        let Some(t) = self.tasks.get(lease.task) else {
+            return Err(FailVerdict::Stale);
+        };
+        let r = &t.record;
+        match r.state {
+            TaskState::Cancelled => Err(FailVerdict::Cancelled),
+            TaskState::Running if r.attempt == lease.attempt && r.worker == lease.worker => Ok(()),
+            _ => Err(FailVerdict::Stale),
+        }
+    }
+
     /// Answers a report that input `key` of the leased task is corrupt in the store (see
     /// [`super::StateBackend::redo_input`]).
     pub fn redo_input(
@@ -648,15 +659,10 @@ impl Model {
             attempt,
             worker,
         } = lease;
-        let Some(t) = self.tasks.get(task) else {
-            return FailVerdict::Stale;
-        };
-        let r = &t.record;
-        match r.state {
-            TaskState::Cancelled => return FailVerdict::Cancelled,
-            TaskState::Running if r.attempt == attempt && r.worker == worker => {}
-            _ => return FailVerdict::Stale,
+        if let Err(verdict) = self.check_held(lease) {
+            return verdict;
         }
+        let r = &self.tasks[task].record;
         let (job_id, deadline) = (r.job.clone(), r.deadline_ms);
         let is_checkpoint = r.checkpoint.as_ref().is_some_and(|c| c.key == key);
         let held = r.input(key).is_some();

@@ -50,23 +50,6 @@ pub fn spec(prompts: usize, upscale: bool) -> v1::JobSpec {
     }
 }
 
-/// Submits `spec` and returns the job id.
-pub async fn submit(client: &mut JobsClient<Channel>, spec: v1::JobSpec) -> String {
-    let request = v1::SubmitJobRequest { spec: Some(spec) };
-    client
-        .submit_job(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id
-}
-
-/// The job's status.
-pub async fn status(client: &mut JobsClient<Channel>, job: &str) -> v1::JobStatus {
-    let request = v1::GetJobRequest { job_id: job.into() };
-    client.get_job(request).await.unwrap().into_inner()
-}
-
 /// Every event of a job until its `JobDone`, from the start.
 pub async fn watch_to_end(client: &mut JobsClient<Channel>, job: &str) -> Vec<v1::JobEvent> {
     let request = v1::WatchJobRequest {
