@@ -27,7 +27,7 @@ enum Command {
     /// Upscale one picture with a super-resolution model.
     Upscale(UpscaleArgs),
     /// Render one prompt to a picture with CLIP and VQGAN on this machine.
-    Render(tessera_worker::render_cmd::RenderArgs),
+    Render(Box<tessera_worker::render_cmd::RenderArgs>),
     /// Inspect the installed models.
     Models {
         #[command(subcommand)]
@@ -88,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match command {
         Command::Upscale(args) => upscale(&models, args),
-        Command::Render(args) => tessera_worker::render_cmd::run(&models, args),
+        Command::Render(args) => tessera_worker::render_cmd::run(&models, *args),
         Command::Models {
             command: ModelsCommand::List,
         } => list_models(&models),

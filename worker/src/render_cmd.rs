@@ -1,14 +1,17 @@
 //! `tessera-worker render`: one prompt to one picture on this machine, with the real CLIP and
 //! VQGAN checkpoints from the models directory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use tessera_core::prompt::PromptSpec;
 
 use crate::clip::Clip;
+use crate::generate::augment::Augment;
+use crate::generate::cutouts::CutMethod;
 use crate::generate::init::LatentInit;
-use crate::generate::{render, Progress, Settings};
+use crate::generate::optim::OptimiserKind;
+use crate::generate::{render, resume_render, Precision, Progress, Settings};
 use crate::models::ModelDir;
 use crate::vqgan::VqModel;
 
@@ -19,36 +22,85 @@ vqgan_imagenet_f16_16384 last.ckpt and its model.yaml, converted with \
 `.deps/venv/bin/python scripts/convert_checkpoint.py last.ckpt MODELS/vqgan_imagenet_f16_16384.safetensors` \
 and the YAML saved as MODELS/vqgan_imagenet_f16_16384.yaml";
 
-/// Options of `tessera-worker render`.
+/// Options of `tessera-worker render`. Every setting of the loop is a flag; an unset flag keeps
+/// [`Settings::new`]'s default (the one place defaults live), shown in brackets.
 #[derive(clap::Args, Debug)]
 pub struct RenderArgs {
     /// Text prompts: `text:weight:stop`, several joined by `|`, story phases by `^`.
-    #[arg(long)]
-    prompt: String,
+    #[arg(long, conflicts_with = "resume")]
+    prompt: Option<String>,
     /// Image prompts (`path:weight:stop`, joined by `|`).
-    #[arg(long, default_value = "")]
-    image_prompt: String,
+    #[arg(long, conflicts_with = "resume")]
+    image_prompt: Option<String>,
     /// Noise prompts (`seed:weight`, joined by `|`).
-    #[arg(long, default_value = "")]
-    noise_prompt: String,
+    #[arg(long, conflicts_with = "resume")]
+    noise_prompt: Option<String>,
     /// Start from this picture instead of random codebook tokens.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["resume", "init_noise"])]
     init_image: Option<PathBuf>,
-    /// Output size, WxH (rounded down to the VQGAN's factor).
-    #[arg(long, default_value = "496x496")]
-    size: String,
-    /// Optimisation steps.
-    #[arg(long, default_value_t = 500)]
-    iterations: u32,
-    /// Seed of every random draw; the same seed gives the same picture.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Write a preview PNG next to the output every N iterations (0: never).
-    #[arg(long, default_value_t = 0)]
-    preview_every: u32,
-    /// Cutouts per iteration.
-    #[arg(long, default_value_t = 32)]
-    cutn: u32,
+    /// Start from encoded random pixels or a random colour gradient instead of random tokens.
+    #[arg(long, conflicts_with = "resume", value_enum)]
+    init_noise: Option<InitNoise>,
+    /// Pull towards the starting latent (MSE to the initial z) with this weight [0].
+    #[arg(long, conflicts_with = "resume")]
+    init_weight: Option<f64>,
+    /// Output size, WxH, rounded down to the VQGAN's factor [496x496].
+    #[arg(long, conflicts_with = "resume")]
+    size: Option<String>,
+    /// Optimisation steps [500].
+    #[arg(long, conflicts_with = "resume")]
+    iterations: Option<u32>,
+    /// Seed of every random draw; the same seed gives the same picture [0].
+    #[arg(long, conflicts_with = "resume")]
+    seed: Option<u64>,
+    /// Update rule of the latent [adam].
+    #[arg(
+        long,
+        visible_alias = "optimizer",
+        conflicts_with = "resume",
+        value_enum
+    )]
+    optimiser: Option<OptimiserKind>,
+    /// Learning rate [0.1].
+    #[arg(long, visible_alias = "lr", conflicts_with = "resume")]
+    learning_rate: Option<f64>,
+    /// How cutouts are made [latest].
+    #[arg(long, conflicts_with = "resume", value_enum)]
+    cut_method: Option<CutMethod>,
+    /// Cutouts per iteration [32].
+    #[arg(long, conflicts_with = "resume")]
+    cutn: Option<u32>,
+    /// Crop-size exponent of the `original` cutouts [1].
+    #[arg(long, conflicts_with = "resume")]
+    cut_pow: Option<f64>,
+    /// Augmentations of the `latest` cutouts, in order (`Af,Pe,Ji,Er` also accepted); give the
+    /// flag with no value for none [affine,perspective,jitter,erasing].
+    #[arg(long, conflicts_with = "resume", value_enum, value_delimiter = ',', num_args = 0..)]
+    augments: Option<Vec<Augment>>,
+    /// Largest per-cutout noise level of the `latest` cutouts [0.1].
+    #[arg(long, conflicts_with = "resume")]
+    noise_fac: Option<f64>,
+    /// Iterations per story phase (0: the phases share the iterations evenly) [0].
+    #[arg(long, conflicts_with = "resume")]
+    change_prompt_every: Option<u32>,
+    /// Write a preview PNG next to the output every N iterations (0: never) [0].
+    #[arg(long, conflicts_with = "resume")]
+    preview_every: Option<u32>,
+    /// Save the whole state to OUT.checkpoint every N iterations, so `--resume` can finish a
+    /// render that was interrupted; removed once the picture is written (0: never) [0].
+    #[arg(long, conflicts_with = "resume")]
+    checkpoint_every: Option<u32>,
+    /// Arithmetic of the networks: `fp16-autocast` runs VQGAN and CLIP under CUDA autocast
+    /// (no effect on CPU) [full].
+    #[arg(long, conflicts_with = "resume", value_enum)]
+    precision: Option<Precision>,
+    /// Decode twice per iteration instead of keeping VQGAN's activations while CLIP runs: less
+    /// memory, same picture.
+    #[arg(long, conflicts_with = "resume")]
+    recompute_decoder: bool,
+    /// Finish the render saved in this checkpoint (its settings come from the file).
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// CLIP checkpoint name in the models directory.
     #[arg(long, default_value = "ViT-B-32")]
     clip: String,
@@ -63,9 +115,25 @@ pub struct RenderArgs {
     out: PathBuf,
 }
 
+/// The random starting pictures `generate.py` offers (`--init_noise`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InitNoise {
+    /// Uniform random pixels.
+    Pixels,
+    /// A random colour gradient.
+    Gradient,
+}
+
 /// Runs the command.
 pub fn run(models: &ModelDir, args: RenderArgs) -> anyhow::Result<()> {
-    let settings = settings(&args)?;
+    let recipe = match &args.resume {
+        Some(path) => Recipe::Resume {
+            bytes: std::fs::read(path)
+                .with_context(|| format!("cannot read checkpoint {}", path.display()))?,
+            path,
+        },
+        None => Recipe::Start(settings(&args)?),
+    };
     let device = crate::device::parse(&args.device)?;
     let clip_file = models
         .find(&args.clip)
@@ -83,12 +151,17 @@ pub fn run(models: &ModelDir, args: RenderArgs) -> anyhow::Result<()> {
     }
     let clip = Clip::load(&clip_file.path, device, tch::Kind::Float)?;
     let vq = VqModel::load(&vq_yaml, &vq_file.path, device)?;
-    let preview_path = args.out.with_extension("preview.png");
-    let output = render(&settings, &clip, &vq, &mut |p: &Progress| {
-        report(p, &preview_path)
-    })?;
+    let files = OutputFiles::beside(&args.out);
+    let mut progress = |p: &Progress| report(p, &files);
+    let mut outputs = match &recipe {
+        Recipe::Start(settings) => vec![render(settings, &clip, &vq, &mut progress)?],
+        Recipe::Resume { path, bytes } => resume_render(bytes, &clip, &vq, &mut progress)
+            .with_context(|| format!("cannot resume {}", path.display()))?,
+    };
+    let output = outputs.remove(0);
     std::fs::write(&args.out, &output.png)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
+    remove_if_present(&files.checkpoint)?;
     eprintln!(
         "wrote {} in {:.1} s",
         args.out.display(),
@@ -97,27 +170,78 @@ pub fn run(models: &ModelDir, args: RenderArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn settings(args: &RenderArgs) -> anyhow::Result<Settings> {
-    let prompts = PromptSpec::parse(&args.prompt, &args.image_prompt, &args.noise_prompt)?;
-    let (width, height) = args
-        .size
-        .split_once('x')
-        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
-        .with_context(|| format!("--size '{}' is not WxH, e.g. 496x496", args.size))?;
-    let mut settings = Settings::new(prompts, args.seed);
-    settings.width = width;
-    settings.height = height;
-    settings.iterations = args.iterations;
-    settings.preview_every = args.preview_every;
-    settings.cutn = args.cutn;
-    if let Some(path) = &args.init_image {
-        settings.init = LatentInit::Image { path: path.clone() };
-    }
-    Ok(settings)
+/// Where a render starts: fresh settings, or a checkpoint file's bytes.
+enum Recipe<'a> {
+    Start(Settings),
+    Resume { path: &'a Path, bytes: Vec<u8> },
 }
 
-/// Prints one line per iteration and saves previews as they come.
-fn report(progress: &Progress, preview_path: &std::path::Path) {
+/// The files written beside the output while a render runs.
+struct OutputFiles {
+    preview: PathBuf,
+    checkpoint: PathBuf,
+}
+
+impl OutputFiles {
+    fn beside(out: &Path) -> OutputFiles {
+        OutputFiles {
+            preview: out.with_extension("preview.png"),
+            checkpoint: out.with_extension("checkpoint"),
+        }
+    }
+}
+
+fn settings(args: &RenderArgs) -> anyhow::Result<Settings> {
+    let text = |prompt: &Option<String>| prompt.clone().unwrap_or_default();
+    let prompts = PromptSpec::parse(
+        &text(&args.prompt),
+        &text(&args.image_prompt),
+        &text(&args.noise_prompt),
+    )?;
+    let mut s = Settings::new(prompts, args.seed.unwrap_or(0));
+    if let Some(size) = &args.size {
+        (s.width, s.height) = size
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+            .with_context(|| format!("--size '{size}' is not WxH, e.g. 496x496"))?;
+    }
+    if let Some(path) = &args.init_image {
+        s.init = LatentInit::Image { path: path.clone() };
+    }
+    if let Some(noise) = args.init_noise {
+        s.init = match noise {
+            InitNoise::Pixels => LatentInit::Pixels,
+            InitNoise::Gradient => LatentInit::Gradient,
+        };
+    }
+    set(&mut s.init_weight, args.init_weight);
+    set(&mut s.iterations, args.iterations);
+    set(&mut s.optimiser, args.optimiser);
+    set(&mut s.learning_rate, args.learning_rate);
+    set(&mut s.cut_method, args.cut_method);
+    set(&mut s.cutn, args.cutn);
+    set(&mut s.cut_pow, args.cut_pow);
+    set(&mut s.augments, args.augments.clone());
+    set(&mut s.noise_fac, args.noise_fac);
+    set(&mut s.change_prompt_every, args.change_prompt_every);
+    set(&mut s.preview_every, args.preview_every);
+    set(&mut s.checkpoint_every, args.checkpoint_every);
+    set(&mut s.precision, args.precision);
+    s.recompute_decoder = args.recompute_decoder;
+    s.perceptor_model = args.clip.clone();
+    s.codec_model = args.vqgan.clone();
+    Ok(s)
+}
+
+/// Overwrites a default with the user's value, when there is one.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
+}
+
+/// Prints one line per iteration and saves previews and checkpoints as they come.
+fn report(progress: &Progress, files: &OutputFiles) {
     let render = &progress.renders[0];
     eprintln!(
         "iteration {}/{} loss {:.4} ({:.1} s)",
@@ -127,8 +251,38 @@ fn report(progress: &Progress, preview_path: &std::path::Path) {
         progress.elapsed.as_secs_f64()
     );
     if let Some(preview) = &render.preview {
-        if let Err(err) = preview.save(preview_path) {
-            eprintln!("cannot write preview {}: {err}", preview_path.display());
+        if let Err(err) = preview.save(&files.preview) {
+            eprintln!("cannot write preview {}: {err}", files.preview.display());
         }
+    }
+    if let Some(bytes) = &progress.checkpoint {
+        match write_atomically(&files.checkpoint, bytes) {
+            Ok(()) => eprintln!(
+                "checkpoint after iteration {}: {}",
+                progress.iteration + 1,
+                files.checkpoint.display()
+            ),
+            Err(err) => eprintln!(
+                "cannot write checkpoint {}: {err}",
+                files.checkpoint.display()
+            ),
+        }
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so a process
+/// killed mid-write leaves the previous checkpoint whole.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("checkpoint.partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, path)
+}
+
+fn remove_if_present(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(err).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
     }
 }

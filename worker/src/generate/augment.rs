@@ -13,15 +13,19 @@ use std::f64::consts::PI;
 use tch::{Device, Kind, Tensor};
 
 /// One augmentation `generate.py` can apply to cutouts (its `-aug` codes in brackets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Augment {
     /// Rotation ±15°, translation ±10 %, x-shear ±5° (`Af`).
+    #[value(alias = "Af")]
     Affine,
     /// Corner displacement up to 0.7 of the half-size (`Pe`).
+    #[value(alias = "Pe")]
     Perspective,
     /// Brightness, contrast, saturation ±10 % and hue ±0.1 turn, in random order (`Ji`).
+    #[value(alias = "Ji")]
     Jitter,
     /// One rectangle of 10–40 % of the area, aspect 0.3–3.3, zeroed in every cutout (`Er`).
+    #[value(alias = "Er")]
     Erasing,
 }
 

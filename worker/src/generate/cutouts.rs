@@ -14,7 +14,7 @@ use std::f64::consts::PI;
 use tch::Tensor;
 
 /// How cutouts are made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum CutMethod {
     /// Pooled whole-image cutouts, augmented and noised (`generate.py`'s default).
     Latest,

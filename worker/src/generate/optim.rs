@@ -10,15 +10,17 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 /// Which update rule moves the latent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum OptimiserKind {
     /// torch.optim.Adam(betas=(0.9, 0.999), eps=1e-8): `generate.py`'s default.
     Adam,
     /// torch.optim.AdamW: Adam with decoupled weight decay 0.01.
+    #[value(name = "adamw")]
     AdamW,
     /// torch.optim.Adagrad(eps=1e-10).
     Adagrad,
     /// torch.optim.RMSprop(alpha=0.99, eps=1e-8).
+    #[value(name = "rmsprop")]
     RMSprop,
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tessera_core::prompt::PromptSpec;
 
 /// Arithmetic precision of the two networks' forward and backward passes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Precision {
     /// Whatever precision the networks were loaded in (float32, or bf16/fp16 weights), with
     /// the latent, optimiser and loss always in float32.
