@@ -16,8 +16,13 @@ the B latents are decoded in one batched forward, every render cuts its own cuto
 picture, CLIP embeds all B*cutn cutouts at once, and one backward pass serves the summed losses.
 
 Prints one JSON object per size and batch on stdout (what `bench::parse_reference` reads):
-    {"impl": "pytorch", "scope": "iteration", "size": 128, "batch": 1, "cutn": 32,
-     "seconds_per_iteration": ..., "peak_gpu_mib": ...}
+    {"impl": "pytorch", "scope": "iteration", "variant": "full", "size": 128, "batch": 1,
+     "cutn": 32, "seconds_per_iteration": ..., "peak_mib": ...}
+
+Peak memory is measured as worker/src/peak_memory.rs measures ours: on the CPU the resident-set
+high-water mark (VmHWM), restarted before each cell through /proc/self/clear_refs; on CUDA the
+GPU's used memory by NVML minus what was used before this process touched the GPU (the CUDA
+context, the models and the caching allocator's blocks, as nvidia-smi counts them).
 
 With --overhead it times only the loop's own work around the networks (scope "overhead"):
 cutouts with augmentations and noise, quantisation against a 16384x256 codebook, both backward
@@ -25,6 +30,7 @@ passes, an Adam step and the clamp; `bench::bench_overhead` times the same in Ru
 """
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import math
@@ -142,9 +148,61 @@ class PooledCutouts(nn.Module):
         return batch + facs * torch.randn_like(batch)
 
 
-def timed(step, args, device):
+class PeakMemory:
+    """Peak memory of this process in MiB, as worker/src/peak_memory.rs measures it."""
+
+    def __init__(self, device):
+        self.gpu = None
+        if device.type == "cuda":
+            try:
+                nvml = ctypes.CDLL("libnvidia-ml.so.1")
+                handle = ctypes.c_void_p()
+                if nvml.nvmlInit_v2() == 0 and nvml.nvmlDeviceGetHandleByIndex_v2(
+                        device.index or 0, ctypes.byref(handle)) == 0:
+                    self.gpu = (nvml, handle)
+                    self.baseline = self.gpu_used()
+            except OSError:
+                pass
+
+    def gpu_used(self):
+        memory = (ctypes.c_ulonglong * 3)()  # nvmlMemory_t: total, free, used
+        nvml, handle = self.gpu
+        return memory[2] if nvml.nvmlDeviceGetMemoryInfo(handle, memory) == 0 else None
+
+    def restart(self):
+        """Frees heap back to the kernel and restarts the resident-set high-water mark."""
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    def peak_mib(self):
+        return self.gpu_taken_mib() if self.gpu is not None else self.status_mib("VmHWM:")
+
+    def in_use_mib(self):
+        return self.gpu_taken_mib() if self.gpu is not None else self.status_mib("VmRSS:")
+
+    def gpu_taken_mib(self):
+        used = self.gpu_used()
+        return None if used is None or self.baseline is None else (used - self.baseline) / 2**20
+
+    @staticmethod
+    def status_mib(field):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+        return None
+
+
+def timed(step, args, device, memory):
     """Seconds of the fastest of args.iterations calls of `step` after args.warmup (on a shared
-    machine the least disturbed by other load; bench.rs reports the same), and peak GPU MiB."""
+    machine the least disturbed by other load; bench.rs reports the same), and MiB in use at
+    the start and at the peak."""
+    memory.restart()
+    start = memory.in_use_mib()
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -152,24 +210,22 @@ def timed(step, args, device):
     for _ in range(args.warmup):
         step()
     sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     seconds = math.inf
     for _ in range(args.iterations):
-        start = time.perf_counter()
+        began = time.perf_counter()
         step()
         sync()
-        seconds = min(seconds, time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return seconds, peak
+        seconds = min(seconds, time.perf_counter() - began)
+    return seconds, start, memory.peak_mib()
 
 
-def row(scope, size, batch, args, seconds, peak):
-    return {"impl": "pytorch", "scope": scope, "size": size, "batch": batch, "cutn": args.cutn,
-            "seconds_per_iteration": seconds, "peak_gpu_mib": peak}
+def row(scope, size, batch, args, seconds, start, peak):
+    return {"impl": "pytorch", "scope": scope, "variant": "clip-fp16" if args.clip_half else "full",
+            "size": size, "batch": batch, "cutn": args.cutn, "seconds_per_iteration": seconds,
+            "start_mib": start, "peak_mib": peak}
 
 
-def time_overhead(size, args, device):
+def time_overhead(size, args, device, memory):
     image = torch.rand(1, 3, size, size, device=device).requires_grad_(True)
     codebook = torch.randn(16384, 256, device=device)
     z = torch.randn(1, 256, size // 16, size // 16, device=device).requires_grad_(True)
@@ -184,10 +240,10 @@ def time_overhead(size, args, device):
         with torch.no_grad():
             z.copy_(z.clamp(-1, 1))
 
-    return row("overhead", size, 1, args, *timed(step, args, device))
+    return row("overhead", size, 1, args, *timed(step, args, device, memory))
 
 
-def time_size(size, batch, args, clip, vqgan, device):
+def time_size(size, batch, args, clip, vqgan, device, memory):
     codebook = vqgan.quantize.embedding.weight
     tokens = size // 16
     zs = []
@@ -216,7 +272,7 @@ def time_size(size, batch, args, clip, vqgan, device):
             with torch.no_grad():
                 z.copy_(z.maximum(z_min).minimum(z_max))
 
-    return row("iteration", size, batch, args, *timed(step, args, device))
+    return row("iteration", size, batch, args, *timed(step, args, device, memory))
 
 
 def main():
@@ -235,9 +291,10 @@ def main():
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    memory = PeakMemory(device)  # before anything touches the GPU
     if args.overhead:
         for size in args.sizes:
-            print(json.dumps(time_overhead(size, args, device)), flush=True)
+            print(json.dumps(time_overhead(size, args, device, memory)), flush=True)
         return
     clip = clip_vit_b_32().eval().requires_grad_(False).to(device)
     if args.clip_half:
@@ -245,7 +302,7 @@ def main():
     vqgan = VqganF16().eval().requires_grad_(False).to(device)
     for size in args.sizes:
         for batch in args.batches:
-            print(json.dumps(time_size(size, batch, args, clip, vqgan, device)), flush=True)
+            print(json.dumps(time_size(size, batch, args, clip, vqgan, device, memory)), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ use tessera_core::tiles::TileSpec;
 
 use crate::clip::{Clip, ClipConfig};
 use crate::esrgan::SrModel;
-use crate::generate::bench::{bench_loop, parse_reference, table, BenchRow};
+use crate::generate::bench::{bench_loop, parse_reference, table, BenchRow, Cell, Variant};
+use crate::peak_memory::PeakMemory;
 use crate::models::ModelDir;
 use crate::upscale::Upscaler;
 use crate::vqgan::{VqConfig, VqModel};
@@ -72,6 +73,10 @@ pub enum BenchTarget {
         /// Cutouts per render per iteration.
         #[arg(long, default_value_t = 32)]
         cutn: u32,
+        /// How our loop runs the networks (each is a row; the reference runs as `generate.py`
+        /// does: float32 on the CPU, CLIP in float16 on CUDA).
+        #[arg(long, value_delimiter = ',', value_enum, default_values_t = [Variant::Full])]
+        variants: Vec<Variant>,
     },
 }
 
@@ -89,7 +94,8 @@ pub fn run(models: &ModelDir, args: BenchArgs) -> anyhow::Result<()> {
             sizes,
             batches,
             cutn,
-        } => bench_generation_loop(&args, sizes, batches, *cutn),
+            variants,
+        } => bench_generation_loop(&args, sizes, batches, *cutn, variants),
     }
 }
 
@@ -212,19 +218,34 @@ fn bench_generation_loop(
     sizes: &[u32],
     batches: &[usize],
     cutn: u32,
+    variants: &[Variant],
 ) -> anyhow::Result<()> {
     let (device, device_name) = bench_device();
+    let memory = PeakMemory::new(device);
     println!(
         "VQGAN+CLIP iteration, CLIP ViT-B/32 + vqgan_imagenet_f16_16384 (random weights) on {device_name}, \
-         {} threads, fastest of {} iterations after one warm-up, images/h at {ITERATIONS_PER_IMAGE} iterations each",
+         {} threads, fastest of {} iterations after one warm-up, images/h at {ITERATIONS_PER_IMAGE} iterations each; \
+         peak MiB: {}",
         tch::get_num_threads(),
-        args.repeats
+        args.repeats,
+        match device {
+            Device::Cpu => "the process's resident set",
+            _ => "GPU memory taken by the process (after the cell; earlier cells' cache included)",
+        }
     );
-    let cases: Vec<(u32, usize)> = sizes
+    let cells: Vec<Cell> = sizes
         .iter()
-        .flat_map(|&size| batches.iter().map(move |&batch| (size, batch)))
+        .flat_map(|&size| {
+            batches.iter().flat_map(move |&batch| {
+                variants.iter().map(move |&variant| Cell {
+                    size,
+                    batch,
+                    variant,
+                })
+            })
+        })
         .collect();
-    let mut rows = ours_generation_loop(device, &cases, cutn, args.repeats)?;
+    let mut rows = ours_generation_loop(device, &cells, cutn, args.repeats, &memory)?;
     crate::malloc::release_free_memory();
     // Ours first, on their own: the models are freed before PyTorch builds its own, and a
     // reference that dies (out of memory at large batches) still leaves our rows printed.
@@ -239,6 +260,9 @@ fn bench_generation_loop(
         format!("--iterations={}", args.repeats),
         format!("--device={device_name}"),
     ]);
+    if device != Device::Cpu {
+        reference_args.push("--clip-half".into());
+    }
     let reference = reference_stdout(
         &args.python,
         "scripts/bench/loop_reference.py",
@@ -253,9 +277,10 @@ fn bench_generation_loop(
 /// Our rows of `bench loop`; the full-size models live only inside this call.
 fn ours_generation_loop(
     device: Device,
-    cases: &[(u32, usize)],
+    cells: &[Cell],
     cutn: u32,
     repeats: u32,
+    memory: &PeakMemory,
 ) -> anyhow::Result<Vec<BenchRow>> {
     let clip = Clip::random(&ClipConfig::vit_b_32(), device, Kind::Float)?;
     let mut vs = nn::VarStore::new(device);
@@ -264,7 +289,7 @@ fn ours_generation_loop(
         VqModel::new(&vs.root(), &VqConfig::imagenet_f16_16384())
     });
     vs.freeze();
-    Ok(bench_loop(&clip, &vqgan, cases, cutn, 1, repeats)?)
+    Ok(bench_loop(&clip, &vqgan, cells, cutn, 1, repeats, memory)?)
 }
 
 fn bench_upscale(

@@ -10,6 +10,7 @@ pub mod imageio;
 pub mod malloc;
 pub mod models;
 pub mod ncnn;
+pub mod peak_memory;
 pub mod render_cmd;
 pub mod torch_rng;
 pub mod upscale;

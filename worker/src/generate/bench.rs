@@ -7,10 +7,11 @@ use super::cutouts::{CutMethod, Cutter};
 use super::optim::{Optimiser, OptimiserKind};
 use super::rng::{Purpose, RunRng};
 use super::run::{GenerateError, Run};
-use super::settings::Settings;
+use super::settings::{Precision, Settings};
 use super::synth::vector_quantize;
 use super::traits::{LatentCodec, Perceptor};
 use serde::{Deserialize, Serialize};
+use crate::peak_memory::PeakMemory;
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::time::Instant;
@@ -42,10 +43,67 @@ pub struct BenchRow {
     pub batch: usize,
     /// Cutouts per render per iteration.
     pub cutn: u32,
+    /// What else shaped the iteration ([`Variant::label`]; the reference's `full` or
+    /// `clip-fp16`).
+    #[serde(default = "full_variant")]
+    pub variant: String,
     /// Wall time of the fastest timed iteration (of the whole batch).
     pub seconds_per_iteration: f64,
-    /// Peak GPU memory in MiB, when timed on a GPU.
-    pub peak_gpu_mib: Option<f64>,
+    /// Memory in use in MiB when the cell started (models, interpreter, on CUDA the context
+    /// and cache), as [`crate::peak_memory`] measures it, when known.
+    #[serde(default)]
+    pub start_mib: Option<f64>,
+    /// Peak memory in MiB as [`crate::peak_memory`] measures it (resident set on the CPU, GPU
+    /// memory taken on CUDA), when known.
+    pub peak_mib: Option<f64>,
+}
+
+fn full_variant() -> String {
+    Variant::Full.label().into()
+}
+
+/// How a `bench loop` row runs the networks, besides its size and batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    /// Float32 networks, VQGAN's activations kept while CLIP runs (the render default).
+    Full,
+    /// Float32, VQGAN's decode recomputed in the backward pass (less memory).
+    Recompute,
+    /// CUDA float16 autocast around both networks (no effect on the CPU).
+    Fp16,
+    /// Float16 autocast and the recomputed decode: the least memory.
+    Fp16Recompute,
+}
+
+impl Variant {
+    /// The name in the table and in the reference's rows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Variant::Full => "full",
+            Variant::Recompute => "recompute",
+            Variant::Fp16 => "fp16",
+            Variant::Fp16Recompute => "fp16-recompute",
+        }
+    }
+
+    fn apply(self, settings: &mut Settings) {
+        settings.precision = match self {
+            Variant::Full | Variant::Recompute => Precision::Full,
+            Variant::Fp16 | Variant::Fp16Recompute => Precision::Fp16Autocast,
+        };
+        settings.recompute_decoder = matches!(self, Variant::Recompute | Variant::Fp16Recompute);
+    }
+}
+
+/// One `bench loop` cell: a picture side, a batch size and a variant.
+#[derive(Clone, Copy, Debug)]
+pub struct Cell {
+    /// Side of the square picture in pixels.
+    pub size: u32,
+    /// Renders optimised together.
+    pub batch: usize,
+    /// How the networks run.
+    pub variant: Variant,
 }
 
 impl BenchRow {
@@ -55,23 +113,30 @@ impl BenchRow {
     }
 }
 
-/// Times `iterations` steps (after `warmup` untimed ones) of a batch of `batch` renders of
-/// `size`x`size` with `cutn` cutouts, for every (size, batch) pair.
+/// Times `iterations` steps (after `warmup` untimed ones) of every cell with `cutn` cutouts,
+/// measuring each cell's peak memory with `memory`.
 pub fn bench_loop<P, C>(
     perceptor: &P,
     codec: &C,
-    cases: &[(u32, usize)],
+    cells: &[Cell],
     cutn: u32,
     warmup: u32,
     iterations: u32,
+    memory: &PeakMemory,
 ) -> Result<Vec<BenchRow>, GenerateError>
 where
     P: Perceptor + ?Sized,
     C: LatentCodec + ?Sized,
 {
-    cases
+    cells
         .iter()
-        .map(|&(size, batch)| {
+        .map(|&Cell {
+                 size,
+                 batch,
+                 variant,
+             }| {
+            memory.restart();
+            let start_mib = memory.in_use_mib();
             let settings: Vec<Settings> = (0..batch)
                 .map(|b| {
                     let prompts =
@@ -81,6 +146,7 @@ where
                     s.height = size;
                     s.cutn = cutn;
                     s.iterations = warmup + iterations;
+                    variant.apply(&mut s);
                     s
                 })
                 .collect();
@@ -96,8 +162,10 @@ where
                 size,
                 batch,
                 cutn,
+                variant: variant.label().into(),
                 seconds_per_iteration: seconds,
-                peak_gpu_mib: None,
+                start_mib,
+                peak_mib: memory.peak_mib(),
             })
         })
         .collect()
@@ -175,8 +243,10 @@ pub fn bench_overhead(
         size,
         batch: 1,
         cutn,
+        variant: full_variant(),
         seconds_per_iteration: seconds,
-        peak_gpu_mib: None,
+        start_mib: None,
+        peak_mib: None,
     }
 }
 
@@ -194,15 +264,17 @@ pub fn table(rows: &[BenchRow], iterations_per_image: u32) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<9} {:>5} {:>5} {:>5} {:>12} {:>12} {:>14} {:>10}",
+        "{:<8} {:<9} {:<14} {:>5} {:>5} {:>5} {:>12} {:>12} {:>14} {:>10} {:>10}",
         "impl",
         "scope",
+        "variant",
         "size",
         "batch",
         "cutn",
         "s/iter",
         "images/h",
         "vs pytorch B=1",
+        "start MiB",
         "peak MiB"
     );
     for row in rows {
@@ -220,20 +292,25 @@ pub fn table(rows: &[BenchRow], iterations_per_image: u32) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<8} {:<9} {:>5} {:>5} {:>5} {:>12.3} {:>12.1} {:>14} {:>10}",
+            "{:<8} {:<9} {:<14} {:>5} {:>5} {:>5} {:>12.3} {:>12.1} {:>14} {:>10} {:>10}",
             row.implementation,
             row.scope,
+            row.variant,
             row.size,
             row.batch,
             row.cutn,
             row.seconds_per_iteration,
             row.images_per_hour(iterations_per_image),
             speedup,
-            row.peak_gpu_mib
-                .map_or("-".to_string(), |m| format!("{m:.0}")),
+            mib(row.start_mib),
+            mib(row.peak_mib),
         );
     }
     out
+}
+
+fn mib(value: Option<f64>) -> String {
+    value.map_or("-".to_string(), |m| format!("{m:.0}"))
 }
 
 #[cfg(test)]
@@ -243,22 +320,54 @@ mod tests {
     #[test]
     fn reference_lines_parse_and_the_table_compares_with_pytorch() {
         let output = "loading models\n\
-            {\"impl\": \"pytorch\", \"size\": 128, \"batch\": 1, \"cutn\": 32, \"seconds_per_iteration\": 2.0, \"peak_gpu_mib\": null}\n";
+            {\"impl\": \"pytorch\", \"size\": 128, \"batch\": 1, \"cutn\": 32, \"seconds_per_iteration\": 2.0, \"start_mib\": 700.2, \"peak_mib\": 900.7}\n";
         let mut rows = parse_reference(output);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].scope, SCOPE_ITERATION);
+        assert_eq!(rows[0].variant, "full");
         rows.push(BenchRow {
             implementation: "tessera".into(),
             scope: SCOPE_ITERATION.into(),
             size: 128,
             batch: 4,
             cutn: 32,
+            variant: "recompute".into(),
             seconds_per_iteration: 4.0,
-            peak_gpu_mib: None,
+            start_mib: None,
+            peak_mib: None,
         });
         assert_eq!(rows[0].images_per_hour(500), 3.6);
         let table = table(&rows, 500);
+        assert!(table.lines().nth(1).unwrap().ends_with(" 700        901"), "{table}");
         assert!(table.lines().nth(2).unwrap().contains("2.00x"), "{table}");
+        assert!(table.lines().nth(2).unwrap().contains("recompute"), "{table}");
+    }
+
+    #[test]
+    fn every_cell_is_timed_in_its_variant_with_its_peak_memory() {
+        let (perceptor, codec) = super::super::testnets::tiny_models();
+        let cells = [
+            Cell {
+                size: 32,
+                batch: 1,
+                variant: Variant::Full,
+            },
+            Cell {
+                size: 32,
+                batch: 2,
+                variant: Variant::Recompute,
+            },
+        ];
+        let memory = PeakMemory::new(Device::Cpu);
+        let rows = bench_loop(&perceptor, &codec, &cells, 2, 0, 1, &memory).unwrap();
+        let shapes: Vec<(usize, &str)> = rows
+            .iter()
+            .map(|r| (r.batch, r.variant.as_str()))
+            .collect();
+        assert_eq!(shapes, [(1, "full"), (2, "recompute")]);
+        assert!(rows
+            .iter()
+            .all(|r| r.peak_mib >= r.start_mib && r.start_mib.is_some_and(|m| m > 0.0)));
     }
 
     #[test]
