@@ -15,8 +15,8 @@ use tessera_core::tiles::TileSpec;
 use crate::clip::{Clip, ClipConfig};
 use crate::esrgan::SrModel;
 use crate::generate::bench::{bench_loop, parse_reference, table, BenchRow, Cell, Variant};
-use crate::peak_memory::PeakMemory;
 use crate::models::ModelDir;
+use crate::peak_memory::PeakMemory;
 use crate::upscale::Upscaler;
 use crate::vqgan::{VqConfig, VqModel};
 

@@ -46,16 +46,24 @@ impl PeakMemory {
     /// Peak memory in MiB: the resident set since [`PeakMemory::restart`] on the CPU, the GPU
     /// memory taken since [`PeakMemory::new`] on CUDA; `None` where it cannot be read.
     pub fn peak_mib(&self) -> Option<f64> {
-        self.gpu_taken_mib()
-            .or_else(|| self.gpu.is_none().then(|| proc_status_mib("VmHWM:")).flatten())
+        self.gpu_taken_mib().or_else(|| {
+            self.gpu
+                .is_none()
+                .then(|| proc_status_mib("VmHWM:"))
+                .flatten()
+        })
     }
 
     /// Memory in use now in MiB: the resident set on the CPU, the GPU memory taken since
     /// [`PeakMemory::new`] on CUDA. Read at a cell's start, it is what the models (and on
     /// CUDA the context and cache) hold before the cell's own work.
     pub fn in_use_mib(&self) -> Option<f64> {
-        self.gpu_taken_mib()
-            .or_else(|| self.gpu.is_none().then(|| proc_status_mib("VmRSS:")).flatten())
+        self.gpu_taken_mib().or_else(|| {
+            self.gpu
+                .is_none()
+                .then(|| proc_status_mib("VmRSS:"))
+                .flatten()
+        })
     }
 
     fn gpu_taken_mib(&self) -> Option<f64> {
@@ -89,7 +97,10 @@ mod tests {
         memory.restart();
         let before = memory.peak_mib().expect("VmHWM is readable on Linux");
         let resident = memory.in_use_mib().expect("VmRSS is readable on Linux");
-        assert!(resident <= before + 1.0, "{resident} MiB resident, peak {before} MiB");
+        assert!(
+            resident <= before + 1.0,
+            "{resident} MiB resident, peak {before} MiB"
+        );
         // 1 GiB, so other tests of this binary running meanwhile cannot account for the rise
         // or hide the fall.
         let block = std::hint::black_box(vec![1u8; 1 << 30]);

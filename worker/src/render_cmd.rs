@@ -94,8 +94,8 @@ pub struct RenderArgs {
     /// (no effect on CPU) [full].
     #[arg(long, conflicts_with = "resume", value_enum)]
     precision: Option<Precision>,
-    /// Decode twice per iteration instead of keeping VQGAN's activations while CLIP runs: less
-    /// memory, same picture.
+    /// Back-propagate VQGAN one stage at a time, each recomputed, instead of keeping all its
+    /// activations (activation checkpointing): far less memory, same picture.
     #[arg(long, conflicts_with = "resume")]
     recompute_decoder: bool,
     /// Finish the render saved in this checkpoint (its settings come from the file).

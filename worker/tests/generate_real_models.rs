@@ -70,6 +70,21 @@ fn a_text_prompt_pulls_the_picture_towards_it_through_clip_and_vqgan() {
 }
 
 #[test]
+fn back_propagating_vqgan_stage_by_stage_gives_the_same_picture() {
+    let (clip, vq, _dir) = tiny_models();
+    let mut s = settings("a red lighthouse at dusk|fog:-0.5", 4, 6);
+    let kept = render(&s, &clip, &vq, &mut |_| {}).unwrap();
+    s.recompute_decoder = true;
+    let staged = render(&s, &clip, &vq, &mut |_| {}).unwrap();
+    assert!(
+        vq.decode_stage_count() > 3,
+        "the tiny VQGAN has several stages"
+    );
+    assert_eq!(kept.image, staged.image);
+    assert_eq!(kept.losses, staged.losses);
+}
+
+#[test]
 fn a_prompt_longer_than_clips_context_is_refused_with_the_count() {
     let (clip, vq, _dir) = tiny_models();
     let long = "word ".repeat(100);

@@ -10,8 +10,8 @@ use super::run::{GenerateError, Run};
 use super::settings::{Precision, Settings};
 use super::synth::vector_quantize;
 use super::traits::{LatentCodec, Perceptor};
-use serde::{Deserialize, Serialize};
 use crate::peak_memory::PeakMemory;
+use serde::{Deserialize, Serialize};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::time::Instant;
@@ -130,44 +130,46 @@ where
 {
     cells
         .iter()
-        .map(|&Cell {
+        .map(
+            |&Cell {
                  size,
                  batch,
                  variant,
              }| {
-            memory.restart();
-            let start_mib = memory.in_use_mib();
-            let settings: Vec<Settings> = (0..batch)
-                .map(|b| {
-                    let prompts =
-                        PromptSpec::parse("a lighthouse at dusk", "", "").expect("valid prompt");
-                    let mut s = Settings::new(prompts, b as u64);
-                    s.width = size;
-                    s.height = size;
-                    s.cutn = cutn;
-                    s.iterations = warmup + iterations;
-                    variant.apply(&mut s);
-                    s
+                memory.restart();
+                let start_mib = memory.in_use_mib();
+                let settings: Vec<Settings> = (0..batch)
+                    .map(|b| {
+                        let prompts = PromptSpec::parse("a lighthouse at dusk", "", "")
+                            .expect("valid prompt");
+                        let mut s = Settings::new(prompts, b as u64);
+                        s.width = size;
+                        s.height = size;
+                        s.cutn = cutn;
+                        s.iterations = warmup + iterations;
+                        variant.apply(&mut s);
+                        s
+                    })
+                    .collect();
+                let mut run = Run::start(&settings, perceptor, codec)?;
+                for _ in 0..warmup {
+                    run.step()?;
+                }
+                // Every step reads its losses back to the host, so it ends synchronised.
+                let seconds = fastest(iterations, |_| run.step().map(|_| ()))?;
+                Ok(BenchRow {
+                    implementation: "tessera".into(),
+                    scope: SCOPE_ITERATION.into(),
+                    size,
+                    batch,
+                    cutn,
+                    variant: variant.label().into(),
+                    seconds_per_iteration: seconds,
+                    start_mib,
+                    peak_mib: memory.peak_mib(),
                 })
-                .collect();
-            let mut run = Run::start(&settings, perceptor, codec)?;
-            for _ in 0..warmup {
-                run.step()?;
-            }
-            // Every step reads its losses back to the host, so it ends synchronised.
-            let seconds = fastest(iterations, |_| run.step().map(|_| ()))?;
-            Ok(BenchRow {
-                implementation: "tessera".into(),
-                scope: SCOPE_ITERATION.into(),
-                size,
-                batch,
-                cutn,
-                variant: variant.label().into(),
-                seconds_per_iteration: seconds,
-                start_mib,
-                peak_mib: memory.peak_mib(),
-            })
-        })
+            },
+        )
         .collect()
 }
 
@@ -338,9 +340,15 @@ mod tests {
         });
         assert_eq!(rows[0].images_per_hour(500), 3.6);
         let table = table(&rows, 500);
-        assert!(table.lines().nth(1).unwrap().ends_with(" 700        901"), "{table}");
+        assert!(
+            table.lines().nth(1).unwrap().ends_with(" 700        901"),
+            "{table}"
+        );
         assert!(table.lines().nth(2).unwrap().contains("2.00x"), "{table}");
-        assert!(table.lines().nth(2).unwrap().contains("recompute"), "{table}");
+        assert!(
+            table.lines().nth(2).unwrap().contains("recompute"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -360,10 +368,8 @@ mod tests {
         ];
         let memory = PeakMemory::new(Device::Cpu);
         let rows = bench_loop(&perceptor, &codec, &cells, 2, 0, 1, &memory).unwrap();
-        let shapes: Vec<(usize, &str)> = rows
-            .iter()
-            .map(|r| (r.batch, r.variant.as_str()))
-            .collect();
+        let shapes: Vec<(usize, &str)> =
+            rows.iter().map(|r| (r.batch, r.variant.as_str())).collect();
         assert_eq!(shapes, [(1, "full"), (2, "recompute")]);
         assert!(rows
             .iter()

@@ -147,6 +147,8 @@ struct Forward {
     /// All latents, concatenated (the input a recomputed decode needs).
     z: Tensor,
     image: ClampBoundary,
+    /// Each decoder stage's input when the decoder is recomputed (empty when its graph is kept).
+    stage_inputs: Vec<Tensor>,
     clamped_cutouts: Option<ClampBoundary>,
     terms: Vec<Vec<(String, Tensor)>>,
 }
@@ -348,14 +350,57 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
 
     /// Quantise, decode and map to [0, 1] (unclamped); differentiable in `z`.
     fn synthesise(&self, z: &Tensor) -> Tensor {
+        let z_q = self.quantize(z);
+        to_unit_range(&tch::autocast(self.autocast(), || self.codec.decode(&z_q)))
+    }
+
+    /// Every latent snapped to the codebook with a straight-through gradient, in the codec's
+    /// precision.
+    fn quantize(&self, z: &Tensor) -> Tensor {
         let quantized: Vec<Tensor> = z
             .split(1, 0)
             .iter()
             .map(|z| vector_quantize(z, &self.codebook))
             .collect();
-        let z_q = Tensor::cat(&quantized, 0).to_kind(self.codec.kind());
-        let decoded = tch::autocast(self.autocast(), || self.codec.decode(&z_q));
-        (decoded.to_kind(Kind::Float) + 1.0) / 2.0
+        Tensor::cat(&quantized, 0).to_kind(self.codec.kind())
+    }
+
+    /// [`Run::synthesise`] without a graph, keeping the input of every decoder stage for
+    /// [`Run::backward_by_stage`].
+    fn synthesise_by_stage(&self, z: &Tensor) -> (Tensor, Vec<Tensor>) {
+        tch::no_grad(|| {
+            let mut x = self.quantize(z);
+            let mut inputs = Vec::new();
+            for stage in 0..self.codec.decode_stages() {
+                let next = tch::autocast(self.autocast(), || self.codec.decode_stage(stage, &x));
+                inputs.push(std::mem::replace(&mut x, next));
+            }
+            (to_unit_range(&x), inputs)
+        })
+    }
+
+    /// Back-propagates `grad`, the gradient at the pixels, through the decoder one stage at a
+    /// time from the last, each recomputed from its kept input (activation checkpointing: one
+    /// stage's activations alive at once), then through the quantisation into `z`.
+    fn backward_by_stage(&self, z: &Tensor, inputs: &[Tensor], grad: Tensor) {
+        let last = inputs.len() - 1;
+        let mut grad = grad;
+        for (stage, input) in inputs.iter().enumerate().rev() {
+            let x = if stage == 0 {
+                self.quantize(z)
+            } else {
+                input.detach().set_requires_grad(true)
+            };
+            let mut y = tch::autocast(self.autocast(), || self.codec.decode_stage(stage, &x));
+            if stage == last {
+                y = to_unit_range(&y);
+            }
+            // d/dy Σ y·g = g exactly: the multiplication's backward is g·1.
+            (y * &grad).sum(Kind::Float).backward();
+            if stage > 0 {
+                grad = x.grad();
+            }
+        }
     }
 
     fn autocast(&self) -> bool {
@@ -372,10 +417,11 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
     fn forward(&self, i: u32) -> Forward {
         let z: Vec<&Tensor> = self.elements.iter().map(|e| &e.z).collect();
         let z = Tensor::cat(&z, 0);
-        let image = if self.shared().recompute_decoder {
-            ClampBoundary::recomputable(tch::no_grad(|| self.synthesise(&z)))
+        let (image, stage_inputs) = if self.shared().recompute_decoder {
+            let (pixels, inputs) = self.synthesise_by_stage(&z);
+            (ClampBoundary::recomputable(pixels), inputs)
         } else {
-            ClampBoundary::new(self.synthesise(&z))
+            (ClampBoundary::new(self.synthesise(&z)), Vec::new())
         };
         let cutouts = self.cutouts(image.leaf(), i);
         let clamped_cutouts = match self.shared().cut_method {
@@ -394,6 +440,7 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         Forward {
             z,
             image,
+            stage_inputs,
             clamped_cutouts,
             terms,
         }
@@ -413,6 +460,7 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         let Forward {
             z,
             image,
+            stage_inputs,
             clamped_cutouts,
             terms,
         } = self.forward(i);
@@ -427,10 +475,10 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
             boundary.propagate();
         }
         let previews = self.previews(image.leaf(), i);
-        if self.shared().recompute_decoder {
-            image.propagate_into(&self.synthesise(&z));
-        } else {
+        if stage_inputs.is_empty() {
             image.propagate();
+        } else if let Some(grad) = image.masked_leaf_gradient() {
+            self.backward_by_stage(&z, &stage_inputs, grad);
         }
         for e in &mut self.elements {
             let grad = e.z.grad();
@@ -566,4 +614,9 @@ fn loss_values(terms: &[Vec<(String, Tensor)>]) -> Vec<Vec<(String, f64)>> {
                 .collect()
         })
         .collect()
+}
+
+/// Decoder output, roughly in [-1, 1], as float32 pixels in [0, 1] (unclamped).
+fn to_unit_range(decoded: &Tensor) -> Tensor {
+    (decoded.to_kind(Kind::Float) + 1.0) / 2.0
 }

@@ -60,9 +60,10 @@ pub struct Settings {
     pub checkpoint_every: u32,
     /// Arithmetic precision of the networks.
     pub precision: Precision,
-    /// Decode twice per iteration instead of keeping VQGAN's activations while CLIP runs: peak
-    /// memory becomes the larger of the two networks' instead of their sum, for one more
-    /// decoder forward pass. The result is the same.
+    /// Decode without a graph, keeping only each decoder stage's input, and back-propagate the
+    /// decoder one stage at a time, each recomputed (activation checkpointing): VQGAN's
+    /// activations are not held while CLIP runs, and only one stage's at a time afterwards,
+    /// for one more decoder forward pass. The result is the same.
     pub recompute_decoder: bool,
     /// Name of the CLIP model, recorded in the output so a render can be repeated.
     pub perceptor_model: String,

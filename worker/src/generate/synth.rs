@@ -61,8 +61,9 @@ impl ClampBoundary {
         ClampBoundary::build(upstream.detach(), kept)
     }
 
-    /// A cut after values computed without a graph; [`ClampBoundary::propagate_into`] takes the
-    /// recomputed upstream, which must produce the same values.
+    /// A cut after values computed without a graph; the caller back-propagates
+    /// [`ClampBoundary::masked_leaf_gradient`] through a recomputation of the upstream, which
+    /// must produce the same values.
     pub fn recomputable(values: Tensor) -> ClampBoundary {
         ClampBoundary::build(values.detach(), None)
     }
@@ -89,21 +90,18 @@ impl ClampBoundary {
         leaf_grad * pushes_back
     }
 
-    /// Back-propagates the leaf's gradient, masked by the rule, into the kept upstream graph.
-    pub fn propagate(self) {
-        if let Some(upstream) = &self.upstream {
-            self.propagate_into(upstream);
-        }
+    /// The leaf's gradient masked by the rule, once the downstream has been back-propagated
+    /// (`None` when nothing reached the leaf).
+    pub fn masked_leaf_gradient(&self) -> Option<Tensor> {
+        let grad = self.leaf.grad();
+        grad.defined().then(|| self.masked_gradient(&grad))
     }
 
-    /// Back-propagates the leaf's gradient, masked by the rule, into `upstream`: the kept graph
-    /// or a recomputation of it.
-    pub fn propagate_into(&self, upstream: &Tensor) {
-        let grad = self.leaf.grad();
-        if !upstream.requires_grad() || !grad.defined() {
+    /// Back-propagates the leaf's gradient, masked by the rule, into the kept upstream graph.
+    pub fn propagate(self) {
+        let (Some(upstream), Some(masked)) = (&self.upstream, self.masked_leaf_gradient()) else {
             return;
-        }
-        let masked = self.masked_gradient(&grad);
+        };
         // d/dx Σ x·g = g exactly: the multiplication's backward is g·1.
         (upstream * masked).sum(Kind::Float).backward();
     }

@@ -200,13 +200,24 @@ impl LatentCodec for TinyCodec {
     }
 
     fn decode(&self, z_q: &Tensor) -> Tensor {
+        (0..self.decode_stages()).fold(z_q.shallow_clone(), |x, i| self.decode_stage(i, &x))
+    }
+
+    /// Three pieces, so the loop's stage-by-stage backward is exercised.
+    fn decode_stages(&self) -> usize {
+        3
+    }
+
+    fn decode_stage(&self, index: usize, x: &Tensor) -> Tensor {
         let up = |x: &Tensor| {
             let (h, w) = (x.size()[2], x.size()[3]);
             x.upsample_nearest2d([2 * h, 2 * w], None, None)
         };
-        let x = self.dec1.forward(z_q).gelu("none");
-        let x = self.dec2.forward(&up(&x)).gelu("none");
-        self.dec3.forward(&up(&x))
+        match index {
+            0 => self.dec1.forward(x).gelu("none"),
+            1 => self.dec2.forward(&up(x)).gelu("none"),
+            _ => self.dec3.forward(&up(x)),
+        }
     }
 
     fn codebook(&self) -> Tensor {

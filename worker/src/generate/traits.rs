@@ -30,6 +30,17 @@ pub trait LatentCodec {
     fn encode(&self, image: &Tensor) -> Result<Tensor, ModelError>;
     /// Images `[N, 3, H, W]`, roughly in [-1, 1], from quantised latents; differentiable.
     fn decode(&self, z_q: &Tensor) -> Tensor;
+    /// How many pieces `decode` splits into (1: it does not). With `recompute_decoder` the
+    /// loop back-propagates them one at a time, each recomputed from its input, so only one
+    /// piece's activations are held at once.
+    fn decode_stages(&self) -> usize {
+        1
+    }
+    /// Piece `index` of `decode`: pieces `0..decode_stages()` applied in order are `decode`.
+    fn decode_stage(&self, index: usize, x: &Tensor) -> Tensor {
+        debug_assert_eq!(index, 0, "decode is one piece");
+        self.decode(x)
+    }
     /// The codebook `[n_embed, C]`, on the model's device.
     fn codebook(&self) -> Tensor;
     /// How many pixels one latent position covers along each side (f).

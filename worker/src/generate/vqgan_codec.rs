@@ -16,6 +16,14 @@ impl LatentCodec for VqModel {
         VqModel::decode(self, z_q)
     }
 
+    fn decode_stages(&self) -> usize {
+        VqModel::decode_stage_count(self)
+    }
+
+    fn decode_stage(&self, index: usize, x: &Tensor) -> Tensor {
+        VqModel::decode_stage(self, index, x)
+    }
+
     fn codebook(&self) -> Tensor {
         VqModel::codebook(self)
     }
@@ -53,6 +61,8 @@ mod tests {
         assert_eq!(z.size(), [1, 8, 16, 16]);
         assert_eq!(codec.codebook().size(), [16, 8]);
         assert_eq!(codec.decode(&z).size(), [1, 3, 32, 32]);
+        // Bottleneck, 2 levels of 2 resnet blocks, 1 upsampling, output layers.
+        assert_eq!(codec.decode_stages(), 7);
         assert_eq!(
             (codec.downsampling_factor(), codec.kind()),
             (2, Kind::Float)

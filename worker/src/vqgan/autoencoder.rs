@@ -73,7 +73,7 @@ fn norm_swish(norm: &nn::GroupNorm, x: &Tensor) -> Tensor {
 /// Two pre-activated 3x3 convolutions with a residual connection; a 1x1 `nin_shortcut` adapts the
 /// residual when the channel count changes.
 #[derive(Debug)]
-struct ResnetBlock {
+pub(crate) struct ResnetBlock {
     norm1: nn::GroupNorm,
     conv1: nn::Conv2D,
     norm2: nn::GroupNorm,
@@ -118,7 +118,7 @@ impl ParameterCount for ResnetBlock {
 
 /// Single-head self-attention over all positions with 1x1 projections and a residual connection.
 #[derive(Debug)]
-struct AttnBlock {
+pub(crate) struct AttnBlock {
     norm: nn::GroupNorm,
     q: nn::Conv2D,
     k: nn::Conv2D,
@@ -200,7 +200,7 @@ impl Module for Downsample {
 
 /// Doubles the resolution: nearest-neighbour upsampling, then a 3x3 conv.
 #[derive(Debug)]
-struct Upsample {
+pub(crate) struct Upsample {
     conv: nn::Conv2D,
 }
 
@@ -423,16 +423,48 @@ impl Decoder {
     }
 }
 
-impl Module for Decoder {
-    fn forward(&self, z: &Tensor) -> Tensor {
-        let mut h = self.mid.forward(&self.conv_in.forward(z));
+impl Decoder {
+    /// The decoder's forward pass in pieces, in order: the bottleneck, every resnet block (with
+    /// its attention) and upsampling from the lowest resolution up, then the output layers.
+    pub(crate) fn stages(&self) -> Vec<DecoderStage<'_>> {
+        let mut stages = vec![DecoderStage::Entry(self)];
         for (level, upsample) in self.up.iter().rev() {
-            h = level.forward(&h);
-            if let Some(upsample) = upsample {
-                h = upsample.forward(&h);
+            for (i, block) in level.block.iter().enumerate() {
+                stages.push(DecoderStage::Block(block, level.attn.get(i)));
             }
+            stages.extend(upsample.as_ref().map(DecoderStage::Upsample));
         }
-        self.conv_out.forward(&norm_swish(&self.norm_out, &h))
+        stages.push(DecoderStage::Exit(self));
+        stages
+    }
+}
+
+/// One piece of the decoder's forward pass. The generation loop back-propagates the decoder
+/// piece by piece, each recomputed from its input (activation checkpointing), so that only one
+/// piece's activations are held at a time instead of the whole decoder's.
+#[derive(Debug)]
+pub(crate) enum DecoderStage<'a> {
+    /// `conv_in` and the bottleneck.
+    Entry(&'a Decoder),
+    /// One resnet block of a level, then its attention block when the level has them.
+    Block(&'a ResnetBlock, Option<&'a AttnBlock>),
+    /// A level's doubling of the resolution.
+    Upsample(&'a Upsample),
+    /// Normalisation, swish and `conv_out`.
+    Exit(&'a Decoder),
+}
+
+impl DecoderStage<'_> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
+        match self {
+            DecoderStage::Entry(d) => d.mid.forward(&d.conv_in.forward(x)),
+            DecoderStage::Block(block, attn) => {
+                let h = block.forward(x);
+                attn.map_or(h.shallow_clone(), |attn| attn.forward(&h))
+            }
+            DecoderStage::Upsample(upsample) => upsample.forward(x),
+            DecoderStage::Exit(d) => d.conv_out.forward(&norm_swish(&d.norm_out, x)),
+        }
     }
 }
 

@@ -414,7 +414,24 @@ impl VqModel {
     /// Latent [N, embed_dim, h, w] -> image [N, out_ch, h*f, w*f], roughly in [-1, 1];
     /// differentiable with respect to `z_q`.
     pub fn decode(&self, z_q: &Tensor) -> Tensor {
-        self.decoder.forward(&self.post_quant_conv.forward(z_q))
+        (0..self.decode_stage_count()).fold(z_q.shallow_clone(), |h, i| self.decode_stage(i, &h))
+    }
+
+    /// How many pieces [`VqModel::decode`] runs in (see [`VqModel::decode_stage`]).
+    pub fn decode_stage_count(&self) -> usize {
+        self.decoder.stages().len()
+    }
+
+    /// Piece `index` of [`VqModel::decode`]: `post_quant_conv` and the decoder's bottleneck,
+    /// then each resnet block and upsampling, then the output layers. Applied in order they are
+    /// `decode`; the generation loop back-propagates them one at a time to save memory.
+    pub fn decode_stage(&self, index: usize, x: &Tensor) -> Tensor {
+        let stages = self.decoder.stages();
+        if index == 0 {
+            stages[0].forward(&self.post_quant_conv.forward(x))
+        } else {
+            stages[index].forward(x)
+        }
     }
 
     /// Codebook indices [N, h, w] -> image, for replaying a stored token grid.
