@@ -16,6 +16,7 @@ use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_tests::jobs::{results, status, submit};
 use tessera_tests::scrape::Scrape;
 use tessera_tests::{binary, Service};
+use tessera_worker::generate::Precision;
 use tonic::transport::Channel;
 
 /// An embedded-state coordinator on a free port.
@@ -218,6 +219,24 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
         farm == here,
         "the farm's picture differs from the local upscale"
     );
+}
+
+#[tokio::test]
+async fn a_worker_renders_in_the_precision_and_memory_mode_it_was_started_with() {
+    let (models, store) = (models(), TempDir::new().unwrap());
+    let service = coordinator(store.path(), &[]);
+    let options = ["--recompute-decoder", "--precision", "fp16-autocast"];
+    let _worker = Workers::start_with(1, models.path(), &service, &options);
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    let job_id = submit(&mut client, single_render(3, 0)).await;
+    let events = watch(&mut client, &job_id).await;
+    let results = results(&mut client, &job_id).await;
+    assert_eq!(results.len(), 1, "{events:?}");
+    let png = download(service.url(), &results[0].output.as_ref().unwrap().key).await;
+    let settings = common::recorded_settings(&png);
+    assert!(settings.recompute_decoder);
+    assert_eq!(settings.precision, Precision::Fp16Autocast);
+    assert_eq!(settings.iterations, 3);
 }
 
 #[tokio::test]

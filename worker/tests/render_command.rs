@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::recorded_settings;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -12,7 +13,6 @@ use tessera_worker::generate::augment::Augment;
 use tessera_worker::generate::cutouts::CutMethod;
 use tessera_worker::generate::init::LatentInit;
 use tessera_worker::generate::optim::OptimiserKind;
-use tessera_worker::generate::png::SETTINGS_KEYWORD;
 use tessera_worker::generate::{Precision, Settings};
 
 /// Tiny models, a tiny picture, a few cutouts: what every render here shares.
@@ -45,20 +45,6 @@ fn render_png(models: &Path, extra: &[&str], out: &Path) -> Vec<u8> {
     let output = render(models, &args);
     assert!(output.status.success(), "{args:?}: {}", stderr(&output));
     std::fs::read(out).unwrap()
-}
-
-/// The settings a PNG records in its `Tessera settings` chunk.
-fn recorded_settings(png: &[u8]) -> Settings {
-    let reader = png::Decoder::new(std::io::Cursor::new(png))
-        .read_info()
-        .unwrap();
-    let chunk = reader
-        .info()
-        .uncompressed_latin1_text
-        .iter()
-        .find(|c| c.keyword == SETTINGS_KEYWORD)
-        .expect("settings chunk");
-    serde_json::from_str(&chunk.text).unwrap()
 }
 
 fn stderr(output: &Output) -> String {

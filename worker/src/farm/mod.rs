@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::generate::Precision;
 use crate::models::ModelDir;
 use metrics::WorkerMetrics;
 use session::Session;
@@ -68,11 +69,39 @@ pub struct FarmArgs {
     /// network included; `tessera up` does so.
     #[arg(long, env = "TESSERA_THREADS", value_parser = clap::value_parser!(i32).range(1..))]
     pub threads: Option<i32>,
+    /// How this worker runs the render networks, to fit its device.
+    #[command(flatten)]
+    pub render_mode: RenderMode,
     /// Log lines on standard error: `human` or `json`. Spans (one per task, with its stages)
     /// are also exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (service name:
     /// OTEL_SERVICE_NAME, default tessera-worker).
     #[arg(long, env = "TESSERA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+}
+
+/// How a worker runs the render networks: a property of its device, not of the job, so it is
+/// the worker's to choose (a render resumed from a checkpoint keeps the mode it started with).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct RenderMode {
+    /// `fp16-autocast`: VQGAN and CLIP under CUDA float16 autocast, for less activation memory
+    /// and faster matmuls; pixels may differ slightly from float32 (no effect on the CPU).
+    #[arg(
+        long = "precision",
+        id = "farm_precision",
+        value_name = "PRECISION",
+        env = "TESSERA_PRECISION",
+        value_enum,
+        default_value_t = Precision::Full
+    )]
+    pub precision: Precision,
+    /// Back-propagate VQGAN one stage at a time, each recomputed (activation checkpointing):
+    /// at 496x496 on the CPU, 37% less memory over the models for 26% more time; same pictures.
+    #[arg(
+        long = "recompute-decoder",
+        id = "farm_recompute_decoder",
+        env = "TESSERA_RECOMPUTE_DECODER"
+    )]
+    pub recompute_decoder: bool,
 }
 
 /// Runs farm mode until a signal drains it.
@@ -82,7 +111,11 @@ pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Re
         tch::set_num_threads(threads);
     }
     let capabilities = capabilities::detect(models, &args)?;
-    let cache = Arc::new(Mutex::new(ModelCache::new(models.clone(), device)));
+    let cache = Arc::new(Mutex::new(ModelCache::new(
+        models.clone(),
+        device,
+        args.render_mode,
+    )));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

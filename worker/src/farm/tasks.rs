@@ -10,6 +10,7 @@ use tessera_core::prompt::PromptSpec;
 use tessera_core::tiles::{Rect, Stitcher, TilePlan, TileSpec};
 use tessera_proto::v1;
 
+use super::RenderMode;
 use crate::clip::Clip;
 use crate::esrgan::SrModel;
 use crate::generate::{drive_until, Driven, Halt, Progress, Run, Settings};
@@ -23,6 +24,7 @@ use crate::vqgan::VqModel;
 pub struct ModelCache {
     models: ModelDir,
     device: Device,
+    render_mode: RenderMode,
     upscalers: HashMap<String, Upscaler>,
     clips: HashMap<String, Clip>,
     vqgans: HashMap<String, VqModel>,
@@ -48,11 +50,12 @@ fn load_once<T>(
 }
 
 impl ModelCache {
-    /// An empty cache over `models`, loading onto `device`.
-    pub fn new(models: ModelDir, device: Device) -> Self {
+    /// An empty cache over `models`, loading onto `device`, whose renders run in `render_mode`.
+    pub fn new(models: ModelDir, device: Device, render_mode: RenderMode) -> Self {
         ModelCache {
             models,
             device,
+            render_mode,
             upscalers: HashMap::new(),
             clips: HashMap::new(),
             vqgans: HashMap::new(),
@@ -200,6 +203,7 @@ pub fn generate(
         .vqgan_model
         .as_deref()
         .ok_or_else(|| field("vqgan_model"))?;
+    let mode = cache.render_mode;
     let (clip, vq) = cache.generators(clip_name, vq_name)?;
     let run = match checkpoint {
         Some(bytes) => Run::resume(bytes, clip, vq)?,
@@ -215,6 +219,8 @@ pub fn generate(
             settings.init_weight = s.init_weight.unwrap_or(settings.init_weight);
             settings.checkpoint_every = s.checkpoint_every.unwrap_or(0);
             settings.preview_every = s.preview_every.unwrap_or(0);
+            settings.precision = mode.precision;
+            settings.recompute_decoder = mode.recompute_decoder;
             settings.perceptor_model = clip_name.to_string();
             settings.codec_model = vq_name.to_string();
             Run::start(&[settings], clip, vq)?

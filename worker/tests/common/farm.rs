@@ -18,6 +18,8 @@ pub struct Workers {
     /// What started them, for replacing one.
     models: std::path::PathBuf,
     coordinator: String,
+    /// Options every worker is started with, besides the coordinator and models.
+    options: Vec<String>,
     started: usize,
     /// Where each serves its Prometheus metrics.
     pub metrics: Vec<std::net::SocketAddr>,
@@ -70,10 +72,21 @@ impl Workers {
 
     /// Starts `count` workers, each serving metrics on a free port, and reads where.
     pub fn start(count: usize, models: &Path, coordinator: &Service) -> Workers {
+        Workers::start_with(count, models, coordinator, &[])
+    }
+
+    /// [`Workers::start`], each worker also given `options` (e.g. `--recompute-decoder`).
+    pub fn start_with(
+        count: usize,
+        models: &Path,
+        coordinator: &Service,
+        options: &[&str],
+    ) -> Workers {
         let mut workers = Workers {
             children: Vec::new(),
             models: models.to_path_buf(),
             coordinator: coordinator.url(),
+            options: options.iter().map(|o| o.to_string()).collect(),
             started: 0,
             metrics: Vec::new(),
             timings: TempDir::new().unwrap(),
@@ -113,6 +126,7 @@ impl Workers {
             .args(["--metrics-listen", "127.0.0.1:0"])
             .arg("--timings")
             .arg(self.timings_file(n))
+            .args(&self.options)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

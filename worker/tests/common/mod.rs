@@ -84,3 +84,17 @@ pub fn tiny_generation_models() -> tempfile::TempDir {
     std::fs::copy(fixtures.join("vq.yaml"), dir.path().join("vq.yaml")).unwrap();
     dir
 }
+
+/// The render settings a PNG records in its `Tessera settings` chunk.
+pub fn recorded_settings(png: &[u8]) -> tessera_worker::generate::Settings {
+    let reader = png::Decoder::new(std::io::Cursor::new(png))
+        .read_info()
+        .unwrap();
+    let chunk = reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|c| c.keyword == tessera_worker::generate::png::SETTINGS_KEYWORD)
+        .expect("settings chunk");
+    serde_json::from_str(&chunk.text).unwrap()
+}
