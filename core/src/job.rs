@@ -6,6 +6,9 @@
 //! pictures. [`crate::plan`] turns a job into tasks. All of this is pure so the CLI can check a
 //! batch before sending it and the coordinator can refuse it with the same words.
 
+use crate::loop_options::{
+    self, Augment, CutMethod, InitNoise, OptimiserKind, DEFAULT_AUGMENTS, DEFAULT_NOISE_FAC,
+};
 use crate::prompt::PromptError;
 use crate::task::{ArtifactRef, Requirements, TaskKind};
 use crate::tiles::{TileError, TilePlan, TileSpec};
@@ -17,6 +20,9 @@ pub const SIZE_MULTIPLE: u32 = 16;
 
 /// The `upscale_model` value that turns the upscale stage off.
 pub const NO_UPSCALE: &str = "none";
+
+/// The `init_noise` value that starts from random codebook tokens (the default).
+pub const NO_INIT_NOISE: &str = "none";
 
 /// The upscale stage of a render: which model and how the picture is cut.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +56,24 @@ pub struct Settings {
     pub learning_rate: f64,
     /// Pull back towards the starting latent (0: none).
     pub init_weight: f64,
+    /// Update rule of the latent.
+    #[serde(default)]
+    pub optimiser: OptimiserKind,
+    /// How cutouts are made.
+    #[serde(default)]
+    pub cut_method: CutMethod,
+    /// Augmentations of the `latest` cutouts, in order.
+    #[serde(default = "default_augments")]
+    pub augments: Vec<Augment>,
+    /// Largest per-cutout noise level of the `latest` cutouts.
+    #[serde(default = "default_noise_fac")]
+    pub noise_fac: f64,
+    /// Steps per story phase (`^` in the prompt; 0: the phases share the steps evenly).
+    #[serde(default)]
+    pub change_prompt_every: u32,
+    /// Start from encoded random pixels or a gradient instead of random codebook tokens.
+    #[serde(default)]
+    pub init_noise: Option<InitNoise>,
     /// A checkpoint every this many steps, so a lost worker's successor resumes (0: none).
     pub checkpoint_every: u32,
     /// A preview picture every this many steps (0: none).
@@ -74,6 +98,12 @@ impl Settings {
             cut_pow: 1.0,
             learning_rate: 0.1,
             init_weight: 0.0,
+            optimiser: OptimiserKind::default(),
+            cut_method: CutMethod::default(),
+            augments: default_augments(),
+            noise_fac: default_noise_fac(),
+            change_prompt_every: 0,
+            init_noise: None,
             checkpoint_every: 50,
             preview_every: 50,
             upscale: Some(Upscale {
@@ -107,6 +137,9 @@ impl Settings {
         set(&mut s.cut_pow, patch.cut_pow);
         set(&mut s.learning_rate, patch.learning_rate);
         set(&mut s.init_weight, patch.init_weight);
+        s.apply_loop_choices(patch)?;
+        set(&mut s.noise_fac, patch.noise_fac);
+        set(&mut s.change_prompt_every, patch.change_prompt_every);
         set(&mut s.checkpoint_every, patch.checkpoint_every);
         set(&mut s.preview_every, patch.preview_every);
         if let Some(device) = &patch.device {
@@ -115,6 +148,30 @@ impl Settings {
         s.upscale = s.apply_upscale(patch, catalog)?;
         s.validate(limits)?;
         Ok(s)
+    }
+
+    /// The named choices of the loop (update rule, cutouts, augmentations, starting picture).
+    fn apply_loop_choices(&mut self, patch: &SettingsPatch) -> Result<(), JobError> {
+        if let Some(name) = &patch.optimiser {
+            self.optimiser = choice("optimiser", name)?;
+        }
+        if let Some(name) = &patch.cut_method {
+            self.cut_method = choice("cut_method", name)?;
+        }
+        if let Some(list) = &patch.augments {
+            self.augments = list
+                .split(',')
+                .filter(|name| !name.trim().is_empty())
+                .map(|name| choice("augments", name))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(name) = &patch.init_noise {
+            self.init_noise = match name.trim() {
+                "" | NO_INIT_NOISE => None,
+                name => Some(choice("init_noise", name)?),
+            };
+        }
+        Ok(())
     }
 
     fn apply_upscale(
@@ -181,12 +238,17 @@ impl Settings {
         };
         positive("cut_pow", self.cut_pow)?;
         positive("learning_rate", self.learning_rate)?;
-        if !(self.init_weight.is_finite() && self.init_weight >= 0.0) {
-            return Err(JobError::out_of_range(
-                "init_weight",
-                self.init_weight,
-                "a number, 0 or above".into(),
-            ));
+        for (field, value) in [
+            ("init_weight", self.init_weight),
+            ("noise_fac", self.noise_fac),
+        ] {
+            if !(value.is_finite() && value >= 0.0) {
+                return Err(JobError::out_of_range(
+                    field,
+                    value,
+                    "a number, 0 or above".into(),
+                ));
+            }
         }
         check_device(&self.device)?;
         if let Some(u) = &self.upscale {
@@ -204,6 +266,23 @@ impl Settings {
             pixels: u64::from(self.width) * u64::from(self.height),
         }
     }
+}
+
+/// A named choice of the loop, or an error naming the field and every accepted name.
+fn choice<T: clap::ValueEnum>(field: &'static str, name: &str) -> Result<T, JobError> {
+    loop_options::parse(name).ok_or_else(|| JobError::UnknownChoice {
+        field,
+        name: name.trim().to_string(),
+        known: loop_options::names::<T>(),
+    })
+}
+
+fn default_augments() -> Vec<Augment> {
+    DEFAULT_AUGMENTS.to_vec()
+}
+
+fn default_noise_fac() -> f64 {
+    DEFAULT_NOISE_FAC
 }
 
 fn set<T: Copy>(field: &mut T, value: Option<T>) {
@@ -270,6 +349,19 @@ pub struct SettingsPatch {
     pub learning_rate: Option<f64>,
     /// See [`Settings::init_weight`].
     pub init_weight: Option<f64>,
+    /// See [`Settings::optimiser`]: `adam`, `adamw`, `adagrad` or `rmsprop`.
+    pub optimiser: Option<String>,
+    /// See [`Settings::cut_method`]: `latest` or `original`.
+    pub cut_method: Option<String>,
+    /// See [`Settings::augments`]: names joined by `,` (`affine`, `perspective`, `jitter`,
+    /// `erasing`, or `generate.py`'s `Af`, `Pe`, `Ji`, `Er`); empty for none.
+    pub augments: Option<String>,
+    /// See [`Settings::noise_fac`].
+    pub noise_fac: Option<f64>,
+    /// See [`Settings::change_prompt_every`].
+    pub change_prompt_every: Option<u32>,
+    /// See [`Settings::init_noise`]: `pixels`, `gradient`, or [`NO_INIT_NOISE`].
+    pub init_noise: Option<String>,
     /// See [`Settings::checkpoint_every`].
     pub checkpoint_every: Option<u32>,
     /// See [`Settings::preview_every`].
@@ -618,6 +710,16 @@ pub enum JobError {
         value: u32,
         /// The limit.
         max: u32,
+    },
+    /// A named choice that does not exist.
+    #[error("{field} '{name}' is not known; choose from {known}")]
+    UnknownChoice {
+        /// The field.
+        field: &'static str,
+        /// The name given.
+        name: String,
+        /// Every accepted name.
+        known: String,
     },
     /// A setting out of its range.
     #[error("{field} = {value} is out of range: it must be {expected}")]

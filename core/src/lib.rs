@@ -4,6 +4,7 @@
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod job;
+pub mod loop_options;
 pub mod plan;
 pub mod prompt;
 pub mod task;

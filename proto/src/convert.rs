@@ -2,7 +2,8 @@
 //! coordinator, the workers and the CLI read and write the wire form the same way.
 
 use crate::v1;
-use tessera_core::job::{Settings, SettingsPatch, Upscale, NO_UPSCALE};
+use tessera_core::job::{Settings, SettingsPatch, Upscale, NO_INIT_NOISE, NO_UPSCALE};
+use tessera_core::loop_options::{self, name_of};
 use tessera_core::task::{ArtifactRef, Capabilities, ImagePlan, TaskKind, TaskSpec};
 use tessera_core::tiles::{Rect, TileSpec};
 
@@ -73,6 +74,18 @@ impl From<&Settings> for v1::Settings {
             tile_pad: Some(tile.pad),
             tile_overlap: Some(tile.overlap),
             device: Some(s.device.clone()),
+            optimiser: Some(name_of(s.optimiser)),
+            cut_method: Some(name_of(s.cut_method)),
+            augments: Some(
+                s.augments
+                    .iter()
+                    .map(|&a| name_of(a))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            noise_fac: Some(s.noise_fac),
+            change_prompt_every: Some(s.change_prompt_every),
+            init_noise: Some(s.init_noise.map_or(NO_INIT_NOISE.to_string(), name_of)),
         }
     }
 }
@@ -97,15 +110,48 @@ impl From<v1::Settings> for SettingsPatch {
             tile_pad: s.tile_pad,
             tile_overlap: s.tile_overlap,
             device: s.device,
+            optimiser: s.optimiser,
+            cut_method: s.cut_method,
+            augments: s.augments,
+            noise_fac: s.noise_fac,
+            change_prompt_every: s.change_prompt_every,
+            init_noise: s.init_noise,
         }
     }
 }
 
-/// The resolved settings a task carries, read back by a worker: every field must be set.
-pub fn settings(s: &v1::Settings) -> Result<Settings, MissingField> {
-    fn get<T: Clone>(v: &Option<T>, name: &'static str) -> Result<T, MissingField> {
-        v.clone().ok_or(MissingField(name))
+/// The resolved settings a task carries, read back by a worker: every field must be set,
+/// except the loop's choices, which tasks planned before they existed lack (their defaults).
+pub fn settings(s: &v1::Settings) -> Result<Settings, WireSettingsError> {
+    fn get<T: Clone>(v: &Option<T>, name: &'static str) -> Result<T, WireSettingsError> {
+        v.clone().ok_or(WireSettingsError::Missing(name))
     }
+    fn known<T: clap::ValueEnum>(name: &str, field: &'static str) -> Result<T, WireSettingsError> {
+        loop_options::parse(name).ok_or_else(|| WireSettingsError::Unknown {
+            field,
+            value: name.to_string(),
+        })
+    }
+    fn known_or_default<T: clap::ValueEnum + Default>(
+        v: &Option<String>,
+        field: &'static str,
+    ) -> Result<T, WireSettingsError> {
+        v.as_deref()
+            .map_or(Ok(T::default()), |name| known(name, field))
+    }
+    let defaults = Settings::farm_defaults();
+    let augments = match &s.augments {
+        None => defaults.augments,
+        Some(list) => list
+            .split(',')
+            .filter(|name| !name.is_empty())
+            .map(|name| known(name, "augments"))
+            .collect::<Result<_, _>>()?,
+    };
+    let init_noise = match s.init_noise.as_deref() {
+        None | Some(NO_INIT_NOISE) => None,
+        Some(name) => Some(known(name, "init_noise")?),
+    };
     let model = get(&s.upscale_model, "upscale_model")?;
     let upscale = if model == NO_UPSCALE {
         None
@@ -134,13 +180,30 @@ pub fn settings(s: &v1::Settings) -> Result<Settings, MissingField> {
         preview_every: get(&s.preview_every, "preview_every")?,
         upscale,
         device: get(&s.device, "device")?,
+        optimiser: known_or_default(&s.optimiser, "optimiser")?,
+        cut_method: known_or_default(&s.cut_method, "cut_method")?,
+        augments,
+        noise_fac: s.noise_fac.unwrap_or(defaults.noise_fac),
+        change_prompt_every: s.change_prompt_every.unwrap_or(0),
+        init_noise,
     })
 }
 
-/// A message that lacks a field its reader needs.
+/// Resolved settings on the wire that their reader cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the message lacks its `{0}` field")]
-pub struct MissingField(pub &'static str);
+pub enum WireSettingsError {
+    /// A field the reader needs is not set.
+    #[error("the message lacks its `{0}` field")]
+    Missing(&'static str),
+    /// A named choice this version does not know (a newer coordinator's, say).
+    #[error("the message's `{field}` is '{value}', which this version does not know")]
+    Unknown {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
 
 impl From<Capabilities> for v1::Capabilities {
     fn from(c: Capabilities) -> Self {
@@ -264,6 +327,39 @@ mod tests {
     fn resolved_settings_survive_the_wire_and_patches_keep_unset_fields_unset() {
         let mut s = Settings::farm_defaults();
         assert_eq!(settings(&(&s).into()).unwrap(), s);
+        s.optimiser = loop_options::OptimiserKind::AdamW;
+        s.cut_method = loop_options::CutMethod::Original;
+        s.augments = vec![
+            loop_options::Augment::Erasing,
+            loop_options::Augment::Affine,
+        ];
+        s.noise_fac = 0.3;
+        s.change_prompt_every = 7;
+        s.init_noise = Some(loop_options::InitNoise::Gradient);
+        let wire = v1::Settings::from(&s);
+        assert_eq!(wire.augments.as_deref(), Some("erasing,affine"));
+        assert_eq!(settings(&wire).unwrap(), s);
+        s.augments.clear();
+        assert_eq!(settings(&(&s).into()).unwrap(), s);
+        // A task planned before the loop's choices were on the wire reads as the defaults.
+        let older = v1::Settings {
+            optimiser: None,
+            cut_method: None,
+            augments: None,
+            noise_fac: None,
+            change_prompt_every: None,
+            init_noise: None,
+            ..(&Settings::farm_defaults()).into()
+        };
+        assert_eq!(settings(&older).unwrap(), Settings::farm_defaults());
+        let newer = v1::Settings {
+            optimiser: Some("lion".into()),
+            ..older
+        };
+        assert_eq!(
+            settings(&newer).unwrap_err().to_string(),
+            "the message's `optimiser` is 'lion', which this version does not know"
+        );
         s.upscale = None;
         let wire = v1::Settings::from(&s);
         assert_eq!(wire.upscale_model.as_deref(), Some("none"));

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use tessera_core::loop_options::InitNoise;
 use tessera_core::prompt::PromptSpec;
 
 use crate::clip::Clip;
@@ -115,15 +116,6 @@ pub struct RenderArgs {
     out: PathBuf,
 }
 
-/// The random starting pictures `generate.py` offers (`--init_noise`).
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum InitNoise {
-    /// Uniform random pixels.
-    Pixels,
-    /// A random colour gradient.
-    Gradient,
-}
-
 /// Runs the command.
 pub fn run(models: &ModelDir, args: RenderArgs) -> anyhow::Result<()> {
     let recipe = match &args.resume {
@@ -209,10 +201,7 @@ fn settings(args: &RenderArgs) -> anyhow::Result<Settings> {
         s.init = LatentInit::Image { path: path.clone() };
     }
     if let Some(noise) = args.init_noise {
-        s.init = match noise {
-            InitNoise::Pixels => LatentInit::Pixels,
-            InitNoise::Gradient => LatentInit::Gradient,
-        };
+        s.init = LatentInit::from(noise);
     }
     set(&mut s.init_weight, args.init_weight);
     set(&mut s.iterations, args.iterations);

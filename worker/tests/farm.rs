@@ -10,12 +10,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use tempfile::TempDir;
+use tessera_core::loop_options::{Augment, CutMethod, OptimiserKind};
 use tessera_core::tiles::{TilePlan, TileSpec};
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_tests::jobs::{results, status, submit};
 use tessera_tests::scrape::Scrape;
 use tessera_tests::{binary, Service};
+use tessera_worker::generate::init::LatentInit;
 use tessera_worker::generate::Precision;
 use tonic::transport::Channel;
 
@@ -222,13 +224,21 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
 }
 
 #[tokio::test]
-async fn a_worker_renders_in_the_precision_and_memory_mode_it_was_started_with() {
+async fn a_render_follows_the_job_s_loop_choices_in_the_worker_s_precision_and_memory_mode() {
     let (models, store) = (models(), TempDir::new().unwrap());
     let service = coordinator(store.path(), &[]);
     let options = ["--recompute-decoder", "--precision", "fp16-autocast"];
     let _worker = Workers::start_with(1, models.path(), &service, &options);
     let mut client = JobsClient::connect(service.url()).await.unwrap();
-    let job_id = submit(&mut client, single_render(3, 0)).await;
+    let mut spec = single_render(3, 0);
+    let choices = spec.settings.as_mut().unwrap();
+    choices.optimiser = Some("adagrad".into());
+    choices.cut_method = Some("original".into());
+    choices.augments = Some("Ji".into());
+    choices.noise_fac = Some(0.2);
+    choices.change_prompt_every = Some(2);
+    choices.init_noise = Some("pixels".into());
+    let job_id = submit(&mut client, spec).await;
     let events = watch(&mut client, &job_id).await;
     let results = results(&mut client, &job_id).await;
     assert_eq!(results.len(), 1, "{events:?}");
@@ -237,6 +247,22 @@ async fn a_worker_renders_in_the_precision_and_memory_mode_it_was_started_with()
     assert!(settings.recompute_decoder);
     assert_eq!(settings.precision, Precision::Fp16Autocast);
     assert_eq!(settings.iterations, 3);
+    assert_eq!(
+        (settings.optimiser, settings.cut_method, settings.augments),
+        (
+            OptimiserKind::Adagrad,
+            CutMethod::Original,
+            vec![Augment::Jitter]
+        )
+    );
+    assert_eq!(
+        (
+            settings.noise_fac,
+            settings.change_prompt_every,
+            settings.init
+        ),
+        (0.2, 2, LatentInit::Pixels)
+    );
 }
 
 #[tokio::test]

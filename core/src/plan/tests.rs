@@ -101,6 +101,53 @@ fn overrides_apply_per_prompt_over_job_settings() {
 }
 
 #[test]
+fn the_loop_s_choices_are_named_per_prompt_and_unknown_names_list_the_choices() {
+    use crate::loop_options::{Augment, CutMethod, InitNoise, OptimiserKind, DEFAULT_AUGMENTS};
+    let text = r#"{"prompt": "a cat", "optimiser": "AdamW", "cut_method": "original", "augments": "Af, erasing", "noise_fac": 0.25, "change_prompt_every": 40, "init_noise": "gradient"}
+{"prompt": "a dog", "augments": ""}
+"#;
+    let mut req = request(JobSource::Prompts(parse_prompts_jsonl(text).unwrap()));
+    req.settings.optimiser = Some("rmsprop".into());
+    let plan = plan(&req).unwrap();
+    let first = &plan.units[0].settings;
+    assert_eq!(
+        (first.optimiser, first.cut_method, first.augments.clone()),
+        (
+            OptimiserKind::AdamW,
+            CutMethod::Original,
+            vec![Augment::Affine, Augment::Erasing]
+        )
+    );
+    assert_eq!(
+        (first.noise_fac, first.change_prompt_every, first.init_noise),
+        (0.25, 40, Some(InitNoise::Gradient))
+    );
+    let second = &plan.units[2].settings;
+    assert_eq!(second.optimiser, OptimiserKind::RMSprop, "the job's choice");
+    assert_eq!((second.augments.len(), second.init_noise), (0, None));
+    assert_eq!(Settings::farm_defaults().augments, DEFAULT_AUGMENTS);
+
+    for (line, expected) in [
+        (
+            r#"{"prompt": "a", "optimiser": "sgd"}"#,
+            "optimiser 'sgd' is not known; choose from adam, adamw, adagrad, rmsprop",
+        ),
+        (
+            r#"{"prompt": "a", "augments": "affine,blur"}"#,
+            "augments 'blur' is not known; choose from affine, perspective, jitter, erasing",
+        ),
+        (
+            r#"{"prompt": "a", "noise_fac": -1}"#,
+            "noise_fac = -1 is out of range",
+        ),
+    ] {
+        let req = request(JobSource::Prompts(parse_prompts_jsonl(line).unwrap()));
+        let message = plan_req_msg(&req);
+        assert!(message.contains(expected), "{message}");
+    }
+}
+
+#[test]
 fn jsonl_errors_name_the_line() {
     let cases = [
         (

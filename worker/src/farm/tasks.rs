@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use tch::Device;
 use tessera_core::prompt::PromptSpec;
 use tessera_core::tiles::{Rect, Stitcher, TilePlan, TileSpec};
@@ -13,6 +13,7 @@ use tessera_proto::v1;
 use super::RenderMode;
 use crate::clip::Clip;
 use crate::esrgan::SrModel;
+use crate::generate::init::LatentInit;
 use crate::generate::{drive_until, Driven, Halt, Progress, Run, Settings};
 use crate::imageio::{encode_png, from_dynamic, Picture};
 use crate::models::ModelDir;
@@ -196,33 +197,36 @@ pub fn generate(
     checkpoint: Option<&[u8]>,
     progress: &mut dyn FnMut(&Progress) -> ControlFlow<Halt>,
 ) -> anyhow::Result<Outcome> {
-    let s = spec.settings.as_ref().context("the task has no settings")?;
-    let field = |name: &str| anyhow!("the task's settings lack {name}");
-    let clip_name = s.clip_model.as_deref().ok_or_else(|| field("clip_model"))?;
-    let vq_name = s
-        .vqgan_model
-        .as_deref()
-        .ok_or_else(|| field("vqgan_model"))?;
+    let wire = spec.settings.as_ref().context("the task has no settings")?;
+    let job = tessera_proto::convert::settings(wire).context("the task's settings")?;
     let mode = cache.render_mode;
-    let (clip, vq) = cache.generators(clip_name, vq_name)?;
+    let (clip, vq) = cache.generators(&job.clip_model, &job.vqgan_model)?;
     let run = match checkpoint {
         Some(bytes) => Run::resume(bytes, clip, vq)?,
         None => {
             let prompts = PromptSpec::parse(&spec.prompt, "", "")?;
             let mut settings = Settings::new(prompts, spec.seed);
-            settings.width = s.width.ok_or_else(|| field("width"))?;
-            settings.height = s.height.ok_or_else(|| field("height"))?;
-            settings.iterations = s.iterations.ok_or_else(|| field("iterations"))?;
-            settings.cutn = s.cutn.unwrap_or(settings.cutn);
-            settings.cut_pow = s.cut_pow.unwrap_or(settings.cut_pow);
-            settings.learning_rate = s.learning_rate.unwrap_or(settings.learning_rate);
-            settings.init_weight = s.init_weight.unwrap_or(settings.init_weight);
-            settings.checkpoint_every = s.checkpoint_every.unwrap_or(0);
-            settings.preview_every = s.preview_every.unwrap_or(0);
+            settings.width = job.width;
+            settings.height = job.height;
+            settings.iterations = job.iterations;
+            settings.cutn = job.cutn;
+            settings.cut_pow = job.cut_pow;
+            settings.learning_rate = job.learning_rate;
+            settings.init_weight = job.init_weight;
+            settings.optimiser = job.optimiser;
+            settings.cut_method = job.cut_method;
+            settings.augments = job.augments;
+            settings.noise_fac = job.noise_fac;
+            settings.change_prompt_every = job.change_prompt_every;
+            if let Some(noise) = job.init_noise {
+                settings.init = LatentInit::from(noise);
+            }
+            settings.checkpoint_every = job.checkpoint_every;
+            settings.preview_every = job.preview_every;
             settings.precision = mode.precision;
             settings.recompute_decoder = mode.recompute_decoder;
-            settings.perceptor_model = clip_name.to_string();
-            settings.codec_model = vq_name.to_string();
+            settings.perceptor_model = job.clip_model;
+            settings.codec_model = job.vqgan_model;
             Run::start(&[settings], clip, vq)?
         }
     };

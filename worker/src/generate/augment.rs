@@ -8,34 +8,9 @@
 //! padding at pixel centres (`align_corners=False`), consistently in every step.
 
 use super::rng::Stream;
-use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 use tch::{Device, Kind, Tensor};
-
-/// One augmentation `generate.py` can apply to cutouts (its `-aug` codes in brackets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum Augment {
-    /// Rotation ±15°, translation ±10 %, x-shear ±5° (`Af`).
-    #[value(alias = "Af")]
-    Affine,
-    /// Corner displacement up to 0.7 of the half-size (`Pe`).
-    #[value(alias = "Pe")]
-    Perspective,
-    /// Brightness, contrast, saturation ±10 % and hue ±0.1 turn, in random order (`Ji`).
-    #[value(alias = "Ji")]
-    Jitter,
-    /// One rectangle of 10–40 % of the area, aspect 0.3–3.3, zeroed in every cutout (`Er`).
-    #[value(alias = "Er")]
-    Erasing,
-}
-
-/// `generate.py`'s default augmentations, in its order.
-pub const DEFAULT_AUGMENTS: [Augment; 4] = [
-    Augment::Affine,
-    Augment::Perspective,
-    Augment::Jitter,
-    Augment::Erasing,
-];
+pub use tessera_core::loop_options::{Augment, DEFAULT_AUGMENTS};
 
 /// Probability that an augmentation applies to a cutout.
 const P: f64 = 0.7;
@@ -47,39 +22,37 @@ pub type Mat3 = [[f64; 3]; 3];
 pub fn augment(batch: &Tensor, augments: &[Augment], stream: &mut Stream) -> Tensor {
     augments
         .iter()
-        .fold(batch.shallow_clone(), |x, a| a.apply(&x, stream))
+        .fold(batch.shallow_clone(), |x, &a| apply(a, &x, stream))
 }
 
-impl Augment {
-    fn apply(self, x: &Tensor, stream: &mut Stream) -> Tensor {
-        let [n, _, h, w] = dims(x);
-        match self {
-            Augment::Affine => {
-                let mats = per_sample(n, stream, |s| {
-                    affine_matrix(&AffineParams::sample(s, w, h), w, h)
-                });
-                warp(x, &mats)
-            }
-            Augment::Perspective => {
-                let mats = per_sample(n, stream, |s| {
-                    let corners = corners(w, h);
-                    perspective_matrix(&corners, &perspective_end_points(s, w, h))
-                });
-                warp(x, &mats)
-            }
-            Augment::Jitter => {
-                let factors = per_sample(n, stream, JitterFactors::sample);
-                let order = stream.permutation(4);
-                jitter(x, &factors, &order)
-            }
-            Augment::Erasing => {
-                let rect = if stream.chance(P) {
-                    Some(erasing_rect(stream, w, h))
-                } else {
-                    None
-                };
-                erase(x, rect)
-            }
+fn apply(augment: Augment, x: &Tensor, stream: &mut Stream) -> Tensor {
+    let [n, _, h, w] = dims(x);
+    match augment {
+        Augment::Affine => {
+            let mats = per_sample(n, stream, |s| {
+                affine_matrix(&AffineParams::sample(s, w, h), w, h)
+            });
+            warp(x, &mats)
+        }
+        Augment::Perspective => {
+            let mats = per_sample(n, stream, |s| {
+                let corners = corners(w, h);
+                perspective_matrix(&corners, &perspective_end_points(s, w, h))
+            });
+            warp(x, &mats)
+        }
+        Augment::Jitter => {
+            let factors = per_sample(n, stream, JitterFactors::sample);
+            let order = stream.permutation(4);
+            jitter(x, &factors, &order)
+        }
+        Augment::Erasing => {
+            let rect = if stream.chance(P) {
+                Some(erasing_rect(stream, w, h))
+            } else {
+                None
+            };
+            erase(x, rect)
         }
     }
 }

@@ -9,18 +9,9 @@
 
 use super::augment::{augment, Augment};
 use super::rng::Stream;
-use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 use tch::Tensor;
-
-/// How cutouts are made.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum CutMethod {
-    /// Pooled whole-image cutouts, augmented and noised (`generate.py`'s default).
-    Latest,
-    /// Random crops sized by `cut_pow`, resampled (Crowson's original).
-    Original,
-}
+pub use tessera_core::loop_options::CutMethod;
 
 /// Everything that shapes an iteration's cutouts.
 #[derive(Clone, Copy, Debug)]

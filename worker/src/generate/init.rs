@@ -9,6 +9,7 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
+use tessera_core::loop_options::InitNoise;
 
 /// Where the optimisation starts.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -24,6 +25,15 @@ pub enum LatentInit {
     Pixels,
     /// A random colour gradient, encoded.
     Gradient,
+}
+
+impl From<InitNoise> for LatentInit {
+    fn from(noise: InitNoise) -> Self {
+        match noise {
+            InitNoise::Pixels => LatentInit::Pixels,
+            InitNoise::Gradient => LatentInit::Gradient,
+        }
+    }
 }
 
 /// An image the loop could not use.

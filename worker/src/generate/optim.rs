@@ -6,23 +6,8 @@
 //! an integer, both saved and restored by `state.rs`. Hyper-parameters other than the learning
 //! rate are torch's defaults, as in `generate.py`.
 
-use serde::{Deserialize, Serialize};
 use tch::Tensor;
-
-/// Which update rule moves the latent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-pub enum OptimiserKind {
-    /// torch.optim.Adam(betas=(0.9, 0.999), eps=1e-8): `generate.py`'s default.
-    Adam,
-    /// torch.optim.AdamW: Adam with decoupled weight decay 0.01.
-    #[value(name = "adamw")]
-    AdamW,
-    /// torch.optim.Adagrad(eps=1e-10).
-    Adagrad,
-    /// torch.optim.RMSprop(alpha=0.99, eps=1e-8).
-    #[value(name = "rmsprop")]
-    RMSprop,
-}
+pub use tessera_core::loop_options::OptimiserKind;
 
 const ADAM_BETAS: (f64, f64) = (0.9, 0.999);
 const ADAM_EPS: f64 = 1e-8;
@@ -30,17 +15,6 @@ const ADAMW_WEIGHT_DECAY: f64 = 1e-2;
 const ADAGRAD_EPS: f64 = 1e-10;
 const RMSPROP_ALPHA: f64 = 0.99;
 const RMSPROP_EPS: f64 = 1e-8;
-
-impl OptimiserKind {
-    /// Names of the state tensors this rule keeps, in the order of [`Optimiser::buffers`].
-    pub fn buffer_names(self) -> &'static [&'static str] {
-        match self {
-            OptimiserKind::Adam | OptimiserKind::AdamW => &["exp_avg", "exp_avg_sq"],
-            OptimiserKind::Adagrad => &["sum"],
-            OptimiserKind::RMSprop => &["square_avg"],
-        }
-    }
-}
 
 /// One parameter's optimiser: its rule, learning rate, step count and moment tensors.
 #[derive(Debug)]

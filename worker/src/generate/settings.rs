@@ -7,6 +7,7 @@ use super::cutouts::CutMethod;
 use super::init::LatentInit;
 use super::optim::OptimiserKind;
 use serde::{Deserialize, Serialize};
+use tessera_core::loop_options::DEFAULT_NOISE_FAC;
 use tessera_core::prompt::PromptSpec;
 
 /// Arithmetic precision of the two networks' forward and backward passes.
@@ -105,7 +106,7 @@ impl Settings {
             cutn: 32,
             cut_pow: 1.0,
             augments: DEFAULT_AUGMENTS.to_vec(),
-            noise_fac: 0.1,
+            noise_fac: DEFAULT_NOISE_FAC,
             change_prompt_every: 0,
             preview_every: 0,
             checkpoint_every: 0,
