@@ -205,28 +205,7 @@ pub fn generate(
         Some(bytes) => Run::resume(bytes, clip, vq)?,
         None => {
             let prompts = PromptSpec::parse(&spec.prompt, "", "")?;
-            let mut settings = Settings::new(prompts, spec.seed);
-            settings.width = job.width;
-            settings.height = job.height;
-            settings.iterations = job.iterations;
-            settings.cutn = job.cutn;
-            settings.cut_pow = job.cut_pow;
-            settings.learning_rate = job.learning_rate;
-            settings.init_weight = job.init_weight;
-            settings.optimiser = job.optimiser;
-            settings.cut_method = job.cut_method;
-            settings.augments = job.augments;
-            settings.noise_fac = job.noise_fac;
-            settings.change_prompt_every = job.change_prompt_every;
-            if let Some(noise) = job.init_noise {
-                settings.init = LatentInit::from(noise);
-            }
-            settings.checkpoint_every = job.checkpoint_every;
-            settings.preview_every = job.preview_every;
-            settings.precision = mode.precision;
-            settings.recompute_decoder = mode.recompute_decoder;
-            settings.perceptor_model = job.clip_model;
-            settings.codec_model = job.vqgan_model;
+            let settings = render_settings(job, prompts, spec.seed, mode);
             Run::start(&[settings], clip, vq)?
         }
     };
@@ -241,4 +220,37 @@ pub fn generate(
             iteration,
         },
     })
+}
+
+/// The loop's settings of a job's render: the job's choices, this worker's render mode.
+fn render_settings(
+    job: tessera_core::job::Settings,
+    prompts: PromptSpec,
+    seed: u64,
+    mode: RenderMode,
+) -> Settings {
+    Settings {
+        width: job.width,
+        height: job.height,
+        iterations: job.iterations,
+        init: job
+            .init_noise
+            .map_or(LatentInit::RandomTokens, LatentInit::from),
+        init_weight: job.init_weight,
+        optimiser: job.optimiser,
+        learning_rate: job.learning_rate,
+        cut_method: job.cut_method,
+        cutn: job.cutn,
+        cut_pow: job.cut_pow,
+        augments: job.augments,
+        noise_fac: job.noise_fac,
+        change_prompt_every: job.change_prompt_every,
+        preview_every: job.preview_every,
+        checkpoint_every: job.checkpoint_every,
+        precision: mode.precision,
+        recompute_decoder: mode.recompute_decoder,
+        perceptor_model: job.clip_model,
+        codec_model: job.vqgan_model,
+        ..Settings::new(prompts, seed)
+    }
 }
