@@ -21,9 +21,6 @@ pub const SIZE_MULTIPLE: u32 = 16;
 /// The `upscale_model` value that turns the upscale stage off.
 pub const NO_UPSCALE: &str = "none";
 
-/// The `init_noise` value that starts from random codebook tokens (the default).
-pub const NO_INIT_NOISE: &str = "none";
-
 /// The upscale stage of a render: which model and how the picture is cut.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upscale {
@@ -159,17 +156,12 @@ impl Settings {
             self.cut_method = choice("cut_method", name)?;
         }
         if let Some(list) = &patch.augments {
-            self.augments = list
-                .split(',')
-                .filter(|name| !name.trim().is_empty())
-                .map(|name| choice("augments", name))
-                .collect::<Result<_, _>>()?;
+            self.augments = loop_options::parse_augments(list)
+                .map_err(|name| unknown_choice::<Augment>("augments", &name))?;
         }
         if let Some(name) = &patch.init_noise {
-            self.init_noise = match name.trim() {
-                "" | NO_INIT_NOISE => None,
-                name => Some(choice("init_noise", name)?),
-            };
+            self.init_noise = loop_options::parse_init_noise(name)
+                .map_err(|name| unknown_choice::<InitNoise>("init_noise", &name))?;
         }
         Ok(())
     }
@@ -270,11 +262,15 @@ impl Settings {
 
 /// A named choice of the loop, or an error naming the field and every accepted name.
 fn choice<T: clap::ValueEnum>(field: &'static str, name: &str) -> Result<T, JobError> {
-    loop_options::parse(name).ok_or_else(|| JobError::UnknownChoice {
+    loop_options::parse(name).ok_or_else(|| unknown_choice::<T>(field, name))
+}
+
+fn unknown_choice<T: clap::ValueEnum>(field: &'static str, name: &str) -> JobError {
+    JobError::UnknownChoice {
         field,
         name: name.trim().to_string(),
         known: loop_options::names::<T>(),
-    })
+    }
 }
 
 fn default_augments() -> Vec<Augment> {
@@ -360,7 +356,8 @@ pub struct SettingsPatch {
     pub noise_fac: Option<f64>,
     /// See [`Settings::change_prompt_every`].
     pub change_prompt_every: Option<u32>,
-    /// See [`Settings::init_noise`]: `pixels`, `gradient`, or [`NO_INIT_NOISE`].
+    /// See [`Settings::init_noise`]: `pixels`, `gradient`, or
+    /// [`loop_options::NO_INIT_NOISE`].
     pub init_noise: Option<String>,
     /// See [`Settings::checkpoint_every`].
     pub checkpoint_every: Option<u32>,

@@ -102,3 +102,38 @@ pub fn names<T: clap::ValueEnum>() -> String {
 pub fn parse<T: clap::ValueEnum>(name: &str) -> Option<T> {
     T::from_str(name.trim(), true).ok()
 }
+
+/// The `init_noise` name that starts from random codebook tokens (the default).
+pub const NO_INIT_NOISE: &str = "none";
+
+/// Parses `,`-joined augmentation names (blank: none); `Err` holds the first unknown name.
+pub fn parse_augments(list: &str) -> Result<Vec<Augment>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(|name| parse(name).ok_or_else(|| name.to_string()))
+        .collect()
+}
+
+/// Augmentations written as [`parse_augments`] reads them.
+pub fn augments_name(augments: &[Augment]) -> String {
+    augments
+        .iter()
+        .map(|&a| name_of(a))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Parses a starting-noise name ([`NO_INIT_NOISE`] or blank: random tokens); `Err` holds an
+/// unknown name.
+pub fn parse_init_noise(name: &str) -> Result<Option<InitNoise>, String> {
+    match name.trim() {
+        "" | NO_INIT_NOISE => Ok(None),
+        name => parse(name).map(Some).ok_or_else(|| name.to_string()),
+    }
+}
+
+/// A starting noise written as [`parse_init_noise`] reads it.
+pub fn init_noise_name(noise: Option<InitNoise>) -> String {
+    noise.map_or(NO_INIT_NOISE.to_string(), name_of)
+}

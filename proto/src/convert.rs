@@ -2,7 +2,7 @@
 //! coordinator, the workers and the CLI read and write the wire form the same way.
 
 use crate::v1;
-use tessera_core::job::{Settings, SettingsPatch, Upscale, NO_INIT_NOISE, NO_UPSCALE};
+use tessera_core::job::{Settings, SettingsPatch, Upscale, NO_UPSCALE};
 use tessera_core::loop_options::{self, name_of};
 use tessera_core::task::{ArtifactRef, Capabilities, ImagePlan, TaskKind, TaskSpec};
 use tessera_core::tiles::{Rect, TileSpec};
@@ -76,16 +76,10 @@ impl From<&Settings> for v1::Settings {
             device: Some(s.device.clone()),
             optimiser: Some(name_of(s.optimiser)),
             cut_method: Some(name_of(s.cut_method)),
-            augments: Some(
-                s.augments
-                    .iter()
-                    .map(|&a| name_of(a))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            ),
+            augments: Some(loop_options::augments_name(&s.augments)),
             noise_fac: Some(s.noise_fac),
             change_prompt_every: Some(s.change_prompt_every),
-            init_noise: Some(s.init_noise.map_or(NO_INIT_NOISE.to_string(), name_of)),
+            init_noise: Some(loop_options::init_noise_name(s.init_noise)),
         }
     }
 }
@@ -126,32 +120,28 @@ pub fn settings(s: &v1::Settings) -> Result<Settings, WireSettingsError> {
     fn get<T: Clone>(v: &Option<T>, name: &'static str) -> Result<T, WireSettingsError> {
         v.clone().ok_or(WireSettingsError::Missing(name))
     }
-    fn known<T: clap::ValueEnum>(name: &str, field: &'static str) -> Result<T, WireSettingsError> {
-        loop_options::parse(name).ok_or_else(|| WireSettingsError::Unknown {
-            field,
-            value: name.to_string(),
-        })
-    }
     fn known_or_default<T: clap::ValueEnum + Default>(
         v: &Option<String>,
         field: &'static str,
     ) -> Result<T, WireSettingsError> {
-        v.as_deref()
-            .map_or(Ok(T::default()), |name| known(name, field))
+        v.as_deref().map_or(Ok(T::default()), |name| {
+            loop_options::parse(name).ok_or_else(|| unknown(field)(name.to_string()))
+        })
+    }
+    fn unknown(field: &'static str) -> impl Fn(String) -> WireSettingsError {
+        move |value| WireSettingsError::Unknown { field, value }
     }
     let defaults = Settings::farm_defaults();
-    let augments = match &s.augments {
-        None => defaults.augments,
-        Some(list) => list
-            .split(',')
-            .filter(|name| !name.is_empty())
-            .map(|name| known(name, "augments"))
-            .collect::<Result<_, _>>()?,
-    };
-    let init_noise = match s.init_noise.as_deref() {
-        None | Some(NO_INIT_NOISE) => None,
-        Some(name) => Some(known(name, "init_noise")?),
-    };
+    let augments = s
+        .augments
+        .as_deref()
+        .map_or(Ok(defaults.augments), loop_options::parse_augments)
+        .map_err(unknown("augments"))?;
+    let init_noise = s
+        .init_noise
+        .as_deref()
+        .map_or(Ok(None), loop_options::parse_init_noise)
+        .map_err(unknown("init_noise"))?;
     let model = get(&s.upscale_model, "upscale_model")?;
     let upscale = if model == NO_UPSCALE {
         None
