@@ -27,6 +27,30 @@ pub struct Picture {
     pub sixteen_bit: bool,
 }
 
+/// What a picture is besides its pixels: the form it is written back in, so that an upscale,
+/// local or on the farm, returns the same kind of picture it was given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PictureKind {
+    /// It has an opacity channel.
+    pub alpha: bool,
+    /// It is greyscale.
+    pub grey: bool,
+    /// It has 16 bits per channel.
+    pub sixteen_bit: bool,
+}
+
+impl PictureKind {
+    /// Values per pixel while it is worked on: three of colour (greyscale is replicated), and
+    /// one of opacity when it has alpha.
+    pub fn channels(self) -> usize {
+        if self.alpha {
+            4
+        } else {
+            3
+        }
+    }
+}
+
 /// A picture that cannot be read or written, naming the file and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageIoError {
@@ -79,6 +103,44 @@ impl Picture {
     /// Number of pixels.
     pub fn pixels(&self) -> usize {
         self.width as usize * self.height as usize
+    }
+
+    /// How the picture is written back, which its upscale keeps.
+    pub fn kind(&self) -> PictureKind {
+        PictureKind {
+            alpha: self.alpha.is_some(),
+            grey: self.grey,
+            sixteen_bit: self.sixteen_bit,
+        }
+    }
+
+    /// A picture of `kind` from interleaved values, [`PictureKind::channels`] per pixel
+    /// (colour, then opacity when it has alpha), as the upscaler's tiles carry them.
+    pub fn from_interleaved(
+        kind: PictureKind,
+        width: u32,
+        height: u32,
+        values: &[f32],
+    ) -> Result<Self, ImageIoError> {
+        let channels = kind.channels();
+        let expected = width as usize * height as usize * channels;
+        if values.len() != expected {
+            return Err(ImageIoError::BadData {
+                width,
+                height,
+                got: values.len(),
+                expected,
+            });
+        }
+        let pixels = values.chunks_exact(channels);
+        Ok(Picture {
+            width,
+            height,
+            rgb: pixels.clone().flat_map(|p| &p[..3]).copied().collect(),
+            alpha: kind.alpha.then(|| pixels.map(|p| p[3]).collect()),
+            grey: kind.grey,
+            sixteen_bit: kind.sixteen_bit,
+        })
     }
 
     fn check(&self) -> Result<(), ImageIoError> {

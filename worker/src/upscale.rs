@@ -8,7 +8,7 @@ use tch::{Device, Kind, Tensor};
 use tessera_core::tiles::{Rect, StitchError, Stitcher, TileError, TilePlan, TileSpec};
 
 use crate::esrgan::SrModel;
-use crate::imageio::Picture;
+use crate::imageio::{Picture, PictureKind};
 
 /// An upscale that cannot be done, naming the setting or input at fault.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,27 @@ impl Upscaler {
         Ok(Vec::<f32>::try_from(output.flatten(0, -1)).expect("float tensor converts to Vec<f32>"))
     }
 
+    /// Upscales the rectangle `r` of `picture`: its colour, and its opacity through the network
+    /// too (as Real-ESRGAN does: replicated into three channels, averaged back), interleaved
+    /// with [`PictureKind::channels`] values per pixel, `scale` times larger, unclamped.
+    pub fn upscale_region(&self, picture: &Picture, r: Rect) -> Result<Vec<f32>, UpscaleError> {
+        let rgb = crop_rgb(&picture.rgb, picture.width, r);
+        let colour = self.run_tile(&rgb, r.width, r.height)?;
+        let Some(alpha) = &picture.alpha else {
+            return Ok(colour);
+        };
+        let opacity: Vec<f32> = crop(alpha, 1, picture.width, r)
+            .iter()
+            .flat_map(|&a| [a; 3])
+            .collect();
+        let opacity = self.run_tile(&opacity, r.width, r.height)?;
+        Ok(colour
+            .chunks_exact(3)
+            .zip(opacity.chunks_exact(3))
+            .flat_map(|(c, a)| [c[0], c[1], c[2], (a[0] + a[1] + a[2]) / 3.0])
+            .collect())
+    }
+
     /// Upscales interleaved RGB of `width` x `height` through every tile of its plan and
     /// stitches the result (unclamped).
     pub fn upscale_rgb(
@@ -108,48 +129,44 @@ impl Upscaler {
         width: u32,
         height: u32,
     ) -> Result<Vec<f32>, UpscaleError> {
+        self.stitch_tiles(width, height, 3, |r| {
+            self.run_tile(&crop_rgb(rgb, width, r), r.width, r.height)
+        })
+    }
+
+    /// Runs `region` on each tile's input rectangle of a `width` x `height` picture and
+    /// stitches the outputs (`channels` values per pixel), each rounded as a tile file is.
+    fn stitch_tiles(
+        &self,
+        width: u32,
+        height: u32,
+        channels: usize,
+        region: impl Fn(Rect) -> Result<Vec<f32>, UpscaleError>,
+    ) -> Result<Vec<f32>, UpscaleError> {
         let plan = self.plan(width, height)?;
-        let mut stitcher = Stitcher::new(plan.clone(), 3);
+        let mut stitcher = Stitcher::new(plan.clone(), channels);
         for tile in &plan.tiles {
-            let input = tile.input();
-            let crop = crop_rgb(rgb, width, input);
-            let upscaled = self.run_tile(&crop, input.width, input.height)?;
+            let upscaled = region(tile.input())?;
             stitcher.add(tile.index, &round_as_tile_file(&upscaled))?;
         }
         Ok(stitcher.finish()?)
     }
 
-    /// Upscales a whole picture, its alpha channel through the network too (as Real-ESRGAN
-    /// does), then resizes to `outscale` times the input when that differs from the network's
-    /// factor.
+    /// Upscales a whole picture tile by tile, keeping its kind (alpha, greyscale, 16 bits),
+    /// then resizes to `outscale` times the input when that differs from the network's factor.
+    /// A farm's tiles and stitch compute the same numbers ([`crate::farm`]).
     pub fn upscale_picture(
         &self,
         picture: &Picture,
         outscale: Option<f64>,
     ) -> Result<Picture, UpscaleError> {
         let (w, h) = (picture.width, picture.height);
-        let rgb = self.upscale_rgb(&picture.rgb, w, h)?;
-        let alpha = match &picture.alpha {
-            Some(alpha) => {
-                let grey: Vec<f32> = alpha.iter().flat_map(|&a| [a; 3]).collect();
-                let up = self.upscale_rgb(&grey, w, h)?;
-                Some(
-                    up.chunks_exact(3)
-                        .map(|c| (c[0] + c[1] + c[2]) / 3.0)
-                        .collect(),
-                )
-            }
-            None => None,
-        };
+        let kind = picture.kind();
+        let values =
+            self.stitch_tiles(w, h, kind.channels(), |r| self.upscale_region(picture, r))?;
         let s = self.scale();
-        let upscaled = Picture {
-            width: w * s,
-            height: h * s,
-            rgb,
-            alpha,
-            grey: picture.grey,
-            sixteen_bit: picture.sixteen_bit,
-        };
+        let upscaled = Picture::from_interleaved(kind, w * s, h * s, &values)
+            .expect("the stitched picture has the plan's size");
         match outscale {
             Some(factor) if factor != f64::from(s) => resize_picture(&upscaled, w, h, factor),
             _ => Ok(upscaled),
@@ -170,23 +187,90 @@ fn to_u16(v: f32) -> u16 {
     (v.clamp(0.0, 1.0) * 65535.0).round() as u16
 }
 
-/// An upscaled tile (interleaved RGB of `width` x `height`) as a 16-bit PNG, the form in which
-/// tile tasks hand it to the stitch task.
-pub fn tile_png(pixels: &[f32], width: u32, height: u32) -> Result<Vec<u8>, image::ImageError> {
-    let raw: Vec<u16> = pixels.iter().map(|&v| to_u16(v)).collect();
-    let buffer = image::ImageBuffer::<image::Rgb<u16>, _>::from_raw(width, height, raw)
-        .expect("tile pixels have the tile's size");
+/// The tEXt keyword under which a tile PNG records the [`PictureKind`] of its source, so the
+/// stitch writes the result in that kind.
+const KIND_KEYWORD: &str = "Tessera picture kind";
+
+/// A tile file that cannot be written or read back.
+#[derive(Debug, thiserror::Error)]
+pub enum TileFileError {
+    /// PNG encoding failed.
+    #[error("cannot encode the tile: {0}")]
+    Encode(#[from] png::EncodingError),
+    /// The bytes are not a readable picture.
+    #[error("cannot read the tile: {0}")]
+    Decode(#[from] image::ImageError),
+    /// The recorded kind is unreadable or disagrees with the pixels.
+    #[error("the tile's picture kind {0:?} is not valid")]
+    Kind(String),
+}
+
+/// An upscaled tile (interleaved, [`PictureKind::channels`] values per pixel, of `width` x
+/// `height`) as a 16-bit RGB or RGBA PNG recording its source's `kind`: the form in which tile
+/// tasks hand it to the stitch task.
+pub fn tile_png(
+    pixels: &[f32],
+    kind: PictureKind,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>, TileFileError> {
     let mut out = Vec::new();
-    buffer.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)?;
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(if kind.alpha {
+        png::ColorType::Rgba
+    } else {
+        png::ColorType::Rgb
+    });
+    encoder.set_depth(png::BitDepth::Sixteen);
+    let kind_text = serde_json::to_string(&kind).expect("a picture kind serialises");
+    encoder.add_text_chunk(KIND_KEYWORD.into(), kind_text)?;
+    let mut writer = encoder.write_header()?;
+    let data: Vec<u8> = pixels
+        .iter()
+        .flat_map(|&v| to_u16(v).to_be_bytes())
+        .collect();
+    writer.write_image_data(&data)?;
+    writer.finish()?;
     Ok(out)
 }
 
-/// The pixels of a tile PNG made by [`tile_png`] (any PNG reads, at its own precision), with
-/// its width and height.
-pub fn read_tile_png(bytes: &[u8]) -> Result<(Vec<f32>, u32, u32), image::ImageError> {
-    let rgb = image::load_from_memory(bytes)?.into_rgb32f();
-    let (width, height) = rgb.dimensions();
-    Ok((rgb.into_raw(), width, height))
+/// The pixels of a tile PNG made by [`tile_png`], with its source's kind, width and height.
+/// Any PNG reads, at its own precision; one without a recorded kind (from a worker older than
+/// kinds) is 8-bit colour, with alpha if it has it.
+pub fn read_tile_png(bytes: &[u8]) -> Result<(Vec<f32>, PictureKind, u32, u32), TileFileError> {
+    let image = image::load_from_memory(bytes)?;
+    let alpha = image.color().has_alpha();
+    let kind = match recorded_kind(bytes)? {
+        Some(kind) if kind.alpha == alpha => kind,
+        Some(kind) => return Err(TileFileError::Kind(format!("{kind:?}"))),
+        None => PictureKind {
+            alpha,
+            ..PictureKind::default()
+        },
+    };
+    let (width, height) = (image.width(), image.height());
+    let pixels = if alpha {
+        image.into_rgba32f().into_raw()
+    } else {
+        image.into_rgb32f().into_raw()
+    };
+    Ok((pixels, kind, width, height))
+}
+
+/// The kind a tile PNG records in its tEXt chunk, if any.
+fn recorded_kind(bytes: &[u8]) -> Result<Option<PictureKind>, TileFileError> {
+    let reader = png::Decoder::new(std::io::Cursor::new(bytes))
+        .read_info()
+        .map_err(|e| TileFileError::Kind(e.to_string()))?;
+    reader
+        .info()
+        .uncompressed_latin1_text
+        .iter()
+        .find(|chunk| chunk.keyword == KIND_KEYWORD)
+        .map(|chunk| {
+            serde_json::from_str(&chunk.text).map_err(|_| TileFileError::Kind(chunk.text.clone()))
+        })
+        .transpose()
 }
 
 /// Pads the bottom and right edges of an NCHW batch by replication up to a multiple of
@@ -206,10 +290,16 @@ fn pad_to_multiple(x: &Tensor, multiple: i64) -> Tensor {
 
 /// Copies the rectangle `r` out of interleaved RGB that is `width` pixels wide.
 pub fn crop_rgb(rgb: &[f32], width: u32, r: Rect) -> Vec<f32> {
-    let mut out = Vec::with_capacity(r.area() as usize * 3);
+    crop(rgb, 3, width, r)
+}
+
+/// Copies the rectangle `r` out of interleaved values, `channels` per pixel, that are `width`
+/// pixels wide.
+pub fn crop(values: &[f32], channels: usize, width: u32, r: Rect) -> Vec<f32> {
+    let mut out = Vec::with_capacity(r.area() as usize * channels);
     for y in r.y..r.y + r.height {
-        let start = (y as usize * width as usize + r.x as usize) * 3;
-        out.extend_from_slice(&rgb[start..start + r.width as usize * 3]);
+        let start = (y as usize * width as usize + r.x as usize) * channels;
+        out.extend_from_slice(&values[start..start + r.width as usize * channels]);
     }
     out
 }

@@ -378,3 +378,171 @@ async fn a_coordinator_killed_mid_job_restarts_and_the_workers_and_the_cli_watch
     assert_eq!(status.state(), v1::JobState::Succeeded, "{status:?}");
     assert_eq!(status.results_done, 4);
 }
+
+/// Pictures of every kind, in a way that shows each channel: colour and opacity ramps.
+fn pictures_of_every_kind(width: u32, height: u32) -> Vec<(&'static str, image::DynamicImage)> {
+    use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgba};
+    let ramp = |x: u32, y: u32| ((x * 255 / width + y * 60) % 256) as u8;
+    let deep = |v: u8| u16::from(v) * 257 + 3;
+    vec![
+        (
+            "rgba8.png",
+            DynamicImage::ImageRgba8(ImageBuffer::from_fn(width, height, |x, y| {
+                Rgba([ramp(x, y), 90, ramp(y, x), (x * 255 / width) as u8])
+            })),
+        ),
+        (
+            "grey-alpha8.png",
+            DynamicImage::ImageLumaA8(ImageBuffer::from_fn(width, height, |x, y| {
+                LumaA([ramp(x, y), 255 - (y * 255 / height) as u8])
+            })),
+        ),
+        (
+            "grey8.png",
+            DynamicImage::ImageLuma8(ImageBuffer::from_fn(width, height, |x, y| {
+                Luma([ramp(x, y)])
+            })),
+        ),
+        (
+            "grey16.png",
+            DynamicImage::ImageLuma16(ImageBuffer::from_fn(width, height, |x, y| {
+                Luma([deep(ramp(x, y))])
+            })),
+        ),
+        (
+            "rgba16.png",
+            DynamicImage::ImageRgba16(ImageBuffer::from_fn(width, height, |x, y| {
+                Rgba([
+                    deep(ramp(x, y)),
+                    9000,
+                    deep(ramp(y, x)),
+                    deep((x * 255 / width) as u8),
+                ])
+            })),
+        ),
+    ]
+}
+
+/// Uploads `pictures` and upscales them with tiny-sr in one job tiled by `tile`; returns the
+/// results, in the pictures' order, once the job succeeded.
+async fn upscale_on_the_farm(
+    service: &Service,
+    pictures: &[(&str, Vec<u8>)],
+    tile: TileSpec,
+) -> Vec<Vec<u8>> {
+    let mut client = JobsClient::connect(service.url()).await.unwrap();
+    let mut images = Vec::new();
+    for (name, bytes) in pictures {
+        let header = v1::UploadHeader {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        let uploaded = client
+            .upload_input(tessera_proto::transfer::upload_messages(header, bytes))
+            .await
+            .unwrap()
+            .into_inner();
+        images.push(v1::InputImage {
+            name: name.to_string(),
+            key: uploaded.key,
+        });
+    }
+    let spec = v1::JobSpec {
+        name: "kinds".into(),
+        settings: Some(v1::Settings {
+            upscale_model: Some("tiny-sr".into()),
+            tile: Some(tile.tile),
+            tile_pad: Some(tile.pad),
+            tile_overlap: Some(tile.overlap),
+            ..Default::default()
+        }),
+        source: Some(v1::job_spec::Source::Images(v1::ImageList { images })),
+        ..Default::default()
+    };
+    let job_id = submit(&mut client, spec).await;
+    let events = watch(&mut client, &job_id).await;
+    assert!(
+        matches!(events.last(), Some(v1::job_event::Event::JobDone(d)) if d.state() == v1::JobState::Succeeded),
+        "{events:?}"
+    );
+    let mut outputs = Vec::new();
+    for result in results(&mut client, &job_id).await {
+        assert_eq!(result.input_name, pictures[outputs.len()].0);
+        outputs.push(download(service.url(), &result.output.unwrap().key).await);
+    }
+    outputs
+}
+
+/// `tessera-worker upscale` of `picture` with the same model and tiles, as PNG bytes.
+fn upscale_locally(models: &Path, picture: &[u8], tile: TileSpec) -> Vec<u8> {
+    let scratch = TempDir::new().unwrap();
+    let (input, output) = (
+        scratch.path().join("in.png"),
+        scratch.path().join("out.png"),
+    );
+    std::fs::write(&input, picture).unwrap();
+    let local = Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
+        .arg("--models")
+        .arg(models)
+        .args(["upscale", "--model", "tiny-sr"])
+        .args(["--tile", &tile.tile.to_string()])
+        .args(["--tile-pad", &tile.pad.to_string()])
+        .args(["--tile-overlap", &tile.overlap.to_string(), "--input"])
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .output()
+        .unwrap();
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    std::fs::read(&output).unwrap()
+}
+
+#[tokio::test]
+async fn the_farm_keeps_alpha_greyscale_and_sixteen_bits_exactly_as_a_local_upscale() {
+    let models = models();
+    let store = TempDir::new().unwrap();
+    let service = coordinator(store.path(), &[]);
+    let _workers = Workers::start(2, models.path(), &service);
+    let pictures: Vec<(&str, Vec<u8>)> = pictures_of_every_kind(40, 24)
+        .into_iter()
+        .map(|(name, picture)| {
+            let mut bytes = Vec::new();
+            picture
+                .write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Png,
+                )
+                .unwrap();
+            (name, bytes)
+        })
+        .collect();
+    // Six tiles and a stitch per picture, then one tile that is the result by itself.
+    let tiled = TileSpec {
+        tile: 16,
+        pad: 4,
+        overlap: 4,
+    };
+    let whole = TileSpec { tile: 0, ..tiled };
+    for tile in [tiled, whole] {
+        let farm = upscale_on_the_farm(&service, &pictures, tile).await;
+        for ((name, picture), farm) in pictures.iter().zip(farm) {
+            let local = upscale_locally(models.path(), picture, tile);
+            let (farm, local) = (
+                image::load_from_memory(&farm).unwrap(),
+                image::load_from_memory(&local).unwrap(),
+            );
+            let given = image::load_from_memory(picture).unwrap().color();
+            assert_eq!(farm.color(), given, "{name} with {tile:?}");
+            assert_eq!(local.color(), given, "{name} with {tile:?}");
+            assert_eq!((farm.width(), farm.height()), (160, 96), "{name}");
+            assert!(
+                farm.as_bytes() == local.as_bytes(),
+                "{name} with {tile:?}: the farm's picture differs from the local upscale"
+            );
+        }
+    }
+}

@@ -15,9 +15,9 @@ use crate::clip::Clip;
 use crate::esrgan::SrModel;
 use crate::generate::init::LatentInit;
 use crate::generate::{drive_until, Driven, Halt, Progress, Run, Settings};
-use crate::imageio::{encode_png, from_dynamic, Picture};
+use crate::imageio::{encode_png, from_dynamic, Picture, PictureKind};
 use crate::models::ModelDir;
-use crate::upscale::{crop_rgb, read_tile_png, tile_png, Upscaler};
+use crate::upscale::{crop, read_tile_png, round_as_tile_file, tile_png, Upscaler};
 use crate::vqgan::VqModel;
 
 /// Models by name, loaded on first use. One task runs at a time, so the session hands the
@@ -89,8 +89,10 @@ impl ModelCache {
     }
 }
 
-/// Upscales one tile of `source` (a PNG) and returns its contribution to the final picture (the
-/// upscaled tile less its context, which only the network needed) as a 16-bit PNG.
+/// Upscales one tile of `source` (a picture file) and returns its contribution to the final
+/// picture (the upscaled tile less its context, which only the network needed) as a 16-bit PNG
+/// that records the source's kind; a picture of one tile has no stitch, so its tile returns
+/// the final picture, in the source's kind.
 pub fn upscale_tile(
     cache: &mut ModelCache,
     spec: &v1::UpscaleTileSpec,
@@ -112,10 +114,9 @@ pub fn upscale_tile(
         );
     }
     let upscaler = cache.upscaler(&spec.model)?;
-    let crop = crop_rgb(&picture.rgb, picture.width, rect);
     let scale = upscaler.scale();
     let _span = tracing::info_span!("tile upscale", model = %spec.model, width = rect.width, height = rect.height).entered();
-    let pixels = upscaler.run_tile(&crop, rect.width, rect.height)?;
+    let pixels = upscaler.upscale_region(&picture, rect)?;
     let output = spec
         .output
         .context("the tile task has no output rectangle")?;
@@ -136,18 +137,19 @@ pub fn upscale_tile(
     {
         bail!("the tile's output {output:?} lies outside its upscaled input {rect:?}");
     }
-    let pixels = crop_rgb(&pixels, rect.width * scale, contribution);
-    Ok(tile_png(&pixels, output.width, output.height)?)
+    let kind = picture.kind();
+    let pixels = crop(&pixels, kind.channels(), rect.width * scale, contribution);
+    let plan = tile_plan(spec.plan.as_ref().context("the tile task has no plan")?)?;
+    if plan.tiles.len() == 1 {
+        return join(plan, kind, &[round_as_tile_file(&pixels)]);
+    }
+    Ok(tile_png(&pixels, kind, output.width, output.height)?)
 }
 
-/// Joins the upscaled tiles (16-bit PNGs, in tile order) into the final 8-bit PNG.
+/// Joins the upscaled tiles (16-bit PNGs, in tile order) into the final PNG, in the kind of
+/// picture the tiles were cut from.
 pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>> {
-    let spec = TileSpec {
-        tile: plan.tile,
-        pad: plan.pad,
-        overlap: plan.overlap,
-    };
-    let plan = TilePlan::new(plan.width, plan.height, plan.scale, spec)?;
+    let plan = tile_plan(plan)?;
     if tiles.len() != plan.tiles.len() {
         bail!(
             "the stitch has {} tiles, its plan {}",
@@ -155,21 +157,46 @@ pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>
             plan.tiles.len()
         );
     }
-    let (width, height) = (plan.out_width(), plan.out_height());
-    let _span = tracing::info_span!("stitch", tiles = tiles.len(), width, height).entered();
-    let mut stitcher = Stitcher::new(plan, 3);
+    let _span = tracing::info_span!(
+        "stitch",
+        tiles = tiles.len(),
+        width = plan.out_width(),
+        height = plan.out_height()
+    )
+    .entered();
+    let mut kinds = Vec::with_capacity(tiles.len());
+    let mut contributions = Vec::with_capacity(tiles.len());
     for (index, bytes) in tiles.iter().enumerate() {
-        let (pixels, _, _) = read_tile_png(bytes)?;
-        stitcher.add_contribution(index, &pixels)?;
+        let (pixels, kind, _, _) =
+            read_tile_png(bytes).with_context(|| format!("tile {index} of the stitch"))?;
+        kinds.push(kind);
+        contributions.push(pixels);
     }
-    let picture = Picture {
-        width,
-        height,
-        rgb: stitcher.finish()?,
-        alpha: None,
-        grey: false,
-        sixteen_bit: false,
+    let kind = kinds[0];
+    if let Some(other) = kinds.iter().position(|k| *k != kind) {
+        bail!("tile {other} of the stitch was cut from another kind of picture than tile 0");
+    }
+    join(plan, kind, &contributions)
+}
+
+/// The tile geometry a task carries.
+fn tile_plan(plan: &v1::ImagePlan) -> anyhow::Result<TilePlan> {
+    let spec = TileSpec {
+        tile: plan.tile,
+        pad: plan.pad,
+        overlap: plan.overlap,
     };
+    Ok(TilePlan::new(plan.width, plan.height, plan.scale, spec)?)
+}
+
+/// Blends each tile's `contributions` (in tile order) into the final picture of `kind`, as PNG.
+fn join(plan: TilePlan, kind: PictureKind, contributions: &[Vec<f32>]) -> anyhow::Result<Vec<u8>> {
+    let (width, height) = (plan.out_width(), plan.out_height());
+    let mut stitcher = Stitcher::new(plan, kind.channels());
+    for (index, pixels) in contributions.iter().enumerate() {
+        stitcher.add_contribution(index, pixels)?;
+    }
+    let picture = Picture::from_interleaved(kind, width, height, &stitcher.finish()?)?;
     Ok(encode_png(&picture)?)
 }
 
