@@ -132,7 +132,7 @@ impl TenantLimits {
 /// Why the auth file was refused; each names the file and the entry to fix.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    /// Unreadable.
+    /// The file could not be read at all.
     #[error("cannot read the auth file {path}: {source}")]
     Read {
         /// The file.

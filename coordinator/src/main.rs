@@ -2,11 +2,15 @@
 
 use clap::Parser;
 use tessera_coordinator::config::Config;
-use tessera_coordinator::server::{serve, shutdown_on_signals};
+use tessera_coordinator::server::serve;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = tessera_telemetry::init("tessera-coordinator", config.log_format)?;
-    serve(config, shutdown_on_signals()).await
+    serve(
+        config,
+        tessera_telemetry::shutdown::on_signals("shutting down"),
+    )
+    .await
 }

@@ -284,27 +284,3 @@ async fn set_health(health: &tonic_health::server::HealthReporter, up: bool) {
         .set_service_status("tessera.v1.Workers", status)
         .await;
 }
-
-/// A token cancelled on SIGTERM or ctrl-c.
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("a SIGTERM handler can be installed");
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = term.recv() => {}
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutting down");
-        cancel.cancel();
-    });
-    token
-}

@@ -1,15 +1,17 @@
-//! What every Tessera process shares for observability, so the coordinator, the workers and the
-//! CLI log, trace and count the same way:
+//! What every Tessera process shares for observability and its life cycle, so the coordinator,
+//! the workers and the CLI log, trace, count and stop the same way:
 //!
 //! - [`init`]: logs on standard error (human-readable, or JSON for log collectors) and, only when
 //!   `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans exported over OTLP/gRPC; silent otherwise.
 //! - [`propagation`]: W3C `traceparent` carried in gRPC metadata, so one job is one trace across
 //!   the CLI, the coordinator and the workers.
 //! - [`metrics`]: a Prometheus `/metrics` endpoint over a registry the process fills.
+//! - [`shutdown`]: one cancellation token for SIGTERM and ctrl-c (graceful stop and drain).
 
 pub mod init;
 pub mod metrics;
 pub mod propagation;
+pub mod shutdown;
 
 pub use init::{init, LogFormat, TelemetryGuard};
 

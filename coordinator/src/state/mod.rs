@@ -139,13 +139,13 @@ pub struct StateCounts {
     pub queued: u64,
     /// Waiting for inputs.
     pub blocked: u64,
-    /// Leased.
+    /// Leased by a worker, which is working on it now.
     pub running: u64,
-    /// Finished.
+    /// Their output was accepted.
     pub done: u64,
     /// Failed for good.
     pub failed: u64,
-    /// Cancelled.
+    /// Dropped because their job was cancelled.
     pub cancelled: u64,
 }
 
@@ -258,14 +258,14 @@ impl CreateOutcome {
 pub struct JobRecord {
     /// Job id.
     pub id: String,
-    /// Label.
+    /// The name its submitter gave it, shown in listings (need not be unique).
     pub name: String,
     /// The tenant it belongs to ("" for none).
     #[serde(default)]
     pub tenant: String,
-    /// Priority.
+    /// Higher runs first; equal priorities run in submission order.
     pub priority: i32,
-    /// State.
+    /// Where the job stands as a whole (derived from its tasks).
     pub state: JobState,
     /// Whether it upscales users' pictures.
     pub upscale_only: bool,
@@ -335,7 +335,7 @@ pub struct TaskRecord {
     pub kind: TaskKind,
     /// Result it contributes to.
     pub unit: u32,
-    /// State.
+    /// Where the task stands in its life (queued, blocked, running, ended).
     pub state: TaskState,
     /// Leases so far; the current lease's fencing token.
     pub attempt: u32,
@@ -493,7 +493,7 @@ pub enum CancelOutcome {
 pub struct WorkerRecord {
     /// Worker id.
     pub id: String,
-    /// Label.
+    /// The name the worker gave itself (host and GPU, say), shown in listings.
     pub name: String,
     /// What it can do (normalised).
     pub capabilities: Capabilities,
@@ -514,7 +514,7 @@ pub struct WorkerRecord {
 pub enum ResultState {
     /// Still being made.
     Pending,
-    /// Available.
+    /// Its picture is stored and can be fetched.
     Done,
     /// One of its tasks failed for good.
     Failed,
@@ -542,7 +542,7 @@ pub struct Event {
     pub cursor: String,
     /// When, in coordinator time.
     pub time_ms: u64,
-    /// What.
+    /// What happened, with what it happened to.
     pub kind: EventKind,
 }
 
@@ -555,9 +555,9 @@ pub enum EventKind {
         task: String,
         /// Kind of work.
         kind: TaskKind,
-        /// Attempt.
+        /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
-        /// Worker.
+        /// The worker that held the attempt.
         worker: String,
         /// Result it contributes to.
         unit: u32,
@@ -566,13 +566,13 @@ pub enum EventKind {
     Progress {
         /// Task id.
         task: String,
-        /// Attempt.
+        /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
         /// Steps done.
         iteration: u32,
         /// Steps in all.
         iterations: u32,
-        /// Loss.
+        /// The loss the worker last reported, when it reports one.
         loss: Option<f64>,
         /// Step of the latest checkpoint.
         checkpoint_iteration: u32,
@@ -581,7 +581,7 @@ pub enum EventKind {
     Preview {
         /// Task id.
         task: String,
-        /// Attempt.
+        /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
         /// Step it shows.
         iteration: u32,
@@ -592,9 +592,9 @@ pub enum EventKind {
         task: String,
         /// Kind of work.
         kind: TaskKind,
-        /// Attempt.
+        /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
-        /// Worker.
+        /// The worker that held the attempt.
         worker: String,
         /// Result it contributes to.
         unit: u32,
@@ -607,7 +607,7 @@ pub enum EventKind {
     TaskFailed {
         /// Task id.
         task: String,
-        /// Attempt.
+        /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
         /// Worker ("" when the task failed because a task it consumes did).
         worker: String,
@@ -620,11 +620,11 @@ pub enum EventKind {
     TaskRequeued {
         /// Task id.
         task: String,
-        /// Attempt.
+        /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
-        /// Worker.
+        /// The worker that held the attempt.
         worker: String,
-        /// Why.
+        /// Why the lease ended (expired, drained, worker deregistered).
         reason: String,
     },
     /// The job ended; always its last event.
@@ -676,7 +676,7 @@ pub enum StateError {
 pub type StateResult<T> = Result<T, StateError>;
 
 /// The coordinator's state store. Both implementations pass the same conformance suite
-/// (`tests/tests/conformance.rs`).
+/// (`coordinator/tests/conformance.rs`).
 #[async_trait::async_trait]
 pub trait StateBackend: Send + Sync + 'static {
     /// Stores a job with its results and first tasks, queueing the runnable ones.

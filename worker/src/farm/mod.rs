@@ -127,7 +127,9 @@ pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Re
     let metrics = Arc::new(WorkerMetrics::new(cuda_index));
     runtime.block_on(async move {
         let _telemetry = tessera_telemetry::init("tessera-worker", args.log_format)?;
-        let stop = shutdown_on_signals();
+        let stop = tessera_telemetry::shutdown::on_signals(
+            "tessera-worker: draining (finishing or checkpointing the running task)",
+        );
         let metrics_stop = CancellationToken::new();
         if let Some(address) = args.metrics_listen {
             let (listener, bound) = bind_metrics(address).await?;
@@ -142,21 +144,4 @@ pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Re
         metrics_stop.cancel();
         deregistered
     })
-}
-
-/// A token cancelled on SIGTERM or ctrl-c.
-fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler can be installed");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        eprintln!("tessera-worker: draining (finishing or checkpointing the running task)");
-        cancel.cancel();
-    });
-    token
 }
