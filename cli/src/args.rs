@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use tessera_core::job::MAX_SEEDS_PER_PROMPT;
 use tessera_telemetry::LogFormat;
 
 /// The default coordinator: the one `tessera up` starts on this machine.
@@ -130,8 +131,8 @@ pub struct JobOptions {
 /// `tessera submit`.
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
-    /// The prompt file: `.jsonl` for one JSON object per line, any other name for one prompt
-    /// per line.
+    /// The prompt file: `.jsonl` for one JSON object per line, `.json` for an array of them,
+    /// any other name for one prompt per line.
     pub prompts: PathBuf,
     /// Seeds, steps, size and upscaling.
     #[command(flatten)]
@@ -144,8 +145,9 @@ pub struct SubmitArgs {
 /// How every prompt of a file is rendered, unless its JSONL line says otherwise.
 #[derive(Args, Debug)]
 pub struct RenderOptions {
-    /// Render every prompt with seeds 0 to N-1.
-    #[arg(long, value_name = "N", conflicts_with = "seed")]
+    /// Render every prompt with seeds 0 to N-1 (N at most 1000, a farm's most per prompt).
+    #[arg(long, value_name = "N", conflicts_with = "seed",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_SEEDS_PER_PROMPT as u64))]
     pub seeds: Option<u64>,
     /// Render every prompt with this seed (repeat for several).
     #[arg(long, value_name = "S")]

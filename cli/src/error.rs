@@ -35,6 +35,29 @@ impl fmt::Display for Unreachable {
 
 impl Error for Unreachable {}
 
+/// Something answers at the address, but not as a coordinator (a metrics port, a web server):
+/// as much a wrong address as nothing listening, so it exits like [`Unreachable`].
+#[derive(Debug)]
+pub struct NotACoordinator {
+    /// The address tried.
+    pub url: String,
+    /// What came back.
+    pub detail: String,
+}
+
+impl fmt::Display for NotACoordinator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} is not a Tessera coordinator: it did not answer in gRPC ({}); is this its \
+             metrics or another port? The coordinator prints the address it serves gRPC on",
+            self.url, self.detail
+        )
+    }
+}
+
+impl Error for NotACoordinator {}
+
 /// A watched job ended without every result done.
 #[derive(Debug)]
 pub struct JobEnded {
@@ -64,7 +87,9 @@ impl Error for JobEnded {}
 
 /// The exit code an error ends the program with.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.downcast_ref::<Unreachable>().is_some() {
+    if error.downcast_ref::<Unreachable>().is_some()
+        || error.downcast_ref::<NotACoordinator>().is_some()
+    {
         EXIT_UNREACHABLE
     } else if let Some(ended) = error.downcast_ref::<JobEnded>() {
         match ended.state {

@@ -13,13 +13,20 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use crate::error::{with_causes, Unreachable};
+use crate::error::{with_causes, NotACoordinator, Unreachable};
 
 /// How long to wait for the coordinator to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Results asked for per ListResults page.
 const RESULTS_PAGE: u32 = 1000;
+
+/// Whether `status` is tonic's account of an answer that was not gRPC at all: an HTTP
+/// response without a gRPC status (a metrics or web port), or a peer breaking HTTP/2.
+fn not_grpc(status: &Status) -> bool {
+    status.message().contains("grpc-status header missing")
+        || with_causes(status).contains("protocol error")
+}
 
 /// Where a coordinator is, and the CA and token to reach it with.
 #[derive(Clone, Debug)]
@@ -72,10 +79,17 @@ impl Farm {
 
     /// The error for a failed call.
     pub fn refused(&self, status: Status) -> anyhow::Error {
+        let detail = with_causes(&status);
         if status.code() == Code::Unavailable {
             Unreachable {
                 url: self.url.clone(),
-                detail: with_causes(&status),
+                detail,
+            }
+            .into()
+        } else if not_grpc(&status) {
+            NotACoordinator {
+                url: self.url.clone(),
+                detail,
             }
             .into()
         } else {

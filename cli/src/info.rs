@@ -3,7 +3,7 @@
 use tessera_proto::v1;
 
 use crate::farm::Farm;
-use crate::output::{ago, duration, job_json, job_state, print_json, table, worker_json};
+use crate::output::{ago, duration, job_json, job_state, print_json, shown, table, worker_json};
 
 /// Prints one job's state.
 pub async fn status(farm: &mut Farm, job: &str, json: bool) -> anyhow::Result<()> {
@@ -62,7 +62,7 @@ fn show_job(job: &v1::JobStatus, json: bool) {
         ),
     ];
     for (key, value) in rows {
-        println!("{key:<10}{value}");
+        println!("{key:<10}{}", shown(&value));
     }
 }
 

@@ -26,7 +26,12 @@ use tessera_proto::access::Access;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // A reader that stops early (`tessera jobs | head`) ends this process the way it ends
+    // `ls` or `grep`, instead of every later print panicking on the broken pipe.
+    // SAFETY: restoring the default disposition of one signal, before any thread prints.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
+    let json = cli.json;
     let telemetry = match tessera_telemetry::init("tessera-cli", cli.log_format) {
         Ok(guard) => guard,
         Err(e) => {
@@ -43,9 +48,24 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(error::exit_code(&e))
+            let code = error::exit_code(&e);
+            report(&e, code, json);
+            ExitCode::from(code)
         }
+    }
+}
+
+/// Prints the error that ends the command on standard error: a line of text, or with `--json`
+/// a JSON object (`error`, `exit_code`), so a script reading JSON can read failures too.
+fn report(error: &anyhow::Error, code: u8, json: bool) {
+    let message = format!("{error:#}");
+    if json {
+        eprintln!(
+            "{}",
+            serde_json::json!({"error": message, "exit_code": code})
+        );
+    } else {
+        eprintln!("error: {}", output::shown(&message));
     }
 }
 

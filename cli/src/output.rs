@@ -155,26 +155,57 @@ pub fn print_json(value: &Value) {
     println!("{value}");
 }
 
-/// Columns padded to their widest cell, the way `ps` and `kubectl get` print.
+/// Characters a table cell shows at most; longer ones end in `…` (`status` shows them whole).
+const MAX_CELL_CHARS: usize = 48;
+
+/// `text` safe to print to a terminal: control characters (escape sequences, carriage
+/// returns, NULs) written as `\u{1b}` and the like. Names, prompts and errors come from other
+/// users and workers, and printed raw an escape sequence would take over the reader's terminal.
+pub fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+/// A table cell: [`shown`], and cut to [`MAX_CELL_CHARS`].
+fn cell(text: &str) -> Vec<char> {
+    let mut chars: Vec<char> = shown(text).chars().collect();
+    if chars.len() > MAX_CELL_CHARS {
+        chars.truncate(MAX_CELL_CHARS - 1);
+        chars.push('…');
+    }
+    chars
+}
+
+/// Columns padded to their widest cell, the way `ps` and `kubectl get` print; cells are made
+/// safe and short with [`cell`], so stored data of any length or content prints.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
+    let headers: Vec<Vec<char>> = headers.iter().map(|h| cell(h)).collect();
+    let rows: Vec<Vec<Vec<char>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| cell(c)).collect())
+        .collect();
+    let mut widths: Vec<usize> = headers.iter().map(Vec::len).collect();
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+            *width = (*width).max(cell.len());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        padded.join("  ").trim_end().to_string()
+    let line = |cells: &[Vec<char>]| {
+        let mut text = String::new();
+        for (cell, width) in cells.iter().zip(&widths) {
+            text.extend(cell);
+            text.extend(std::iter::repeat_n(' ', width - cell.len() + 2));
+        }
+        text.trim_end().to_string()
     };
-    let mut out = line(headers.to_vec());
-    for row in rows {
+    let mut out = line(&headers);
+    for row in &rows {
         out.push('\n');
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
+        out.push_str(&line(row));
     }
     out
 }

@@ -8,7 +8,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tessera_proto::v1;
 use tessera_proto::v1::job_event::Event;
 
-use crate::output::{job_state, task_kind};
+use crate::output::{job_state, shown, task_kind};
 
 /// The bars of one job.
 pub struct Bars {
@@ -72,7 +72,11 @@ impl Bars {
             Some(Event::TaskFailed(e)) => {
                 self.end_task(&e.task_id);
                 let retry = if e.will_retry { ", retrying" } else { "" };
-                self.note(&format!("task {} failed{retry}: {}", e.task_id, e.error));
+                self.note(&format!(
+                    "task {} failed{retry}: {}",
+                    e.task_id,
+                    shown(&e.error)
+                ));
             }
             Some(Event::TaskRequeued(e)) => self.end_task(&e.task_id),
             Some(Event::Preview(_)) | Some(Event::JobDone(_)) | None => {}

@@ -2,6 +2,7 @@
 //! (`prompts_text` or `prompts_jsonl`), so its validation, which names the offending line, is
 //! the only one and the CLI never disagrees with the farm about what a file means.
 
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
@@ -11,17 +12,15 @@ use tessera_proto::v1::job_spec::Source;
 
 use crate::args::{JobOptions, RenderOptions};
 use crate::farm::Farm;
-use crate::output::{job_state, print_json};
+use crate::output::{job_state, print_json, shown};
 
 /// Builds the job of the prompt file at `path` rendered as `args` says, placed as `job` says.
 pub fn spec(path: &Path, args: &RenderOptions, job: &JobOptions) -> anyhow::Result<v1::JobSpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the prompt file {}", path.display()))?;
-    let jsonl = path.extension().is_some_and(|e| e == "jsonl");
-    let source = if jsonl {
-        Source::PromptsJsonl(text)
-    } else {
-        Source::PromptsText(text)
+    let text = read_prompt_file(path)?;
+    let source = match path.extension().and_then(|e| e.to_str()) {
+        Some("jsonl") => Source::PromptsJsonl(text),
+        Some("json") => Source::PromptsJson(text),
+        _ => Source::PromptsText(text),
     };
     let (width, height) = match &args.size {
         Some(size) => {
@@ -43,6 +42,39 @@ pub fn spec(path: &Path, args: &RenderOptions, job: &JobOptions) -> anyhow::Resu
         ..v1::Settings::default()
     };
     Ok(job_spec(job, path, settings, seeds, source))
+}
+
+/// The largest prompt file sent: half the largest message a coordinator takes, which leaves
+/// room for the rest of the job and holds 10,000 prompts of 2,000 characters.
+const MAX_PROMPT_FILE_BYTES: usize = tessera_proto::MAX_MESSAGE_BYTES / 2;
+
+/// Reads the prompt file, refusing one larger than [`MAX_PROMPT_FILE_BYTES`] before it is all
+/// in memory (it may be `/dev/zero`) and one that is not UTF-8, naming the line.
+fn read_prompt_file(path: &Path) -> anyhow::Result<String> {
+    let cannot_read = || format!("cannot read the prompt file {}", path.display());
+    let file = std::fs::File::open(path).with_context(cannot_read)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_PROMPT_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(cannot_read)?;
+    if bytes.len() > MAX_PROMPT_FILE_BYTES {
+        anyhow::bail!(
+            "the prompt file {} is larger than {} MiB, more than one job takes; split it into \
+             several jobs",
+            path.display(),
+            MAX_PROMPT_FILE_BYTES >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        anyhow::anyhow!(
+            "the prompt file {} is not UTF-8 text: line {line}, byte {column} is not valid \
+             UTF-8 (save the file as UTF-8)",
+            path.display()
+        )
+    })
 }
 
 /// A job of `source` with the placement and label of `options`, named after `path` unless
@@ -83,7 +115,7 @@ pub async fn submit(farm: &mut Farm, spec: v1::JobSpec, json: bool) -> anyhow::R
             reply.job_id,
             status.results_total,
             job_state(status.state()),
-            status.name
+            shown(&status.name)
         );
     }
     Ok(reply.job_id)

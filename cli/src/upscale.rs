@@ -2,6 +2,7 @@
 //! locally (so a stray non-picture is named before anything is uploaded), uploaded, and the
 //! uploads become one upscale-only job; with `--watch` the pictures are fetched when it ends.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -11,22 +12,50 @@ use tessera_proto::v1::job_spec::Source;
 use crate::args::JobOptions;
 use crate::farm::Farm;
 
-/// A picture read from disk, ready to upload.
+/// The largest picture file uploaded: a 4096x4096 16-bit RGBA PNG stored without
+/// compression is 128 MiB, the most the farm takes in pixels and depth.
+const MAX_PICTURE_BYTES: u64 = 160 << 20;
+
+/// A picture on disk whose first bytes say it is one; read only when it is uploaded, so many
+/// large pictures are never in memory at once.
 pub struct Picture<'a> {
     path: &'a Path,
     name: String,
-    data: Vec<u8>,
 }
 
-/// Reads every picture, refusing anything but PNG, JPEG and WebP with the file's name.
+/// Checks every picture, refusing anything but PNG, JPEG and WebP with the file's name.
 pub fn read_pictures(paths: &[PathBuf]) -> anyhow::Result<Vec<Picture<'_>>> {
     paths.iter().map(|path| read_picture(path)).collect()
 }
 
+/// Up to `limit` bytes of the file at `path`.
+fn read_at_most(path: &Path, limit: u64) -> anyhow::Result<Vec<u8>> {
+    let cannot_read = || format!("cannot read {}", path.display());
+    let mut data = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(limit).read_to_end(&mut data))
+        .with_context(cannot_read)?;
+    Ok(data)
+}
+
+/// The whole picture, refused past [`MAX_PICTURE_BYTES`] (it may be `/dev/zero` after all).
+fn read_whole(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let data = read_at_most(path, MAX_PICTURE_BYTES + 1)?;
+    if data.len() as u64 > MAX_PICTURE_BYTES {
+        anyhow::bail!(
+            "{} is larger than {} MiB, more than any picture the farm upscales",
+            path.display(),
+            MAX_PICTURE_BYTES >> 20
+        );
+    }
+    Ok(data)
+}
+
 fn read_picture(path: &Path) -> anyhow::Result<Picture<'_>> {
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // The signature of every format taken fits in its first 16 bytes.
+    let start = read_at_most(path, 16)?;
     let known = matches!(
-        image::guess_format(&data),
+        image::guess_format(&start),
         Ok(image::ImageFormat::Png | image::ImageFormat::Jpeg | image::ImageFormat::WebP)
     );
     if !known {
@@ -39,7 +68,7 @@ fn read_picture(path: &Path) -> anyhow::Result<Picture<'_>> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "picture".into());
-    Ok(Picture { path, name, data })
+    Ok(Picture { path, name })
 }
 
 /// Uploads the pictures (at least one) and submits them as one upscale-only job with `model`;
@@ -54,8 +83,9 @@ pub async fn submit(
     let first = pictures.first().context("no pictures to upscale")?.path;
     let mut images = Vec::with_capacity(pictures.len());
     for picture in pictures {
+        let data = read_whole(picture.path)?;
         let uploaded = farm
-            .upload_input(&upload_name(&picture.name), &picture.data)
+            .upload_input(&upload_name(&picture.name), &data)
             .await
             .with_context(|| format!("cannot upload {}", picture.path.display()))?;
         images.push(v1::InputImage {

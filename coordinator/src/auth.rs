@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Deserialize;
-use tessera_core::job::Limits;
+use tessera_core::job::{Limits, SIZE_MULTIPLE};
 use tessera_proto::access::{bearer_token, token_hash, valid_tenant};
 use tonic::Status;
 
@@ -113,6 +113,35 @@ pub struct TenantLimits {
 }
 
 impl TenantLimits {
+    /// Refuses a limit no job could pass (a count of 0, a side below the smallest picture):
+    /// better a clear start-up error than a tenant refused everything later.
+    fn check(&self) -> Result<(), String> {
+        let widen = |n: Option<usize>| n.map(|n| n as u64);
+        let counts = [
+            ("jobs_in_flight", self.jobs_in_flight.map(u64::from)),
+            (
+                "submissions_per_minute",
+                self.submissions_per_minute.map(u64::from),
+            ),
+            ("prompts_per_job", widen(self.prompts_per_job)),
+            ("results_per_job", widen(self.results_per_job)),
+            ("prompt_chars", widen(self.prompt_chars)),
+            ("iterations", self.iterations.map(u64::from)),
+        ];
+        if let Some((field, _)) = counts.iter().find(|(_, value)| *value == Some(0)) {
+            return Err(format!(
+                "{field} is 0, which refuses every job; give at least 1, or leave it out for \
+                 the farm's limit"
+            ));
+        }
+        match self.side {
+            Some(side) if side < SIZE_MULTIPLE => Err(format!(
+                "side {side} is below {SIZE_MULTIPLE}, the smallest side a picture can have"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The limits of one of its jobs: the tighter of the tenant's and the farm's.
     pub fn job_limits(&self, farm: &Limits) -> Limits {
         fn tighter<T: Ord + Copy>(farm: T, tenant: Option<T>) -> T {
@@ -146,6 +175,16 @@ pub enum AuthError {
         /// The file.
         path: PathBuf,
         /// What the YAML parser said.
+        detail: String,
+    },
+    /// A tenant's limits that no job could pass.
+    #[error("auth file {path}, tenants.{tenant}: {detail}")]
+    Tenant {
+        /// The file.
+        path: PathBuf,
+        /// The tenant.
+        tenant: String,
+        /// What is wrong.
         detail: String,
     },
     /// A token entry that cannot be right.
@@ -233,6 +272,13 @@ impl Auth {
             if by_hash.insert(hash, principal).is_some() {
                 return Err(refuse("the same token is listed twice".into()));
             }
+        }
+        for (tenant, limits) in &file.tenants {
+            limits.check().map_err(|detail| AuthError::Tenant {
+                path: path.to_path_buf(),
+                tenant: tenant.clone(),
+                detail,
+            })?;
         }
         Ok(Auth {
             by_hash,
@@ -365,6 +411,14 @@ mod tests {
             (
                 "tokens:\n  - {sha256: x, role: root}\n",
                 "unknown variant `root`",
+            ),
+            (
+                "tokens: []\ntenants:\n  acme: {side: 512, prompts_per_job: 0}\n",
+                "tenants.acme: prompts_per_job is 0, which refuses every job",
+            ),
+            (
+                "tokens: []\ntenants:\n  acme: {side: 8}\n",
+                "tenants.acme: side 8 is below 16",
             ),
         ];
         for (text, expected) in cases {

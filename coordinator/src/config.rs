@@ -69,25 +69,30 @@ pub struct Config {
     #[arg(long, env = "TESSERA_STORE", default_value = ".tessera/artifacts")]
     pub store: String,
 
-    /// How long a lease lasts without a heartbeat, in milliseconds.
-    #[arg(long, env = "TESSERA_LEASE_MS", default_value_t = 30_000)]
+    /// How long a lease lasts without a heartbeat, in milliseconds (100 to a day: shorter
+    /// than a heartbeat's round trip, every task would expire).
+    #[arg(long, env = "TESSERA_LEASE_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..=86_400_000))]
     pub lease_ms: u64,
 
     /// How often expired leases are looked for, in milliseconds (default: a quarter lease,
     /// at most a second).
-    #[arg(long, env = "TESSERA_REAP_MS")]
+    #[arg(long, env = "TESSERA_REAP_MS", value_parser = clap::value_parser!(u64).range(1..=60_000))]
     pub reap_ms: Option<u64>,
 
     /// Longest a lease request waits for work, in milliseconds.
-    #[arg(long, env = "TESSERA_MAX_WAIT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "TESSERA_MAX_WAIT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub max_wait_ms: u64,
 
     /// Failed attempts a task may have beyond its first before it fails for good.
-    #[arg(long, env = "TESSERA_MAX_RETRIES", default_value_t = 3)]
+    #[arg(long, env = "TESSERA_MAX_RETRIES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(0..=10_000))]
     pub max_retries: u32,
 
     /// Expired leases a task may have before it fails for good.
-    #[arg(long, env = "TESSERA_MAX_EXPIRIES", default_value_t = 10)]
+    #[arg(long, env = "TESSERA_MAX_EXPIRIES", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_expiries: u32,
 
     /// Tasks of one job a worker failed and another worker then did, after which it gets no
@@ -96,27 +101,33 @@ pub struct Config {
     pub ban_after: u32,
 
     /// Events kept per job for WatchJob.
-    #[arg(long, env = "TESSERA_EVENTS_MAX", default_value_t = 100_000)]
+    #[arg(long, env = "TESSERA_EVENTS_MAX", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub events_max: u64,
 
     /// Prompts (or pictures) per job.
-    #[arg(long, env = "TESSERA_MAX_PROMPTS", default_value_t = 10_000)]
+    #[arg(long, env = "TESSERA_MAX_PROMPTS", default_value_t = 10_000,
+          value_parser = positive_count)]
     pub max_prompts: usize,
 
     /// Results (prompts x seeds) per job.
-    #[arg(long, env = "TESSERA_MAX_RESULTS", default_value_t = 100_000)]
+    #[arg(long, env = "TESSERA_MAX_RESULTS", default_value_t = 100_000,
+          value_parser = positive_count)]
     pub max_results: usize,
 
     /// Optimiser steps per render.
-    #[arg(long, env = "TESSERA_MAX_ITERATIONS", default_value_t = 10_000)]
+    #[arg(long, env = "TESSERA_MAX_ITERATIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_iterations: u32,
 
     /// Largest side of a generated picture.
-    #[arg(long, env = "TESSERA_MAX_SIDE", default_value_t = 4096)]
+    #[arg(long, env = "TESSERA_MAX_SIDE", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(16..=65_536))]
     pub max_side: u32,
 
-    /// Largest upload (pictures, checkpoints), in bytes.
-    #[arg(long, env = "TESSERA_MAX_ARTIFACT_BYTES", default_value_t = 512 << 20)]
+    /// Largest upload (pictures, checkpoints), in bytes (64 KiB to 1 TiB).
+    #[arg(long, env = "TESSERA_MAX_ARTIFACT_BYTES", default_value_t = 512 << 20,
+          value_parser = clap::value_parser!(u64).range(1 << 16..=1 << 40))]
     pub max_artifact_bytes: u64,
 
     /// CLIP models jobs may use (comma-separated; default: the built-in catalogue).
@@ -130,6 +141,15 @@ pub struct Config {
     /// Upscale models jobs may use, as NAME:SCALE (comma-separated).
     #[arg(long, env = "TESSERA_UPSCALE_MODELS", value_delimiter = ',', value_parser = parse_upscale_model)]
     pub upscale_models: Vec<UpscaleModel>,
+}
+
+/// A count of at least 1 and at most a billion, for the limits of one job: a limit of 0 would
+/// refuse every job.
+fn positive_count(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1_000_000_000).contains(&n) => Ok(n),
+        _ => Err(format!("{text} is not in 1..=1000000000")),
+    }
 }
 
 fn parse_upscale_model(text: &str) -> Result<UpscaleModel, String> {
@@ -217,5 +237,25 @@ mod tests {
             .to_string();
         assert!(err.contains("is not NAME:SCALE"), "{err}");
         assert!(Config::try_parse_from(["c", "--embedded", "--redis", "redis://x"]).is_err());
+    }
+
+    #[test]
+    fn limits_of_zero_or_beyond_reason_are_refused_with_their_range() {
+        for (flag, value, range) in [
+            ("--lease-ms", "0", "100..=86400000"),
+            ("--max-side", "0", "16..=65536"),
+            ("--max-artifact-bytes", "0", "65536..=1099511627776"),
+            ("--max-prompts", "0", "1..=1000000000"),
+            ("--max-results", "0", "1..=1000000000"),
+            ("--max-iterations", "0", "1..=1000000"),
+            ("--max-expiries", "0", "1..=10000"),
+            ("--events-max", "0", "1..=100000000"),
+            ("--reap-ms", "0", "1..=60000"),
+        ] {
+            let err = Config::try_parse_from(["c", "--embedded", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(flag) && err.contains(range), "{flag}: {err}");
+        }
     }
 }

@@ -27,8 +27,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
-/// Largest message accepted (a JSONL batch of many prompts, an upload chunk).
-const MAX_MESSAGE: usize = 64 << 20;
+use tessera_proto::MAX_MESSAGE_BYTES as MAX_MESSAGE;
 /// Expired leases handled per reaper step.
 const REAP_BATCH: usize = 500;
 /// Longest pause between two attempts to reach the state store at start.
@@ -56,8 +55,11 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBacken
         }
         (None, true) => match &config.state_dir {
             Some(dir) => Arc::new(
-                EmbeddedBackend::open(dir)
-                    .with_context(|| format!("opening the state in {}", dir.display()))?,
+                EmbeddedBackend::open(
+                    dir,
+                    &format!("tessera-coordinator --listen {}", config.listen),
+                )
+                .with_context(|| format!("opening the state in {}", dir.display()))?,
             ),
             None => Arc::new(EmbeddedBackend::in_memory()),
         },

@@ -5,6 +5,9 @@
 mod common;
 
 use std::collections::HashSet;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use common::{coordinator, jobs, spec, watch_to_end};
 use tempfile::TempDir;
@@ -13,7 +16,8 @@ use tessera_proto::transfer::{read_download, upload_messages};
 use tessera_proto::v1;
 use tessera_tests::jobs::{status, submit};
 use tessera_tests::protocol::{workers_client, ProtocolWorker};
-use tessera_tests::RedisServer;
+use tessera_tests::{RedisServer, Service};
+use tokio::sync::Notify;
 use tonic::Code;
 
 #[tokio::test]
@@ -413,4 +417,91 @@ async fn a_coordinator_started_before_its_redis_waits_for_it_then_serves() {
     submit(&mut client, spec(1, false)).await;
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Starts a coordinator keeping its state in `dir`, with artifacts in `store`.
+fn journaled_coordinator(store: &Path, dir: &Path) -> Service {
+    let dir = dir.to_str().unwrap();
+    coordinator(store, &["--embedded", "--state-dir", dir], &[])
+}
+
+#[tokio::test]
+async fn a_second_coordinator_on_one_state_directory_is_refused_and_the_first_loses_nothing() {
+    let (store, state) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let mut first = journaled_coordinator(store.path(), state.path());
+    let mut client = jobs(&first).await;
+    let before = submit(&mut client, spec(1, false)).await;
+
+    let mut second = Command::new(env!("CARGO_BIN_EXE_tessera-coordinator"));
+    second
+        .args(["--listen", "127.0.0.1:0", "--embedded", "--state-dir"])
+        .arg(state.path())
+        .arg("--store")
+        .arg(store.path());
+    let refused = Service::start(second).err().expect("the second is refused");
+    let message = format!("{refused:#}");
+    assert!(
+        message.contains(&format!(
+            "the state directory {} is in use by tessera-coordinator",
+            state.path().display()
+        )),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("pid {}", first.pid())),
+        "{message}"
+    );
+
+    let after = submit(&mut client, spec(1, false)).await;
+    first.kill();
+    let restarted = journaled_coordinator(store.path(), state.path());
+    let mut client = jobs(&restarted).await;
+    for job in [before, after] {
+        assert_eq!(status(&mut client, &job).await.job_id, job);
+    }
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_amid_submissions_keeps_every_job_it_acknowledged() {
+    const SUBMITTERS: usize = 6;
+    const KILL_AFTER: usize = 200;
+    let (store, state) = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let mut first = journaled_coordinator(store.path(), state.path());
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let enough = Arc::new(Notify::new());
+    let mut submitters = Vec::new();
+    for _ in 0..SUBMITTERS {
+        let (mut client, acknowledged, enough) =
+            (jobs(&first).await, acknowledged.clone(), enough.clone());
+        submitters.push(tokio::spawn(async move {
+            let request = || v1::SubmitJobRequest {
+                spec: Some(spec(1, false)),
+            };
+            while let Ok(answer) = client.submit_job(request()).await {
+                let mut ids = acknowledged.lock().unwrap();
+                ids.push(answer.into_inner().job_id);
+                if ids.len() == KILL_AFTER {
+                    enough.notify_one();
+                }
+            }
+        }));
+    }
+    enough.notified().await;
+    first.kill();
+    for submitter in submitters {
+        submitter.await.unwrap();
+    }
+    let journal = std::fs::read(state.path().join("journal.jsonl")).unwrap();
+    assert!(
+        !journal.contains(&0),
+        "the journal holds whole records only"
+    );
+
+    let restarted = journaled_coordinator(store.path(), state.path());
+    let mut client = jobs(&restarted).await;
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(acknowledged.len() >= KILL_AFTER);
+    for job in &acknowledged {
+        assert_eq!(&status(&mut client, job).await.job_id, job);
+    }
 }

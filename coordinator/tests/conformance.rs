@@ -44,7 +44,7 @@ impl Store {
 
     fn journaled() -> Store {
         let dir = TempDir::new().unwrap();
-        let backend = EmbeddedBackend::open(dir.path()).unwrap();
+        let backend = EmbeddedBackend::open(dir.path(), "the conformance suite").unwrap();
         Store::with(Arc::new(backend), None, Some(dir))
     }
 
@@ -73,13 +73,21 @@ impl Store {
         }
     }
 
-    /// A second handle on the same stored state, as a restarted coordinator opens it.
+    /// A second handle on the same stored state, as a restarted coordinator opens it (for a
+    /// journaled directory, only once the first is gone: see [`Store::restart`]).
     async fn reopen(&self) -> Arc<dyn StateBackend> {
         if let Some(redis) = &self._redis {
             return Arc::new(RedisBackend::connect(&redis.url(), "test:").await.unwrap());
         }
         let dir = self._dir.as_ref().expect("only durable stores reopen");
-        Arc::new(EmbeddedBackend::open(dir.path()).unwrap())
+        Arc::new(EmbeddedBackend::open(dir.path(), "the conformance suite").unwrap())
+    }
+
+    /// The store as a restarted coordinator finds it: the old handle gone (a journaled
+    /// directory has one owner at a time), then a new one opened.
+    async fn restart(&mut self) {
+        self.backend = Arc::new(EmbeddedBackend::in_memory());
+        self.backend = self.reopen().await;
     }
 
     fn tick(&mut self, ms: u64) -> u64 {
@@ -764,7 +772,7 @@ async fn the_state_survives_a_restart(mut s: Store) {
     s.complete(&done).await;
     let running = s.lease("w").await.unwrap();
     let before = s.backend.job("j").await.unwrap().unwrap();
-    s.backend = s.reopen().await;
+    s.restart().await;
     assert_eq!(s.backend.job("j").await.unwrap().unwrap(), before);
     assert_eq!(s.complete(&running).await, CompleteOutcome::Accepted);
     s.drain("w").await;
@@ -1067,4 +1075,97 @@ async fn a_corrupt_checkpoint_is_dropped_and_a_corrupt_upload_fails(s: Store) {
     assert!(failed.errors.last().unwrap().contains("upload it again"));
     s.drain("w1").await;
     assert_eq!(s.job_state("k").await, JobState::Failed);
+}
+
+// The journal on disk: what a crash, an old damaged journal or a second coordinator do to it.
+
+/// A journaled directory holding jobs `j0`..`j{count}`, its store closed, every job still in
+/// the journal (none compacted into the snapshot yet).
+async fn closed_journal(count: usize) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new().unwrap();
+    let backend = EmbeddedBackend::open(dir.path(), "the journal test").unwrap();
+    for i in 0..count {
+        backend
+            .create_job(&job(&format!("j{i}"), 1, 0, false), 1_000)
+            .await
+            .unwrap();
+    }
+    drop(backend);
+    let journal = dir.path().join("journal.jsonl");
+    let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
+    assert_eq!(lines, count, "every job is still a journal line");
+    (dir, journal)
+}
+
+/// The ids of the jobs a store opened on `dir` holds.
+async fn job_ids_in(dir: &std::path::Path) -> Vec<String> {
+    let backend = EmbeddedBackend::open(dir, "the journal test").unwrap();
+    let (jobs, _) = backend.jobs(None, 0, 100).await.unwrap();
+    let mut ids: Vec<String> = jobs.into_iter().map(|j| j.id).collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_last_line_cut_short_by_a_crash_is_dropped_and_the_rest_replayed() {
+    let (dir, journal) = closed_journal(3).await;
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal)
+        .unwrap();
+    std::io::Write::write_all(&mut file, br#"{"CreateJob":{"job":{"id":"j3","#).unwrap();
+    drop(file);
+    assert_eq!(job_ids_in(dir.path()).await, ["j0", "j1", "j2"]);
+}
+
+#[tokio::test]
+async fn a_damaged_line_inside_the_journal_refuses_the_start_naming_file_and_line() {
+    let (dir, journal) = closed_journal(3).await;
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines[1] = "{\"not an operation\": true}";
+    std::fs::write(&journal, lines.join("\n") + "\n").unwrap();
+    let error = EmbeddedBackend::open(dir.path(), "the journal test")
+        .err()
+        .expect("the start is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("{} line 2", journal.display())),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&journal).unwrap(),
+        lines.join("\n") + "\n",
+        "a refused start leaves the journal as it found it"
+    );
+}
+
+#[tokio::test]
+async fn nul_holes_between_records_are_skipped_and_every_record_kept() {
+    let (dir, journal) = closed_journal(3).await;
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let holed = text.replacen('\n', &format!("\n{}", "\0".repeat(4096)), 2);
+    std::fs::write(&journal, holed).unwrap();
+    assert_eq!(job_ids_in(dir.path()).await, ["j0", "j1", "j2"]);
+}
+
+#[tokio::test]
+async fn a_second_store_on_one_directory_is_refused_naming_the_first_which_keeps_working() {
+    let dir = TempDir::new().unwrap();
+    let first = EmbeddedBackend::open(dir.path(), "coordinator A").unwrap();
+    let error = EmbeddedBackend::open(dir.path(), "coordinator B")
+        .err()
+        .expect("the second is refused");
+    let message = error.to_string();
+    assert!(message.contains("in use by coordinator A"), "{message}");
+    assert!(
+        message.contains(&dir.path().display().to_string()),
+        "{message}"
+    );
+    first
+        .create_job(&job("after", 1, 0, false), 1_000)
+        .await
+        .unwrap();
+    drop(first);
+    assert_eq!(job_ids_in(dir.path()).await, ["after"]);
 }

@@ -4,7 +4,8 @@
 //! message.
 
 use crate::job::{
-    parse_prompts_jsonl, parse_prompts_text, parse_size, Limits, ModelCatalog, Settings,
+    parse_prompts_json, parse_prompts_jsonl, parse_prompts_text, parse_size, Limits, ModelCatalog,
+    Settings,
 };
 use crate::prompt::{parse_image_prompts, parse_noise_prompts, parse_story, PromptSpec};
 
@@ -33,24 +34,26 @@ pub fn prompt_parser(input: &str, origin: &str) {
     let _ = parse_noise_prompts(input).map_err(|e| e.to_string());
 }
 
-/// Prompt files and sizes on `input`: text entries name their line, and a JSONL entry's
+/// Prompt files and sizes on `input`: text entries name their line, and a JSONL or JSON entry's
 /// settings are applied to the farm defaults and checked, and its prompt parsed, as a
 /// submission does.
 pub fn prompts_jsonl(input: &str, origin: &str) {
-    for entry in parse_prompts_text(input) {
+    for entry in parse_prompts_text(input).unwrap_or_default() {
         assert!(entry.line >= 1, "{origin}: text entries name their line");
     }
-    match parse_prompts_jsonl(input) {
-        Ok(entries) => {
-            let (catalog, limits) = (ModelCatalog::default(), Limits::default());
-            for entry in entries {
-                let _ = Settings::farm_defaults()
-                    .apply(&entry.settings, &catalog, &limits)
-                    .map_err(|e| e.to_string());
-                let _ = PromptSpec::parse(&entry.text, "", "").map_err(|e| e.to_string());
+    for parsed in [parse_prompts_jsonl(input), parse_prompts_json(input)] {
+        match parsed {
+            Ok(entries) => {
+                let (catalog, limits) = (ModelCatalog::default(), Limits::default());
+                for entry in entries {
+                    let _ = Settings::farm_defaults()
+                        .apply(&entry.settings, &catalog, &limits)
+                        .map_err(|e| e.to_string());
+                    let _ = PromptSpec::parse(&entry.text, "", "").map_err(|e| e.to_string());
+                }
             }
+            Err(e) => drop(e.to_string()),
         }
-        Err(e) => drop(e.to_string()),
     }
     let _ = parse_size(input).map_err(|e| e.to_string());
 }

@@ -503,6 +503,31 @@ pub(crate) fn sorted_models<'a>(names: impl IntoIterator<Item = &'a String>) -> 
     models
 }
 
+/// Characters of a job's or an input picture's name: as long as a file name may be, short
+/// enough for every listing.
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// Refuses `text` (a prompt, a name) longer than `max` characters or holding a control
+/// character other than a tab: what users send is printed on other users' terminals, where an
+/// escape sequence would take the terminal over and a NUL or a line break would garble it.
+pub fn check_shown_text(what: &'static str, text: &str, max: usize) -> Result<(), JobError> {
+    let chars = text.chars().count();
+    if chars > max {
+        return Err(JobError::TooLong { what, chars, max });
+    }
+    match text.chars().position(|c| c.is_control() && c != '\t') {
+        Some(index) => Err(JobError::ControlCharacter {
+            what,
+            character: text.chars().nth(index).expect("found at this index"),
+            position: index + 1,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Seeds per prompt a farm takes at most (a tenant's limit may be lower).
+pub const MAX_SEEDS_PER_PROMPT: usize = 1_000;
+
 /// Bounds on what one job may ask for, so one submission cannot swamp the farm.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -526,7 +551,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_prompts: 10_000,
-            max_seeds: 1_000,
+            max_seeds: MAX_SEEDS_PER_PROMPT,
             max_results: 100_000,
             max_iterations: 10_000,
             max_side: 4096,
@@ -583,55 +608,151 @@ pub struct JobRequest {
 }
 
 /// Parses a prompt file in the text form: one prompt per line; blank lines and lines starting
-/// with `#` are skipped.
-pub fn parse_prompts_text(text: &str) -> Vec<PromptEntry> {
-    text.lines()
+/// with `#` are skipped. A file that reads as JSON is refused: read as text, each of its
+/// lines (`[`, `"a cat",`) would become a prompt.
+pub fn parse_prompts_text(text: &str) -> Result<Vec<PromptEntry>, JobError> {
+    let text = without_byte_order_mark(text);
+    let mut lines = text
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .peekable();
+    let first_is_object = lines.peek().is_some_and(|(_, l)| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v.is_object())
+    });
+    let whole_is_array =
+        serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| v.is_array());
+    if first_is_object || whole_is_array {
+        return Err(JobError::JsonAsText);
+    }
+    Ok(lines
         .map(|(i, l)| PromptEntry {
             text: l.trim().to_string(),
             line: i + 1,
             ..PromptEntry::default()
         })
-        .collect()
+        .collect())
 }
 
-/// Parses a prompt file in the JSONL form: one object per line with `prompt`, optional `seeds`
-/// and any [`SettingsPatch`] field; blank lines are skipped. Errors name the line.
+/// Parses a prompt file in the JSONL form: one prompt per line, a string or an object with
+/// `prompt`, optional `seeds` and any [`SettingsPatch`] field; blank lines are skipped.
+/// Errors name the line, and the field where one is wrong.
 pub fn parse_prompts_jsonl(text: &str) -> Result<Vec<PromptEntry>, JobError> {
     let mut entries = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
+    for (i, raw) in without_byte_order_mark(text).lines().enumerate() {
         if raw.trim().is_empty() {
             continue;
         }
         let line = i + 1;
         let bad = |message: String| JobError::Jsonl { line, message };
-        let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
-        let serde_json::Value::Object(mut map) = value else {
-            return Err(bad(
-                "expected an object such as {\"prompt\": \"a lighthouse\"}".into(),
-            ));
+        let item: PromptItem = serde_json::from_str(raw).map_err(|e| bad(e.to_string()))?;
+        entries.push(item.entry(line).map_err(bad)?);
+    }
+    Ok(entries)
+}
+
+/// Parses a prompt file in the JSON form: an array whose elements are what a JSONL line
+/// holds. Errors name the element (and, for JSON that does not read, the line and column).
+pub fn parse_prompts_json(text: &str) -> Result<Vec<PromptEntry>, JobError> {
+    let items: Vec<PromptItem> = serde_json::from_str(without_byte_order_mark(text))
+        .map_err(|e| JobError::Json(e.to_string()))?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            item.entry(0)
+                .map_err(|message| JobError::Json(format!("element {}: {message}", i + 1)))
+        })
+        .collect()
+}
+
+/// The text without the byte-order mark some editors put first: it is not part of any prompt,
+/// and left in place it would turn a first `# comment` into a prompt.
+fn without_byte_order_mark(text: &str) -> &str {
+    text.strip_prefix('\u{feff}').unwrap_or(text)
+}
+
+/// One prompt of a JSONL line or a JSON array, as read: a string, or an object whose keys
+/// are each given once (JSON readers keep the last of a repeated key, silently dropping the
+/// other).
+enum PromptItem {
+    Text(String),
+    Object(serde_json::Map<String, serde_json::Value>),
+}
+
+impl PromptItem {
+    /// The entry this item asks for, from line `line` (0 for none); the error names the field.
+    fn entry(self, line: usize) -> Result<PromptEntry, String> {
+        let mut map = match self {
+            PromptItem::Text(text) => {
+                return Ok(PromptEntry {
+                    text,
+                    line,
+                    ..PromptEntry::default()
+                })
+            }
+            PromptItem::Object(map) => map,
         };
         let text = match map.remove("prompt") {
             Some(serde_json::Value::String(s)) => s,
-            Some(_) => return Err(bad("\"prompt\" must be a string".into())),
-            None => return Err(bad("missing \"prompt\"".into())),
+            Some(_) => return Err("\"prompt\" must be a string".into()),
+            None => return Err("missing \"prompt\"".into()),
         };
         let seeds = map
             .remove("seeds")
             .map(serde_json::from_value::<Vec<u64>>)
             .transpose()
-            .map_err(|e| bad(format!("\"seeds\" must be a list of whole numbers: {e}")))?;
-        let settings: SettingsPatch = serde_json::from_value(serde_json::Value::Object(map))
-            .map_err(|e| bad(e.to_string()))?;
-        entries.push(PromptEntry {
+            .map_err(|e| format!("\"seeds\" must be a list of whole numbers: {e}"))?;
+        let settings: SettingsPatch = serde_path_to_error::deserialize(serde_json::Value::Object(
+            map,
+        ))
+        .map_err(|e| match e.path().to_string().as_str() {
+            "." => e.inner().to_string(),
+            field => format!("\"{field}\": {}", e.inner()),
+        })?;
+        Ok(PromptEntry {
             text,
             seeds,
             settings,
             line,
-        });
+        })
     }
-    Ok(entries)
+}
+
+impl<'de> Deserialize<'de> for PromptItem {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(PromptItemVisitor)
+    }
+}
+
+struct PromptItemVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PromptItemVisitor {
+    type Value = PromptItem;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a prompt: a string, or an object such as {\"prompt\": \"a lighthouse\"}")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PromptItem, E> {
+        Ok(PromptItem::Text(text.to_string()))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut access: A,
+    ) -> Result<PromptItem, A::Error> {
+        let mut map = serde_json::Map::new();
+        while let Some((key, value)) = access.next_entry::<String, serde_json::Value>()? {
+            if map.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "\"{key}\" is given twice; give each field once"
+                )));
+            }
+            map.insert(key, value);
+        }
+        Ok(PromptItem::Object(map))
+    }
 }
 
 /// A job that cannot be accepted, saying what to fix.
@@ -643,6 +764,15 @@ pub enum JobError {
         /// "prompts" or "images".
         what: &'static str,
     },
+    /// A prompt file in the JSON form that cannot be read.
+    #[error("prompts JSON: {0}")]
+    Json(String),
+    /// A prompt file sent as text that reads as JSON.
+    #[error(
+        "the prompt file reads as JSON, not as one prompt per line: name it .json for an array \
+         of prompts, or .jsonl for one per line"
+    )]
+    JsonAsText,
     /// A JSONL prompt line that cannot be read.
     #[error("prompts JSONL line {line}: {message}")]
     Jsonl {
@@ -654,13 +784,35 @@ pub enum JobError {
     /// A prompt the generation loop could not use.
     #[error("{0}")]
     Prompt(PromptError),
-    /// A prompt longer than the limit.
-    #[error("the prompt has {chars} characters; the limit is {max}")]
-    PromptTooLong {
+    /// A prompt or a name longer than the limit.
+    #[error("the {what} has {chars} characters; the limit is {max}")]
+    TooLong {
+        /// "prompt", "job name", "image name".
+        what: &'static str,
         /// Its length.
         chars: usize,
         /// The limit.
         max: usize,
+    },
+    /// A control character in text that is shown to people.
+    #[error(
+        "the {what} holds the control character {} at character {position}; it would be \
+         printed to terminals as it is, so it is refused",
+        character.escape_unicode()
+    )]
+    ControlCharacter {
+        /// "prompt", "job name", "image name".
+        what: &'static str,
+        /// The character.
+        character: char,
+        /// Where, counting characters from 1.
+        position: usize,
+    },
+    /// The same seed twice for one prompt: the results would be the same picture.
+    #[error("seed {seed} is given twice; one seed makes one picture, so a repeat makes the same one again")]
+    RepeatedSeed {
+        /// The seed.
+        seed: u64,
     },
     /// A side that VQGAN cannot produce.
     #[error("{field} {value} is not a multiple of 16: use {below} or {above}")]

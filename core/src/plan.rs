@@ -7,8 +7,8 @@
 //! and task of the job or the first problem, never half a job.
 
 use crate::job::{
-    InputImage, JobError, JobRequest, JobSource, Limits, ModelCatalog, PromptEntry, Settings,
-    Upscale, NO_UPSCALE,
+    check_shown_text, InputImage, JobError, JobRequest, JobSource, Limits, ModelCatalog,
+    PromptEntry, Settings, Upscale, MAX_NAME_CHARS, NO_UPSCALE,
 };
 use crate::prompt::PromptSpec;
 use crate::task::{ArtifactRef, FinishedTask, ImagePlan, KindCounts, NewTask, TaskKind, TaskSpec};
@@ -56,8 +56,18 @@ pub fn plan_job(
     catalog: &ModelCatalog,
     limits: &Limits,
 ) -> Result<JobPlan, JobError> {
+    check_shown_text("job name", &request.name, MAX_NAME_CHARS)?;
+    let render_limits = match &request.source {
+        // An upscale-only job renders nothing: its pictures are held to `max_input_pixels`,
+        // not the render size its settings carry to the side limit.
+        JobSource::Images(_) => Limits {
+            max_side: u32::MAX,
+            ..limits.clone()
+        },
+        JobSource::Prompts(_) => limits.clone(),
+    };
     let settings = defaults
-        .apply(&request.settings, catalog, limits)
+        .apply(&request.settings, catalog, &render_limits)
         .map_err(|e| e.at("job settings"))?;
     let job_seeds = if request.seeds.is_empty() {
         vec![0]
@@ -88,7 +98,11 @@ fn check_seeds(seeds: &[u64], limits: &Limits) -> Result<(), JobError> {
             max: limits.max_seeds,
         });
     }
-    Ok(())
+    let mut seen = std::collections::HashSet::with_capacity(seeds.len());
+    match seeds.iter().find(|&&seed| !seen.insert(seed)) {
+        Some(&seed) => Err(JobError::RepeatedSeed { seed }),
+        None => Ok(()),
+    }
 }
 
 fn plan_prompts(
@@ -188,13 +202,7 @@ fn check_prompt(
     catalog: &ModelCatalog,
     limits: &Limits,
 ) -> Result<Settings, JobError> {
-    let chars = entry.text.chars().count();
-    if chars > limits.max_prompt_chars {
-        return Err(JobError::PromptTooLong {
-            chars,
-            max: limits.max_prompt_chars,
-        });
-    }
+    check_shown_text("prompt", &entry.text, limits.max_prompt_chars)?;
     PromptSpec::parse(&entry.text, "", "").map_err(JobError::Prompt)?;
     settings.apply(&entry.settings, catalog, limits)
 }
@@ -230,6 +238,8 @@ fn plan_images(
         upscale_only: true,
     };
     for (i, image) in images.iter().enumerate() {
+        check_shown_text("image name", &image.name, MAX_NAME_CHARS)
+            .map_err(|e| e.at(&format!("image {}", i + 1)))?;
         let place = format!("image {} ({})", i + 1, image.name);
         let a = &image.artifact;
         let pixels = u64::from(a.width) * u64::from(a.height);

@@ -36,8 +36,16 @@ impl fmt::Debug for Access {
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     /// The coordinator address does not parse.
-    #[error("--coordinator '{0}' is not a URL such as http://127.0.0.1:7470 or https://farm:7470")]
-    BadUrl(String),
+    #[error(
+        "--coordinator '{url}' {why}: give a URL such as http://127.0.0.1:7470 or \
+         https://farm:7470"
+    )]
+    BadUrl {
+        /// The address given.
+        url: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
     /// A CA was given for a plain-text URL, where it would silently do nothing.
     #[error("--tls-ca is given but --coordinator '{0}' is not an https:// URL")]
     CaWithoutTls(String),
@@ -91,11 +99,25 @@ impl Access {
 
     /// The endpoint for `url`, with the windows large transfers need and TLS for `https://`.
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, AccessError> {
-        let bad_url = || AccessError::BadUrl(url.to_string());
+        let bad_url = |why| AccessError::BadUrl {
+            url: url.to_string(),
+            why,
+        };
         let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|_| bad_url())?
+            .map_err(|_| bad_url("is not a URL"))?
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
+        let uri = endpoint.uri();
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(bad_url("is not an http:// or https:// URL"));
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            // A password in a URL ends up in shell history and process lists; tokens go in
+            // --token-file instead.
+            return Err(bad_url(
+                "holds a user name or password, which a coordinator does not take (use --token-file)",
+            ));
+        }
         if !url.starts_with("https://") {
             return match self.tls_ca {
                 Some(_) => Err(AccessError::CaWithoutTls(url.to_string())),
@@ -215,6 +237,18 @@ mod tests {
         };
         let e = access.endpoint("http://127.0.0.1:1").unwrap_err();
         assert!(e.to_string().contains("not an https:// URL"), "{e}");
+        let open = Access::default();
+        for (url, why) in [
+            ("ftp://127.0.0.1:1", "is not an http:// or https:// URL"),
+            (
+                "http://user:pw@127.0.0.1:1",
+                "holds a user name or password",
+            ),
+            ("not a url", "is not a URL"),
+        ] {
+            let e = open.endpoint(url).unwrap_err().to_string();
+            assert!(e.contains(&format!("'{url}' {why}")), "{e}");
+        }
         let e = access.endpoint("https://127.0.0.1:1").unwrap_err();
         assert!(e.to_string().contains("CA certificate ca.pem"), "{e}");
         assert!(matches!(

@@ -6,6 +6,10 @@ pub mod v1 {
     tonic::include_proto!("tessera.v1");
 }
 
+/// Largest message a coordinator accepts (a prompt file of many prompts, an upload chunk);
+/// clients refuse to send more, with a message that says so, rather than have it cut off.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 pub mod access;
 pub mod convert;
 pub mod transfer;

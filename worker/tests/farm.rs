@@ -383,7 +383,8 @@ async fn a_coordinator_killed_mid_job_restarts_and_the_workers_and_the_cli_watch
 fn pictures_of_every_kind(width: u32, height: u32) -> Vec<(&'static str, image::DynamicImage)> {
     use image::{DynamicImage, ImageBuffer, Luma, LumaA, Rgba};
     let ramp = |x: u32, y: u32| ((x * 255 / width + y * 60) % 256) as u8;
-    let deep = |v: u8| u16::from(v) * 257 + 3;
+    // The low bits differ from the high ones, so a 16-bit picture narrowed to 8 bits would show.
+    let deep = |v: u8| (u16::from(v) * 257) ^ 3;
     vec![
         (
             "rgba8.png",

@@ -271,3 +271,42 @@ fn task(farm: &Foreground, task: &str) -> v1::TaskInfo {
         client.get_task(request).await.unwrap().into_inner()
     })
 }
+
+#[test]
+fn a_second_farm_on_one_directory_is_refused_and_the_first_keeps_its_jobs() {
+    let (models, scratch) = (models(false), TempDir::new().unwrap());
+    let farm_dir = scratch.path().join("farm");
+    let prompts = scratch.path().join("prompts.txt");
+    std::fs::write(&prompts, "a red lighthouse\n").unwrap();
+
+    let farm = Foreground::start(&farm_dir, models.path());
+    let second = up(&farm_dir, models.path(), &["--workers", "0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    let in_use = format!(
+        "the state directory {} is in use by tessera-coordinator",
+        farm_dir.join("state").display()
+    );
+    assert!(stderr.contains(&in_use), "{stderr}");
+
+    let submitted = farm.tessera(&[
+        "--json",
+        "submit",
+        prompts.to_str().unwrap(),
+        "--size",
+        "32x32",
+        "--upscale",
+        "none",
+    ]);
+    let job: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
+    let job = job["job_id"].as_str().unwrap().to_string();
+    farm.stop();
+
+    let farm = Foreground::start(&farm_dir, models.path());
+    let status = farm.tessera(&["--json", "status", &job]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["job_id"], job, "{status}");
+    farm.stop();
+}

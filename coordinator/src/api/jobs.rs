@@ -10,8 +10,8 @@ use crate::store::{check_name, check_upload, describe, preview_key, upload_key, 
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::{
-    parse_prompts_jsonl, parse_prompts_text, InputImage, JobError, JobRequest, JobSource, Limits,
-    PromptEntry,
+    parse_prompts_json, parse_prompts_jsonl, parse_prompts_text, InputImage, JobError, JobRequest,
+    JobSource, Limits, PromptEntry,
 };
 use tessera_core::plan::plan_job;
 use tessera_core::task::job_of_task;
@@ -54,9 +54,14 @@ impl JobsApi {
                         })
                         .collect(),
                 ),
-                Some(Source::PromptsText(text)) => JobSource::Prompts(parse_prompts_text(&text)),
+                Some(Source::PromptsText(text)) => {
+                    JobSource::Prompts(parse_prompts_text(&text).map_err(invalid)?)
+                }
                 Some(Source::PromptsJsonl(text)) => {
                     JobSource::Prompts(parse_prompts_jsonl(&text).map_err(invalid)?)
+                }
+                Some(Source::PromptsJson(text)) => {
+                    JobSource::Prompts(parse_prompts_json(&text).map_err(invalid)?)
                 }
                 Some(Source::Images(list)) => {
                     let mut images = Vec::with_capacity(list.images.len());
@@ -66,7 +71,7 @@ impl JobsApi {
                     JobSource::Images(images)
                 }
                 None => return Err(Status::invalid_argument(
-                    "the job has no prompts: give prompts, prompts_text, prompts_jsonl or images",
+                    "the job has no prompts: give prompts, prompts_text, prompts_jsonl, prompts_json or images",
                 )),
             };
         Ok(JobRequest {

@@ -73,7 +73,9 @@ impl From<StateError> for Status {
             StateError::Unavailable(_) => Status::unavailable(e.to_string()),
             StateError::JobExists(_) => Status::already_exists(e.to_string()),
             StateError::OverQuota(_) => Status::resource_exhausted(e.to_string()),
-            StateError::Corrupt { .. } => Status::internal(e.to_string()),
+            StateError::Corrupt { .. } | StateError::InUse { .. } => {
+                Status::internal(e.to_string())
+            }
         }
     }
 }

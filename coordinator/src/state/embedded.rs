@@ -5,8 +5,15 @@
 //! `journal.jsonl` before its answer is returned; on start the latest `state.json` snapshot is
 //! loaded and the journal replayed (the transitions are deterministic, time included), then a
 //! fresh snapshot is written and the journal emptied. A write cut short by a crash can only be
-//! the journal's last line, and is dropped: its operation was never answered.
+//! the journal's last line, without its newline, and is dropped: its operation was never
+//! answered. Any other line that does not read back refuses the start, naming file and line,
+//! rather than dropping operations that were answered.
+//!
+//! One coordinator owns the directory ([`DirLock`]) and appends with `O_APPEND`, so the journal
+//! holds nothing but whole records one after the other; the snapshot is in place before the
+//! journal it replaces is emptied, so a crash at any point keeps every answered operation.
 
+use super::dir_lock::DirLock;
 use super::model::Model;
 use super::{
     CancelOutcome, CompleteOutcome, CreateOutcome, Event, FailOutcome, FailVerdict, FarmStats,
@@ -15,7 +22,7 @@ use super::{
 };
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -213,6 +220,7 @@ struct Journal {
     dir: PathBuf,
     file: File,
     entries: u64,
+    _lock: DirLock,
 }
 
 impl Journal {
@@ -224,9 +232,10 @@ impl Journal {
         dir.join("state.json")
     }
 
-    /// Loads the state from `dir` and starts a new, empty journal there.
-    fn open(dir: &Path) -> StateResult<(Model, Journal)> {
+    /// Claims `dir` for `owner`, loads the state from it and starts a new, empty journal there.
+    fn open(dir: &Path, owner: &str) -> StateResult<(Model, Journal)> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let lock = DirLock::acquire(dir, owner)?;
         let snapshot = Self::snapshot_path(dir);
         let mut model: Model = match std::fs::read(&snapshot) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
@@ -237,11 +246,18 @@ impl Journal {
             Err(e) => return Err(io_error(&snapshot, e)),
         };
         replay(&Self::journal_path(dir), &mut model)?;
-        let file = File::create(Self::journal_path(dir)).map_err(|e| io_error(dir, e))?;
+        // Appending, not truncating: the replayed operations stay in the journal until the
+        // snapshot below holds them.
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(Self::journal_path(dir))
+            .map_err(|e| io_error(dir, e))?;
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             file,
             entries: 0,
+            _lock: lock,
         };
         journal.snapshot(&model)?;
         Ok((model, journal))
@@ -270,41 +286,52 @@ impl Journal {
             .and_then(|f| f.sync_all())
             .map_err(|e| io_error(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
-        self.file = OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(Self::journal_path(&self.dir))
-            .map_err(|e| io_error(&self.dir, e))?;
+        // The same append-only handle, emptied: the next record goes to offset 0.
+        self.file
+            .set_len(0)
+            .map_err(|e| io_error(&Self::journal_path(&self.dir), e))?;
         self.entries = 0;
         Ok(())
     }
 }
 
-/// Applies every complete journal line to `model`; an unreadable last line is a write cut short.
+/// Applies every journal record to `model`, skipping NUL bytes between records. Only a last line without its newline (a write cut
+/// short by a crash, never answered) is dropped; any other unreadable line is an error naming
+/// it, since dropping it would lose an operation that was answered.
 fn replay(path: &Path, model: &mut Model) -> StateResult<()> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error(path, e)),
     };
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .collect::<Result<_, _>>()
-        .map_err(|e| io_error(path, e))?;
-    let count = lines.len();
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Op>(line) {
-            Ok(op) => {
+    let mut lines = bytes
+        .split_inclusive(|&b| b == b'\n')
+        .enumerate()
+        .peekable();
+    while let Some((i, line)) = lines.next() {
+        let complete = line.ends_with(b"\n");
+        // NUL runs are holes another writer left (journals from before the directory lock);
+        // no record contains one, so the record after a hole is kept.
+        let start = line.iter().position(|&b| b != 0).unwrap_or(line.len());
+        if start > 0 {
+            tracing::warn!(path = %path.display(), line = i + 1, "skipping {start} NUL bytes");
+        }
+        let line = &line[start..];
+        match serde_json::from_slice::<Op>(line) {
+            Ok(op) if complete => {
                 op.apply(model);
             }
-            Err(_) if i + 1 == count => tracing::warn!(
+            _ if !complete && lines.peek().is_none() => tracing::warn!(
                 path = %path.display(),
                 "dropping the journal's last line, cut short by a crash"
             ),
-            Err(e) => {
+            parsed => {
                 return Err(StateError::Corrupt {
                     what: format!("{} line {}", path.display(), i + 1),
-                    detail: e.to_string(),
+                    detail: parsed.err().map_or_else(
+                        || "a record without its end of line".to_string(),
+                        |e| e.to_string(),
+                    ),
                 })
             }
         }
@@ -334,9 +361,11 @@ impl EmbeddedBackend {
         Self::with(Model::default(), None)
     }
 
-    /// A store persisted in `dir`, loaded from it if it holds a state.
-    pub fn open(dir: &Path) -> StateResult<Self> {
-        let (model, journal) = Journal::open(dir)?;
+    /// A store persisted in `dir`, loaded from it if it holds a state. It owns `dir` until it
+    /// is dropped; another store opening it meanwhile is refused with [`StateError::InUse`],
+    /// naming `owner` (say, what this process serves) with its pid and host.
+    pub fn open(dir: &Path, owner: &str) -> StateResult<Self> {
+        let (model, journal) = Journal::open(dir, owner)?;
         Ok(Self::with(model, Some(journal)))
     }
 

@@ -8,6 +8,7 @@
 //! moment. Time is passed in (`now`, milliseconds since the Unix epoch) rather than read inside,
 //! which keeps the transitions deterministic and lets tests move the clock.
 
+mod dir_lock;
 pub mod embedded;
 mod model;
 pub mod redis;
@@ -663,6 +664,18 @@ pub enum StateError {
         what: String,
         /// What is wrong.
         detail: String,
+    },
+    /// Another coordinator owns the state directory; two would corrupt its journal.
+    #[error(
+        "the state directory {} is in use by {holder}; stop that one first, or give this one \
+         another directory",
+        dir.display()
+    )]
+    InUse {
+        /// The directory asked for.
+        dir: std::path::PathBuf,
+        /// Who holds it, as the holder wrote it.
+        holder: String,
     },
     /// A job with this id exists already.
     #[error("job {0} exists already")]

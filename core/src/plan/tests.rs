@@ -167,7 +167,7 @@ fn jsonl_errors_name_the_line() {
             1,
             "\"seeds\" must be",
         ),
-        ("[1]", 1, "expected an object"),
+        ("[1]", 1, "expected a prompt"),
     ];
     for (text, line, needle) in cases {
         let err = parse_prompts_jsonl(text).unwrap_err();
@@ -185,7 +185,7 @@ fn jsonl_errors_name_the_line() {
 
 #[test]
 fn text_prompts_skip_blank_and_comment_lines_and_keep_line_numbers() {
-    let entries = parse_prompts_text("# batch\na cat\n\n  a dog  \n");
+    let entries = parse_prompts_text("# batch\na cat\n\n  a dog  \n").unwrap();
     let got: Vec<_> = entries.iter().map(|e| (e.text.as_str(), e.line)).collect();
     assert_eq!(got, [("a cat", 2), ("a dog", 4)]);
 }
@@ -215,7 +215,7 @@ fn invalid_jobs_are_refused_with_what_to_fix() {
         request(prompts(&refs)),
         "too many prompts: 10001, the limit is 10000",
     );
-    let mut req = request(JobSource::Prompts(parse_prompts_text("a\nb||c\n")));
+    let mut req = request(JobSource::Prompts(parse_prompts_text("a\nb||c\n").unwrap()));
     req.seeds = vec![];
     check(req, "line 2: text prompt 2");
     let mut req = request(JobSource::Prompts(
@@ -409,4 +409,123 @@ fn prompt_file_with_padding_beyond_any_picture_plans() {
     let entries = parse_prompts_jsonl("{\"prompt\": \"x\", \"tile_pad\": 4294967295}").unwrap();
     let plan = plan(&request(JobSource::Prompts(entries))).unwrap();
     assert_eq!(plan.expected.get(TaskKind::Generate), 2);
+}
+
+#[test]
+fn names_and_prompts_shown_to_people_are_bounded_and_free_of_control_characters() {
+    let check = |req: JobRequest, needle: &str| {
+        let msg = plan_req_msg(&req);
+        assert!(msg.contains(needle), "expected '{needle}' in: {msg}");
+    };
+    let mut req = request(prompts(&["a"]));
+    req.name = "n".repeat(MAX_NAME_CHARS + 1);
+    check(req, "the job name has 256 characters; the limit is 255");
+    let mut req = request(prompts(&["a"]));
+    req.name = "ok\u{1b}[2J".into();
+    check(
+        req,
+        "the job name holds the control character \\u{1b} at character 3",
+    );
+    check(
+        request(prompts(&["a cat", "a\0dog"])),
+        "prompt 2: the prompt holds the control character \\u{0} at character 2",
+    );
+    check(
+        request(JobSource::Images(vec![image("a\nb.png", 10, 10)])),
+        "image 1: the image name holds the control character \\u{a}",
+    );
+    let mut req = request(prompts(&["a"]));
+    req.name = "tabs\tare fine, and so is ünïcödé ✓".into();
+    plan(&req).unwrap();
+}
+
+#[test]
+fn a_seed_given_twice_is_refused_for_the_job_and_for_one_prompt() {
+    let mut req = request(prompts(&["a"]));
+    req.seeds = vec![3, 4, 3];
+    assert!(plan_req_msg(&req).contains("seed 3 is given twice"));
+    let mut req = request(JobSource::Prompts(
+        parse_prompts_jsonl("{\"prompt\":\"a\",\"seeds\":[9,9]}").unwrap(),
+    ));
+    req.seeds = vec![1];
+    assert!(plan_req_msg(&req).contains("line 1: seed 9 is given twice"));
+}
+
+#[test]
+fn an_upscale_only_job_is_not_held_to_the_render_side_limit() {
+    let limits = Limits {
+        max_side: 64,
+        max_input_pixels: 48 * 48,
+        ..Limits::default()
+    };
+    let plan_with = |req: &JobRequest| {
+        plan_job(
+            "j",
+            req,
+            &Settings::farm_defaults(),
+            &ModelCatalog::default(),
+            &limits,
+        )
+    };
+    let crop = request(JobSource::Images(vec![image("crop48.png", 48, 48)]));
+    assert!(plan_with(&crop).unwrap().upscale_only);
+    let too_big = request(JobSource::Images(vec![image("crop64.png", 64, 64)]));
+    let msg = plan_with(&too_big).unwrap_err().to_string();
+    assert!(
+        msg.contains("it must have between 1 and 2304 pixels"),
+        "{msg}"
+    );
+    let render = request(prompts(&["a"]));
+    let msg = plan_with(&render).unwrap_err().to_string();
+    assert!(msg.contains("width = 496 is out of range"), "{msg}");
+}
+
+#[test]
+fn prompt_files_read_as_their_users_meant_or_are_refused_saying_why() {
+    let texts = |entries: Vec<PromptEntry>| -> Vec<String> {
+        entries.into_iter().map(|e| e.text).collect()
+    };
+    let bom = "\u{feff}# a comment\na cat\n";
+    assert_eq!(texts(parse_prompts_text(bom).unwrap()), ["a cat"]);
+    let pretty = "[\n  \"a cat\",\n  {\"prompt\": \"a dog\", \"seeds\": [4]}\n]\n";
+    for as_text in [pretty, "{\"prompt\": \"a cat\"}\n"] {
+        let msg = parse_prompts_text(as_text).unwrap_err().to_string();
+        assert!(
+            msg.contains("reads as JSON") && msg.contains(".jsonl"),
+            "{msg}"
+        );
+    }
+    let entries = parse_prompts_json(&format!("\u{feff}{pretty}")).unwrap();
+    assert_eq!(entries[1].seeds, Some(vec![4]));
+    assert_eq!(texts(entries), ["a cat", "a dog"]);
+    assert_eq!(
+        texts(parse_prompts_jsonl("\u{feff}{\"prompt\": \"a\"}\n\"b\"\n").unwrap()),
+        ["a", "b"]
+    );
+    let refused = [
+        (
+            parse_prompts_jsonl("{\"prompt\": \"a\"}\n{\"prompt\": \"a\", \"prompt\": \"b\"}"),
+            "prompts JSONL line 2: \"prompt\" is given twice",
+        ),
+        (
+            parse_prompts_jsonl("{\"prompt\": \"a\", \"iterations\": \"many\"}"),
+            "prompts JSONL line 1: \"iterations\": invalid type: string \"many\"",
+        ),
+        (
+            parse_prompts_json("[\"a\", {\"prompt\": \"b\", \"cutn\": -1}]"),
+            "prompts JSON: element 2: \"cutn\": invalid value",
+        ),
+        (
+            parse_prompts_json("[\"a\",\n {\"prompt\": \"b\", \"cutn\": 1, \"cutn\": 2}]"),
+            "\"cutn\" is given twice; give each field once at line 2",
+        ),
+        (
+            parse_prompts_json("{\"prompt\": \"a\"}"),
+            "prompts JSON: invalid type: map, expected a sequence",
+        ),
+    ];
+    for (parsed, needle) in refused {
+        let msg = parsed.unwrap_err().to_string();
+        assert!(msg.contains(needle), "expected '{needle}' in: {msg}");
+    }
 }
