@@ -3,6 +3,7 @@
 //! continues from the part's length, and a file becomes `NAME` only once its size and SHA-256
 //! match what the coordinator stored, so a finished name is always a whole, verified picture.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,8 @@ pub struct Fetched {
 pub async fn fetch(farm: &mut Farm, job: &str, dir: &Path, json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+    let manifest_path = dir.join("manifest.json");
+    let ours = files_of_earlier_fetch(&manifest_path, job)?;
     let results = farm.results(job).await?;
     let mut fetched = Fetched::default();
     let mut manifest = Vec::with_capacity(results.len());
@@ -39,7 +42,9 @@ pub async fn fetch(farm: &mut Farm, job: &str, dir: &Path, json: bool) -> anyhow
         let name = file_name(result);
         let file = match (&result.output, result.state()) {
             (Some(output), v1::ResultState::Done) => {
-                if fetch_one(farm, job, result.index, output, &dir.join(&name)).await? {
+                let path = dir.join(&name);
+                check_replaceable(&path, output, ours.contains(&name), job, result.index)?;
+                if fetch_one(farm, job, result.index, output, &path).await? {
                     fetched.written.push(name.clone());
                 } else {
                     fetched.skipped.push(name.clone());
@@ -65,7 +70,6 @@ pub async fn fetch(farm: &mut Farm, job: &str, dir: &Path, json: bool) -> anyhow
             "error": result.error,
         }));
     }
-    let manifest_path = dir.join("manifest.json");
     let manifest = json!({"job_id": job, "coordinator": farm.url(), "results": manifest});
     let text = serde_json::to_string_pretty(&manifest).expect("the manifest is plain data");
     std::fs::write(&manifest_path, text + "\n")
@@ -96,6 +100,56 @@ fn report(job: &str, dir: &Path, fetched: &Fetched, json: bool) {
         fetched.missing,
         dir.join("manifest.json").display()
     );
+}
+
+/// The files an earlier fetch of `job` into this directory wrote, from its manifest (none when
+/// there is no manifest). A manifest of another job, or a `manifest.json` that is not one,
+/// refuses the fetch before anything is written: its pictures are someone else's work.
+fn files_of_earlier_fetch(manifest: &Path, job: &str) -> anyhow::Result<HashSet<String>> {
+    let text = match std::fs::read_to_string(manifest) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", manifest.display())),
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    match value["job_id"].as_str() {
+        Some(id) if id == job => Ok(value["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["file"].as_str().map(str::to_string))
+            .collect()),
+        Some(other) => anyhow::bail!(
+            "{} is the manifest of job {other}; fetch job {job} into another directory (-o)",
+            manifest.display()
+        ),
+        None => anyhow::bail!(
+            "{} exists and is not a Tessera manifest; fetch into another directory (-o) or \
+             move it",
+            manifest.display()
+        ),
+    }
+}
+
+/// Refuses to replace a file at `path` that is neither this result already nor a file an
+/// earlier fetch of this job wrote (`ours`): a picture of the same name may be the user's own.
+fn check_replaceable(
+    path: &Path,
+    output: &v1::ArtifactRef,
+    ours: bool,
+    job: &str,
+    index: u32,
+) -> anyhow::Result<()> {
+    match std::fs::read(path) {
+        Ok(existing) if !ours && !ArtifactRef::from(output.clone()).holds(&existing) => {
+            anyhow::bail!(
+                "{} exists and is not result {index} of job {job}; move it, or fetch into \
+                 another directory (-o)",
+                path.display()
+            )
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Downloads one result to `path` unless it is already there whole; returns whether it wrote.

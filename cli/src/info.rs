@@ -64,6 +64,9 @@ fn show_job(job: &v1::JobStatus, json: bool) {
     for (key, value) in rows {
         println!("{key:<10}{}", shown(&value));
     }
+    if !job.waiting_for.is_empty() {
+        println!("{:<10}{}", "waiting", shown(&job.waiting_for));
+    }
 }
 
 /// Lists the newest jobs.

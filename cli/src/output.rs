@@ -78,6 +78,7 @@ pub fn job_json(job: &v1::JobStatus) -> Value {
         "submitted_at_ms": job.submitted_at_ms,
         "finished_at_ms": job.finished_at_ms,
         "settings": settings_json(job.settings.as_ref()),
+        "waiting_for": job.waiting_for,
     })
 }
 
@@ -158,21 +159,28 @@ pub fn print_json(value: &Value) {
 /// Characters a table cell shows at most; longer ones end in `…` (`status` shows them whole).
 const MAX_CELL_CHARS: usize = 48;
 
-/// `text` safe to print to a terminal: control characters (escape sequences, carriage
-/// returns, NULs) written as `\u{1b}` and the like. Names, prompts and errors come from other
-/// users and workers, and printed raw an escape sequence would take over the reader's terminal.
+/// `text` safe to print to a terminal: control characters other than line breaks and tabs
+/// (escape sequences, carriage returns, NULs) written as `\u{1b}` and the like. Names,
+/// prompts and errors come from other users and workers, and printed raw an escape sequence
+/// would take over the reader's terminal.
 pub fn shown(text: &str) -> String {
+    escaped(text, &['\n', '\t'])
+}
+
+/// `text` with every control character but those in `keep` escaped.
+fn escaped(text: &str, keep: &[char]) -> String {
     text.chars()
         .map(|c| match c {
-            c if c.is_control() => c.escape_unicode().to_string(),
+            c if c.is_control() && !keep.contains(&c) => c.escape_unicode().to_string(),
             c => c.to_string(),
         })
         .collect()
 }
 
-/// A table cell: [`shown`], and cut to [`MAX_CELL_CHARS`].
+/// A table cell: on one line, every control character escaped, and cut to
+/// [`MAX_CELL_CHARS`].
 fn cell(text: &str) -> Vec<char> {
-    let mut chars: Vec<char> = shown(text).chars().collect();
+    let mut chars: Vec<char> = escaped(text, &[]).chars().collect();
     if chars.len() > MAX_CELL_CHARS {
         chars.truncate(MAX_CELL_CHARS - 1);
         chars.push('…');
@@ -229,5 +237,34 @@ pub fn duration(ms: u64) -> String {
         1..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_text_of_any_length_or_content_prints_as_a_bounded_safe_table() {
+        let hostile = format!("\u{1b}[2J\u{1b}[31m{}\r\n", "n".repeat(65_536));
+        let rows = vec![vec!["job1".to_string(), hostile, "running".into()]];
+        let printed = table(&["JOB", "NAME", "STATE"], &rows);
+        assert!(
+            !printed.contains('\u{1b}') && !printed.contains('\r'),
+            "{printed}"
+        );
+        let line = printed.lines().nth(1).unwrap();
+        assert!(line.starts_with("job1  \\u{1b}[2J\\u{1b}[31mnnn"), "{line}");
+        assert!(line.contains("…  running"), "{line}");
+        assert!(line.chars().count() < 80, "{line}");
+        assert_eq!(printed.lines().count(), 2);
+    }
+
+    #[test]
+    fn shown_text_keeps_its_lines_and_escapes_the_rest() {
+        assert_eq!(
+            shown("line one\n\tline two\u{1b}]0;owned\u{7}\0"),
+            "line one\n\tline two\\u{1b}]0;owned\\u{7}\\u{0}"
+        );
     }
 }

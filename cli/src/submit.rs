@@ -117,6 +117,9 @@ pub async fn submit(farm: &mut Farm, spec: v1::JobSpec, json: bool) -> anyhow::R
             job_state(status.state()),
             shown(&status.name)
         );
+        if !status.waiting_for.is_empty() {
+            eprintln!("{}", shown(&status.waiting_for));
+        }
     }
     Ok(reply.job_id)
 }

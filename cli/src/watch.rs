@@ -10,7 +10,7 @@ use tonic::Code;
 
 use crate::error::{with_causes, JobEnded};
 use crate::farm::{Address, Farm};
-use crate::output::{event_json, print_json};
+use crate::output::{event_json, print_json, shown};
 use crate::progress::Bars;
 
 /// First wait before reconnecting; doubled each failed try up to [`MAX_BACKOFF`].
@@ -26,12 +26,21 @@ pub async fn watch(address: &Address, job: &str, json: bool) -> anyhow::Result<(
     let mut farm = Farm::connect(address).await?;
     let status = farm.job(job).await?;
     let mut bars = (!json).then(|| Bars::new(&status));
+    let mut waiting = Waiting::default();
+    waiting.show(&status, &bars);
     let mut cursor = String::new();
     let mut retries = 0;
     loop {
         let why = match farm.watch(job, &cursor).await {
             Ok(mut stream) => loop {
-                match stream.message().await {
+                let Ok(message) = tokio::time::timeout(QUIET, stream.message()).await else {
+                    // Nothing happened for a while: say why, if the farm knows.
+                    if let Ok(status) = farm.job(job).await {
+                        waiting.show(&status, &bars);
+                    }
+                    continue;
+                };
+                match message {
                     Ok(Some(event)) => {
                         retries = 0;
                         cursor.clone_from(&event.cursor);
@@ -73,6 +82,30 @@ pub async fn watch(address: &Address, job: &str, json: bool) -> anyhow::Result<(
                 break farm;
             }
         };
+    }
+}
+
+/// How long a watch goes without events before it asks the coordinator why.
+const QUIET: Duration = Duration::from_secs(10);
+
+/// The last reason shown for a job not moving, so each is shown once.
+#[derive(Default)]
+struct Waiting(String);
+
+impl Waiting {
+    /// Shows why the job waits (above the bars, or as a JSON `waiting` line), when that is
+    /// news.
+    fn show(&mut self, status: &v1::JobStatus, bars: &Option<Bars>) {
+        if status.waiting_for.is_empty() || status.waiting_for == self.0 {
+            return;
+        }
+        self.0.clone_from(&status.waiting_for);
+        match bars {
+            Some(bars) => bars.note(&shown(&status.waiting_for)),
+            None => print_json(&serde_json::json!({
+                "job_id": status.job_id, "type": "waiting", "reason": status.waiting_for
+            })),
+        }
     }
 }
 

@@ -250,7 +250,7 @@ impl Settings {
     }
 
     /// The requirements of this render's generate task.
-    pub(crate) fn generate_requirements(&self) -> Requirements {
+    pub fn generate_requirements(&self) -> Requirements {
         Requirements {
             kind: TaskKind::Generate,
             models: sorted_models([&self.clip_model, &self.vqgan_model]),
@@ -307,17 +307,18 @@ fn check_side(field: &'static str, value: u32, limits: &Limits) -> Result<(), Jo
     Ok(())
 }
 
+/// Refuses a device no worker can be: a job asking for `banana` would wait forever.
 pub(crate) fn check_device(device: &str) -> Result<(), JobError> {
-    let valid = device
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == ':' || c == '_' || c == '-');
-    if valid {
+    let one_cuda = device
+        .strip_prefix("cuda:")
+        .is_some_and(|n| n.parse::<u16>().is_ok_and(|n| n < 1024) && !n.starts_with('+'));
+    if matches!(device, "" | "cpu" | "cuda") || one_cuda {
         Ok(())
     } else {
         Err(JobError::out_of_range(
             "device",
             device,
-            "empty (any), a kind such as cuda or cpu, or one device such as cuda:0".into(),
+            "empty (any), cpu, cuda (any CUDA device) or cuda:N (that one)".into(),
         ))
     }
 }

@@ -57,6 +57,8 @@ pub fn job_status(job: &JobRecord) -> v1::JobStatus {
         submitted_at_ms: job.submitted_ms,
         finished_at_ms: job.finished_ms,
         settings: Some((&job.settings).into()),
+        // Needs the workers: `JobsApi::status` fills it in.
+        waiting_for: String::new(),
     }
 }
 

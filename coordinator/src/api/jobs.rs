@@ -1,6 +1,7 @@
 //! The `Jobs` service: what users call.
 
 use super::convert::{job_event, job_status, result_info, task_info, worker_info};
+use super::waiting::waiting_for;
 use super::{
     async_stream, new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream,
 };
@@ -112,6 +113,7 @@ impl JobsApi {
     /// A job the caller may see. Another tenant's job is reported as missing, so tenants
     /// cannot even learn which ids exist.
     async fn record(&self, caller: &Principal, id: &str) -> Result<JobRecord, Status> {
+        check_id("job", id)?;
         self.c
             .backend
             .job(id)
@@ -120,8 +122,15 @@ impl JobsApi {
             .ok_or_else(|| Status::not_found(format!("no job {id}")))
     }
 
+    /// A job's status, with why it waits when no connected worker can take its work.
     async fn status(&self, caller: &Principal, id: &str) -> Result<v1::JobStatus, Status> {
-        Ok(job_status(&self.record(caller, id).await?))
+        let record = self.record(caller, id).await?;
+        let mut status = job_status(&record);
+        if record.counts.queued > 0 {
+            let workers = self.c.backend.workers().await?;
+            status.waiting_for = waiting_for(&record, &workers, now_ms(), 3 * self.c.lease_ms);
+        }
+        Ok(status)
     }
 
     /// The limits of the caller's jobs and its tenant's admission quota.
@@ -136,6 +145,35 @@ impl JobsApi {
         };
         (tenant.job_limits(&self.c.limits), quota)
     }
+}
+
+/// Longest id the coordinator gives (a task's: a job's 16 characters, a result index, a suffix).
+const MAX_ID_CHARS: usize = 64;
+
+/// Refuses what cannot be an id the coordinator gave, before it is looked up or echoed: a
+/// long one would otherwise come back in the error and break the reply's header limit.
+fn check_id(what: &str, id: &str) -> Result<(), Status> {
+    let fits = id.len() <= MAX_ID_CHARS
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if fits {
+        return Ok(());
+    }
+    let count = id.chars().count();
+    let mut start: String = id
+        .chars()
+        .take(24)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if count > 24 {
+        start.push('…');
+    }
+    Err(Status::invalid_argument(format!(
+        "'{start}' ({count} characters) is not a {what} id: ids are at most {MAX_ID_CHARS} \
+         letters, digits, '.', '-' or '_', as `tessera submit` and `tessera status` print them"
+    )))
 }
 
 #[tonic::async_trait]
@@ -387,6 +425,7 @@ impl Jobs for JobsApi {
     ) -> Result<Response<v1::TaskInfo>, Status> {
         let caller = Principal::of(&request)?;
         let id = request.into_inner().task_id;
+        check_id("task", &id)?;
         Span::current().record("task", &id);
         let missing = || Status::not_found(format!("no task {id}"));
         self.record(&caller, job_of_task(&id))

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod jobs;
+pub mod waiting;
 pub mod workers;
 
 use crate::auth::Auth;

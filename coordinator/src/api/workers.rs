@@ -10,6 +10,7 @@ use crate::store::{check_name, preview_key, producer_of, task_prefix};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
+use tessera_core::job::{check_shown_text, MAX_NAME_CHARS};
 use tessera_core::plan::plan_followups;
 use tessera_core::task::{job_of_task, ArtifactRef, Capabilities, FinishedTask};
 use tessera_proto::v1;
@@ -155,6 +156,21 @@ fn proto_verdict(verdict: FailVerdict) -> v1::FailVerdict {
     }
 }
 
+/// Characters of a task's error that are kept: any message with its causes fits, and a worker
+/// sending megabytes cannot grow its job's record for good.
+const MAX_ERROR_CHARS: usize = 4096;
+
+/// `error` cut to [`MAX_ERROR_CHARS`], saying how much was cut.
+fn bounded_error(error: String) -> String {
+    let count = error.chars().count();
+    if count <= MAX_ERROR_CHARS {
+        return error;
+    }
+    let mut kept: String = error.chars().take(MAX_ERROR_CHARS).collect();
+    kept.push_str(&format!("… ({} more characters)", count - MAX_ERROR_CHARS));
+    kept
+}
+
 fn holds(task: &TaskRecord, attempt: u32, worker: &str) -> bool {
     task.state == TaskState::Running && task.attempt == attempt && task.worker == worker
 }
@@ -166,6 +182,8 @@ impl Workers for WorkersApi {
         request: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterReply>, Status> {
         let r = request.into_inner();
+        check_shown_text("worker name", &r.name, MAX_NAME_CHARS)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let capabilities = Capabilities::from(r.capabilities.unwrap_or_default())
             .normalised()
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -377,6 +395,7 @@ impl Workers for WorkersApi {
         request: Request<v1::FailTaskRequest>,
     ) -> Result<Response<v1::FailTaskReply>, Status> {
         let mut r = request.into_inner();
+        r.error = bounded_error(r.error);
         record_lease(&r.task_id, &r.worker_id);
         let lease = LeaseRef {
             task: &r.task_id,
