@@ -342,3 +342,69 @@ fn a_coordinator_refuses_limits_no_job_could_pass_at_start() {
         assert!(stderr.contains(needle), "{flags:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_job_no_connected_worker_can_run_says_why_in_status_and_watch() {
+    let dir = TempDir::new().unwrap();
+    let service = farm(&dir);
+    let url = service.url();
+    let banana = dir.path().join("banana.jsonl");
+    fs::write(&banana, "{\"prompt\": \"a cat\", \"device\": \"banana\"}\n").unwrap();
+    let run = tessera(
+        &url,
+        &[&["submit", banana.to_str().unwrap()][..], &SMALL].concat(),
+    )
+    .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("device = banana is out of range: it must be empty (any), cpu, cuda"),
+        "{run:?}"
+    );
+
+    let prompts = dir.path().join("prompts.txt");
+    fs::write(&prompts, "a lighthouse\n").unwrap();
+    let run = tessera(
+        &url,
+        &[&["submit", prompts.to_str().unwrap()][..], &SMALL].concat(),
+    )
+    .await;
+    let run = run.ok();
+    assert!(
+        run.stderr.contains("none is connected to the farm"),
+        "{run:?}"
+    );
+    let job = run.stdout.trim().to_string();
+    let access = tessera_proto::access::Access::default();
+    let _upscaler =
+        ProtocolWorker::register_with(&url, &access, "upscaler", &["realesrgan-x4plus"]).await;
+    let why = "waiting for a worker that can run its generate tasks: none of the 1 connected \
+               worker(s) offers the models vit-b/32 and vqgan-imagenet-f16-16384";
+    let status = tessera(&url, &["status", &job]).await.ok();
+    assert!(
+        status.stdout.contains(&format!("waiting   {why}")),
+        "{status:?}"
+    );
+
+    let mut watch = common::command(&url, &["--json", "watch", &job])
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(first["type"], "waiting", "{first}");
+    assert!(
+        first["reason"].as_str().unwrap().starts_with(why),
+        "{first}"
+    );
+
+    let _workers = Workers::start(&service).await;
+    let mut last = first;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        last = serde_json::from_str(&line).unwrap();
+    }
+    assert_eq!(last["type"], "job_done", "{last}");
+    let status = tessera(&url, &["--json", "status", &job]).await.ok().json();
+    assert_eq!(status["waiting_for"], "", "{status}");
+}

@@ -497,7 +497,8 @@ pub fn normalise_model(name: &str) -> String {
     name.trim().to_ascii_lowercase().replace('_', "-")
 }
 
-pub(crate) fn sorted_models<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
+/// Model names as a worker offers and a task needs them: normalised, sorted, each once.
+pub fn sorted_models<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<String> {
     let mut models: Vec<String> = names.into_iter().map(|n| normalise_model(n)).collect();
     models.sort();
     models.dedup();

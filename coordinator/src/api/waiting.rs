@@ -2,7 +2,7 @@
 //! farm accepts such a job (a worker with the model may join, or KEDA may start one), but its
 //! owner should not have to guess why nothing happens, so `GetJob` says it in words.
 
-use tessera_core::job::Settings;
+use tessera_core::job::{sorted_models, Settings};
 use tessera_core::task::{Capabilities, Requirements, TaskKind};
 
 use crate::state::{JobRecord, JobState, WorkerRecord};
@@ -23,46 +23,48 @@ pub fn waiting_for(job: &JobRecord, workers: &[WorkerRecord], now: u64, alive_ms
     }
     let unmet = next_work(job)
         .into_iter()
-        .find(|needs| !live.iter().any(|caps| needs.satisfied_by(caps)));
+        .find(|(needs, _)| !live.iter().any(|caps| needs.satisfied_by(caps)));
     match unmet {
-        Some(needs) => format!(
+        Some((needs, models)) => format!(
             "waiting for a worker that can run its {} tasks: none of the {} connected worker(s) \
              offers {}",
             needs.kind,
             live.len(),
-            describe(&needs)
+            describe(&needs, &models)
         ),
         None => String::new(),
     }
 }
 
 /// The requirements of the work the job has left, from its settings: its renders while any is
-/// left, then their upscaling.
-fn next_work(job: &JobRecord) -> Vec<Requirements> {
+/// left, then their upscaling; each with its models as the job names them.
+fn next_work(job: &JobRecord) -> Vec<(Requirements, Vec<String>)> {
     let left = |kind| job.expected.get(kind) > job.ended.get(kind);
     let settings: &Settings = &job.settings;
     let mut needs = Vec::new();
     if left(TaskKind::Generate) {
-        needs.push(settings.generate_requirements());
+        let models = vec![settings.clip_model.clone(), settings.vqgan_model.clone()];
+        needs.push((settings.generate_requirements(), models));
     }
     if let Some(upscale) = settings
         .upscale
         .as_ref()
         .filter(|_| left(TaskKind::UpscaleTile))
     {
-        needs.push(Requirements {
+        let requirements = Requirements {
             kind: TaskKind::UpscaleTile,
-            models: vec![upscale.model.clone()],
+            models: sorted_models([&upscale.model]),
             device: settings.device.clone(),
             pixels: 0,
-        });
+        };
+        needs.push((requirements, vec![upscale.model.clone()]));
     }
     needs
 }
 
 /// "the models ViT-B/32 and vqgan_imagenet_f16_16384 on cuda", "pictures of 262144 pixels".
-fn describe(needs: &Requirements) -> String {
-    let models = match needs.models.as_slice() {
+fn describe(needs: &Requirements, models: &[String]) -> String {
+    let models = match models {
         [] => "its task kind".to_string(),
         [one] => format!("the model {one}"),
         many => format!("the models {}", many.join(" and ")),
@@ -118,7 +120,7 @@ mod tests {
             name: "w".into(),
             capabilities: Capabilities {
                 kinds,
-                models: models.iter().map(|m| m.to_string()).collect(),
+                models: sorted_models(&models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
                 device: "cpu".into(),
                 max_pixels: 0,
             },
