@@ -134,6 +134,15 @@ impl Farm {
         }
     }
 
+    /// Deletes an upload of a job that was refused.
+    pub async fn discard_upload(&mut self, key: &str) -> anyhow::Result<()> {
+        let request = v1::DiscardUploadRequest { key: key.into() };
+        match self.client.discard_upload(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(self.refused(status)),
+        }
+    }
+
     /// A job's state.
     pub async fn job(&mut self, job: &str) -> anyhow::Result<v1::JobStatus> {
         let request = v1::GetJobRequest { job_id: job.into() };

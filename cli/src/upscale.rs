@@ -82,6 +82,28 @@ pub async fn submit(
 ) -> anyhow::Result<String> {
     let first = pictures.first().context("no pictures to upscale")?.path;
     let mut images = Vec::with_capacity(pictures.len());
+    let submitted = submit_uploaded(farm, model, options, first, pictures, &mut images, json).await;
+    if submitted.is_err() {
+        // Refused, or cut short: the uploads made for it would be left behind for good.
+        for image in &images {
+            if let Err(e) = farm.discard_upload(&image.key).await {
+                tracing::warn!(key = %image.key, "cannot discard an upload: {e:#}");
+            }
+        }
+    }
+    submitted
+}
+
+/// Uploads the pictures, noting each in `images` as it is stored, then submits the job.
+async fn submit_uploaded(
+    farm: &mut Farm,
+    model: &str,
+    options: &JobOptions,
+    first: &Path,
+    pictures: Vec<Picture<'_>>,
+    images: &mut Vec<v1::InputImage>,
+    json: bool,
+) -> anyhow::Result<String> {
     for picture in pictures {
         let data = read_whole(picture.path)?;
         let uploaded = farm
@@ -103,7 +125,9 @@ pub async fn submit(
         first,
         settings,
         Vec::new(),
-        Source::Images(v1::ImageList { images }),
+        Source::Images(v1::ImageList {
+            images: images.clone(),
+        }),
     );
     crate::submit::submit(farm, spec, json).await
 }

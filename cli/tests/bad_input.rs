@@ -379,7 +379,7 @@ async fn a_job_no_connected_worker_can_run_says_why_in_status_and_watch() {
     let _upscaler =
         ProtocolWorker::register_with(&url, &access, "upscaler", &["realesrgan-x4plus"]).await;
     let why = "waiting for a worker that can run its generate tasks: none of the 1 connected \
-               worker(s) offers the models vit-b/32 and vqgan-imagenet-f16-16384";
+               worker(s) offers the models ViT-B/32 and vqgan_imagenet_f16_16384";
     let status = tessera(&url, &["status", &job]).await.ok();
     assert!(
         status.stdout.contains(&format!("waiting   {why}")),
@@ -407,4 +407,52 @@ async fn a_job_no_connected_worker_can_run_says_why_in_status_and_watch() {
     assert_eq!(last["type"], "job_done", "{last}");
     let status = tessera(&url, &["--json", "status", &job]).await.ok().json();
     assert_eq!(status["waiting_for"], "", "{status}");
+}
+
+/// Every file under `dir`, however deep.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .flat_map(|entry| match entry.file_type().unwrap().is_dir() {
+            true => files_under(&entry.path()),
+            false => vec![entry.path()],
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refused_upscale_leaves_none_of_its_uploads_behind() {
+    let dir = TempDir::new().unwrap();
+    let service = farm(&dir);
+    let url = service.url();
+    let pictures: Vec<String> = (0..3)
+        .map(|i| {
+            let path = dir.path().join(format!("p{i}.png"));
+            fs::write(&path, tessera_tests::protocol::png(32, 32, i)).unwrap();
+            path.to_str().unwrap().to_string()
+        })
+        .collect();
+    let mut args = vec!["upscale", "--model", "realesrgan-x9000"];
+    args.extend(pictures.iter().map(String::as_str));
+    let run = tessera(&url, &args).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("unknown upscale model 'realesrgan-x9000'"),
+        "{run:?}"
+    );
+    let uploads = dir.path().join("store").join("uploads");
+    assert_eq!(files_under(&uploads), Vec::<std::path::PathBuf>::new());
+
+    args[2] = "realesrgan-x4plus";
+    let run = tessera(&url, &args).await.ok();
+    assert!(run.stderr.contains("submitted job"), "{run:?}");
+    assert_eq!(
+        files_under(&uploads).len(),
+        3,
+        "an accepted job keeps its uploads"
+    );
 }

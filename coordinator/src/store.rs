@@ -95,7 +95,10 @@ impl ArtifactStore {
             }
         } else {
             std::fs::create_dir_all(spec).map_err(|e| open_error(e.to_string()))?;
-            Arc::new(LocalFileSystem::new_with_prefix(spec).map_err(|e| open_error(e.to_string()))?)
+            let local =
+                LocalFileSystem::new_with_prefix(spec).map_err(|e| open_error(e.to_string()))?;
+            // A deleted upload leaves no empty directory behind.
+            Arc::new(local.with_automatic_cleanup(true))
         };
         Ok(ArtifactStore { inner, max_bytes })
     }
@@ -125,6 +128,14 @@ impl ArtifactStore {
             Ok(data) => Ok(artifact.holds(&data)),
             Err(StoreError::NotFound(_)) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes `key`; deleting what is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&StorePath::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(backend(e)),
         }
     }
 

@@ -223,6 +223,16 @@ async fn every_jobs_call(client: &mut Jobs, owned: &Owned) -> Vec<(&'static str,
                     .await,
             ),
         ),
+        (
+            "DiscardUpload",
+            code(
+                client
+                    .discard_upload(v1::DiscardUploadRequest {
+                        key: owned.upload.clone(),
+                    })
+                    .await,
+            ),
+        ),
     ]
 }
 
@@ -373,6 +383,7 @@ async fn every_rpc_refuses_missing_wrong_misplaced_and_foreign_tokens() {
         ("ListJobs", Code::Ok),
         ("ListWorkers", Code::PermissionDenied),
         ("CancelJob", Code::NotFound),
+        ("DiscardUpload", Code::NotFound),
     ];
     assert_eq!(calls, expected);
     let listed = other
@@ -482,4 +493,37 @@ async fn tenant_limits_refuse_with_the_limit_named_and_lose_nothing() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.total, 3);
+}
+
+#[tokio::test]
+async fn an_upscale_job_is_held_to_its_pictures_not_to_the_render_size() {
+    let farm = Farm::start();
+    let mut acme = farm.jobs(Some(ACME)).await;
+    let upload = acme
+        .upload_input(picture_upload("crop.png"))
+        .await
+        .unwrap()
+        .into_inner()
+        .key;
+    let spec = v1::JobSpec {
+        name: "crop".into(),
+        settings: Some(v1::Settings {
+            upscale_model: Some("realesrgan-x4plus".into()),
+            ..v1::Settings::default()
+        }),
+        source: Some(v1::job_spec::Source::Images(v1::ImageList {
+            images: vec![v1::InputImage {
+                name: "crop.png".into(),
+                key: upload,
+            }],
+        })),
+        ..v1::JobSpec::default()
+    };
+    // Acme's pictures may be 128 pixels a side; the farm's default render is 496.
+    let accepted = acme
+        .submit_job(v1::SubmitJobRequest { spec: Some(spec) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(accepted.status.unwrap().upscale_only);
 }

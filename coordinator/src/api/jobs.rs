@@ -435,6 +435,24 @@ impl Jobs for JobsApi {
         Ok(Response::new(task_info(&task)))
     }
 
+    async fn discard_upload(
+        &self,
+        request: Request<v1::DiscardUploadRequest>,
+    ) -> Result<Response<v1::DiscardUploadReply>, Status> {
+        let caller = Principal::of(&request)?;
+        let key = request.into_inner().key;
+        let owned = upload_usable_by(&key, caller.owner()) && !key.contains("..");
+        if !owned {
+            return Err(Status::not_found(format!(
+                "no upload {}",
+                key.escape_debug()
+            )));
+        }
+        self.c.store.delete(&key).await?;
+        tracing::info!(key = %key, "upload discarded");
+        Ok(Response::new(v1::DiscardUploadReply {}))
+    }
+
     async fn list_workers(
         &self,
         request: Request<v1::ListWorkersRequest>,
