@@ -72,6 +72,25 @@ pub enum AccessError {
     },
 }
 
+/// Bytes of a token file read at most: a token is a line, and a mistaken path (`/dev/zero`)
+/// must not fill the memory.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+fn read_token_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_TOKEN_FILE_BYTES} bytes, so not a token"),
+        ));
+    }
+    Ok(text)
+}
+
 impl Access {
     /// Access from a token given directly, or read from `token_file` (a mounted secret; its
     /// surrounding whitespace is dropped), and an optional CA file.
@@ -83,7 +102,7 @@ impl Access {
         let token = match (token, token_file) {
             (Some(token), _) => Some(token),
             (None, Some(path)) => Some(
-                std::fs::read_to_string(path)
+                read_token_file(path)
                     .map_err(|source| AccessError::Unreadable {
                         what: "token file",
                         path: path.to_path_buf(),
@@ -257,6 +276,8 @@ mod tests {
         ));
         let e = Access::load(None, Some(Path::new("/no/such/token")), None).unwrap_err();
         assert!(e.to_string().contains("token file /no/such/token"), "{e}");
+        let e = Access::load(None, Some(Path::new("/dev/zero")), None).unwrap_err();
+        assert!(e.to_string().contains("larger than 4096 bytes"), "{e}");
     }
 
     #[test]
