@@ -14,12 +14,11 @@ use tessera_coordinator::state::{
     LeaseRef, NewJob, Policy, Progress, Quota, ResultState, StateBackend, TaskRecord, TaskState,
     WorkerRecord,
 };
-use tessera_core::job::{
-    JobRequest, JobSource, Limits, ModelCatalog, PromptEntry, Settings, SettingsPatch,
-};
-use tessera_core::plan::{plan_followups, plan_job};
-use tessera_core::task::{ArtifactRef, Capabilities, FinishedTask, TaskKind};
+use tessera_core::job::JobRequest;
+use tessera_core::task::{ArtifactRef, Capabilities, TaskKind};
 use tessera_tests::RedisServer;
+
+mod planned;
 
 /// Lease length in the scenarios.
 const LEASE_MS: u64 = 10_000;
@@ -128,14 +127,7 @@ impl Store {
     /// the follow-up tasks the coordinator would plan.
     async fn complete(&self, task: &TaskRecord) -> CompleteOutcome {
         let output = output_for(task);
-        let finished = FinishedTask {
-            id: &task.id,
-            job: &task.job,
-            unit: task.unit,
-            spec: &task.spec,
-            trace: &task.trace,
-        };
-        let followups = plan_followups(&finished, &output).unwrap();
+        let followups = planned::followups(task, &output);
         self.backend
             .complete(lease_of(task), &output, &followups, &self.policy, self.now)
             .await
@@ -201,26 +193,16 @@ fn lease_of(task: &TaskRecord) -> LeaseRef<'_> {
     }
 }
 
-/// The picture a task is asked for, as an artifact reference (its content is not read here).
+/// The picture a task is asked for.
 fn output_for(task: &TaskRecord) -> ArtifactRef {
-    let (width, height) = task.spec.output_size().unwrap();
-    ArtifactRef {
-        key: format!("out/{}/{}", task.id, task.attempt),
-        size: 100,
-        sha256: format!("{:064x}", task.attempt),
-        width,
-        height,
-    }
+    planned::output_for(task, "out.png")
 }
 
 /// A worker that runs every kind of task with every catalogue model.
 fn everything() -> Capabilities {
-    let catalog = ModelCatalog::default();
-    let mut models: Vec<String> = catalog.clip.iter().chain(&catalog.vqgan).cloned().collect();
-    models.extend(catalog.upscale.iter().map(|m| m.name.clone()));
     Capabilities {
         kinds: vec![TaskKind::Generate, TaskKind::UpscaleTile, TaskKind::Stitch],
-        models,
+        models: planned::all_models(),
         device: "cpu".into(),
         max_pixels: 0,
     }
@@ -231,50 +213,14 @@ fn everything() -> Capabilities {
 /// A job of `prompts` prompts with one seed each, small pictures, upscaled 4x in 4 tiles when
 /// `upscale` is set.
 fn job(id: &str, prompts: usize, priority: i32, upscale: bool) -> NewJob {
-    let settings = SettingsPatch {
-        width: Some(SIDE),
-        height: Some(SIDE),
-        iterations: Some(20),
-        upscale_model: Some(if upscale { "realesrgan-x4plus" } else { "none" }.into()),
-        tile: Some(32),
-        tile_pad: Some(8),
-        tile_overlap: Some(4),
-        ..SettingsPatch::default()
-    };
     let request = JobRequest {
         name: format!("{id} job"),
         priority,
-        settings,
+        settings: planned::small_settings(upscale, None),
         seeds: vec![7],
-        source: JobSource::Prompts(
-            (0..prompts)
-                .map(|i| PromptEntry {
-                    text: format!("a lighthouse number {i}"),
-                    ..PromptEntry::default()
-                })
-                .collect(),
-        ),
+        source: planned::prompts(prompts),
     };
-    let plan = plan_job(
-        id,
-        &request,
-        &Settings::farm_defaults(),
-        &ModelCatalog::default(),
-        &Limits::default(),
-    )
-    .unwrap();
-    NewJob {
-        id: id.into(),
-        name: request.name,
-        priority,
-        upscale_only: plan.upscale_only,
-        settings: plan.settings,
-        expected: plan.expected,
-        units: plan.units,
-        tasks: plan.tasks,
-        tenant: String::new(),
-        quota: Quota::default(),
-    }
+    planned::new_job(id, request, "", Quota::default())
 }
 
 /// A one-prompt job of `tenant` under `quota`.
@@ -822,16 +768,7 @@ async fn racing_completions_accept_one() {
     let task = s.lease("w").await.unwrap();
     let other = s.reopen().await;
     let output = output_for(&task);
-    let followups = {
-        let finished = FinishedTask {
-            id: &task.id,
-            job: &task.job,
-            unit: task.unit,
-            spec: &task.spec,
-            trace: &task.trace,
-        };
-        plan_followups(&finished, &output).unwrap()
-    };
+    let followups = planned::followups(&task, &output);
     let race = |backend: Arc<dyn StateBackend>| {
         let (task, output, followups, policy, now) = (
             task.clone(),

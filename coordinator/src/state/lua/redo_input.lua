@@ -2,9 +2,21 @@
 -- that made it ('' when none did). Returns 'waiting_for_input', 'requeued', 'failed', 'stale'
 -- or 'cancelled'.
 
--- Whether an artifact's JSON (or a spec holding one) names `key`.
-local function names_key(json, key)
-  return json and string.find(json, '"key":"' .. key .. '"', 1, true) ~= nil
+-- Whether an artifact's JSON ('' for none) is the file with key `key`.
+local function is_key(json, key)
+  return json ~= '' and cjson.decode(json).key == key
+end
+
+-- Whether `key` is a file the task downloads to run (model.rs `TaskRecord::input`): an input
+-- it consumes, an upscale tile's source picture, or its checkpoint.
+local function holds_input(tid, spec, checkpoint, key)
+  local decoded = cjson.decode(spec)
+  if decoded.kind == 'upscale_tile' and decoded.source.key == key then return true end
+  if is_key(checkpoint, key) then return true end
+  for _, input in ipairs(redis.call('HVALS', P .. 'inputs:' .. tid)) do
+    if is_key(input, key) then return true end
+  end
+  return false
 end
 
 local function requeue(tid, reason)
@@ -17,7 +29,7 @@ end
 local function made(producer, job, key)
   local pjob, state, output = unpack(redis.call('HMGET', task_key(producer), 'job', 'state', 'output'))
   if pjob ~= job then return false end
-  if output ~= '' then return state == 'done' and names_key(output, key) end
+  if output ~= '' then return state == 'done' and is_key(output, key) end
   return state == 'queued' or state == 'running'
 end
 
@@ -43,14 +55,11 @@ local function main()
   if not state then return 'stale' end
   if state == 'cancelled' then return 'cancelled' end
   if state ~= 'running' or current ~= attempt or holder ~= worker then return 'stale' end
-  local held = names_key(spec, key) or names_key(checkpoint, key)
-  for _, input in ipairs(redis.call('HVALS', P .. 'inputs:' .. tid)) do
-    held = held or names_key(input, key)
-  end
+  local held = holds_input(tid, spec, checkpoint, key)
   redis.call('ZREM', P .. 'leases', tid)
   release_worker(worker, tid)
   local verdict
-  if names_key(checkpoint, key) then
+  if is_key(checkpoint, key) then
     redis.call('HSET', t, 'checkpoint', '', 'ckpt_iter', 0)
     requeue(tid, 'checkpoint ' .. key .. ' is corrupt in the artifact store; starting over')
     verdict = 'requeued'
