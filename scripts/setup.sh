@@ -99,7 +99,7 @@ install_checkpoints() {
     if [ -n "${TESSERA_CLIP_CKPT:-}" ]; then cp "$TESSERA_CLIP_CKPT" "$clip"; else download "$CLIP_URL" "$clip"; fi ||
       missing+=("ViT-B-32.pt")
   fi
-  cp -u "$ROOT/worker/assets/vqgan/$VQGAN_NAME.yaml" "$vq.yaml"
+  cp -u "$ROOT/nets/assets/vqgan/$VQGAN_NAME.yaml" "$vq.yaml"
   if [ ! -f "$vq.safetensors" ]; then
     local ckpt=${TESSERA_VQGAN_CKPT:-$DEPS/$VQGAN_NAME.ckpt}
     [ -n "${TESSERA_VQGAN_CKPT:-}" ] || download "$VQGAN_URL" "$ckpt" || true

@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 use tessera_core::job::MAX_SEEDS_PER_PROMPT;
 use tessera_telemetry::LogFormat;
 
+use crate::setting_flags::SettingFlags;
+
 /// The default coordinator: the one `tessera up` starts on this machine.
 pub const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7470";
 
@@ -152,15 +154,15 @@ pub struct RenderOptions {
     /// Render every prompt with this seed (repeat for several).
     #[arg(long, value_name = "S")]
     pub seed: Vec<u64>,
-    /// Optimiser steps per picture.
-    #[arg(long)]
-    pub iterations: Option<u32>,
     /// Picture size before upscaling, e.g. 496x496 (multiples of 16).
     #[arg(long, value_name = "WxH")]
     pub size: Option<String>,
     /// Upscale model, or `none` to keep the generated picture.
     #[arg(long, value_name = "MODEL|none")]
     pub upscale: Option<String>,
+    /// Every other render setting, one flag each.
+    #[command(flatten)]
+    pub settings: SettingFlags,
 }
 
 /// `tessera fetch`.

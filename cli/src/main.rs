@@ -9,6 +9,7 @@ mod fetch;
 mod info;
 mod output;
 mod progress;
+mod setting_flags;
 mod submit;
 mod token;
 mod up;

@@ -36,10 +36,9 @@ pub fn spec(path: &Path, args: &RenderOptions, job: &JobOptions) -> anyhow::Resu
     let settings = v1::Settings {
         width,
         height,
-        iterations: args.iterations,
         upscale_model: args.upscale.clone(),
         tile: job.tile,
-        ..v1::Settings::default()
+        ..v1::Settings::from(args.settings.patch.clone())
     };
     Ok(job_spec(job, path, settings, seeds, source))
 }

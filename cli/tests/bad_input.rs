@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::process::{Command, Stdio};
 
-use common::{coordinator, tessera, Workers, SMALL};
+use common::{coordinator, tessera, Run, Workers, SMALL};
 use tempfile::TempDir;
 use tessera_proto::v1;
 use tessera_tests::protocol::ProtocolWorker;
@@ -16,6 +16,15 @@ use tessera_tests::Service;
 /// A coordinator with its state in memory and its artifacts under `dir`.
 fn farm(dir: &TempDir) -> Service {
     coordinator(&dir.path().join("store"), &["--embedded"], "127.0.0.1:0")
+}
+
+/// `tessera submit` of a prompt file `name` holding `text` (written under `dir`), with the
+/// small test settings and `extra` flags.
+async fn submit_file(url: &str, dir: &TempDir, name: &str, text: &str, extra: &[&str]) -> Run {
+    let path = dir.path().join(name);
+    fs::write(&path, text).unwrap();
+    let file = path.to_str().unwrap();
+    tessera(url, &[&["submit", file][..], extra, &SMALL].concat()).await
 }
 
 /// How many jobs the farm at `url` holds.
@@ -91,7 +100,7 @@ async fn prompt_files_are_read_as_their_authors_meant_or_refused_with_line_and_f
         path.to_str().unwrap().to_string()
     };
     let pretty = b"[\n  \"a cat\",\n  {\"prompt\": \"a dog\", \"seeds\": [4, 5]}\n]\n";
-    let submitted = |run: common::Run| run.ok().json()["results_total"].as_u64().unwrap();
+    let submitted = |run: Run| run.ok().json()["results_total"].as_u64().unwrap();
 
     let json = write("batch.json", pretty);
     let run = tessera(&url, &[&["--json", "submit", &json][..], &SMALL].concat()).await;
@@ -145,13 +154,7 @@ async fn text_from_workers_prints_escaped_and_output_ends_quietly_on_a_closed_pi
     let dir = TempDir::new().unwrap();
     let service = farm(&dir);
     let url = service.url();
-    let prompts = dir.path().join("prompts.txt");
-    fs::write(&prompts, "a lighthouse\n").unwrap();
-    let run = tessera(
-        &url,
-        &[&["submit", prompts.to_str().unwrap()][..], &SMALL].concat(),
-    )
-    .await;
+    let run = submit_file(&url, &dir, "prompts.txt", "a lighthouse\n", &[]).await;
     let job = run.ok().stdout.trim().to_string();
 
     let mut worker = ProtocolWorker::register(&service, "w").await;
@@ -249,15 +252,9 @@ async fn fetch_never_replaces_a_file_it_did_not_write() {
     let dir = TempDir::new().unwrap();
     let service = farm(&dir);
     let url = service.url();
-    let prompts = dir.path().join("prompts.txt");
-    fs::write(&prompts, "a lighthouse\n").unwrap();
-    let args = [
-        &["submit", prompts.to_str().unwrap(), "--watch"][..],
-        &SMALL,
-    ]
-    .concat();
     let _workers = Workers::start(&service).await;
-    let job = tessera(&url, &args).await.ok();
+    let job = submit_file(&url, &dir, "prompts.txt", "a lighthouse\n", &["--watch"]).await;
+    let job = job.ok();
     let job = job.stdout.lines().next().unwrap().to_string();
 
     let out = dir.path().join("out");
@@ -348,13 +345,8 @@ async fn a_job_no_connected_worker_can_run_says_why_in_status_and_watch() {
     let dir = TempDir::new().unwrap();
     let service = farm(&dir);
     let url = service.url();
-    let banana = dir.path().join("banana.jsonl");
-    fs::write(&banana, "{\"prompt\": \"a cat\", \"device\": \"banana\"}\n").unwrap();
-    let run = tessera(
-        &url,
-        &[&["submit", banana.to_str().unwrap()][..], &SMALL].concat(),
-    )
-    .await;
+    let banana = "{\"prompt\": \"a cat\", \"device\": \"banana\"}\n";
+    let run = submit_file(&url, &dir, "banana.jsonl", banana, &[]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
         run.stderr
@@ -362,13 +354,7 @@ async fn a_job_no_connected_worker_can_run_says_why_in_status_and_watch() {
         "{run:?}"
     );
 
-    let prompts = dir.path().join("prompts.txt");
-    fs::write(&prompts, "a lighthouse\n").unwrap();
-    let run = tessera(
-        &url,
-        &[&["submit", prompts.to_str().unwrap()][..], &SMALL].concat(),
-    )
-    .await;
+    let run = submit_file(&url, &dir, "prompts.txt", "a lighthouse\n", &[]).await;
     let run = run.ok();
     assert!(
         run.stderr.contains("none is connected to the farm"),

@@ -42,7 +42,7 @@ impl fmt::Display for Role {
 /// The caller of one request, put into its extensions by [`Gate`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// Its role.
+    /// What the token may call: which services, and whose jobs.
     pub role: Role,
     /// The tenant of a client token; `None` for admins and workers.
     pub tenant: Option<String>,
@@ -182,7 +182,7 @@ pub enum AuthError {
     Tenant {
         /// The file.
         path: PathBuf,
-        /// The tenant.
+        /// The tenant's key under `tenants:`, so the user finds the entry to fix.
         tenant: String,
         /// What is wrong.
         detail: String,

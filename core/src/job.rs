@@ -6,10 +6,9 @@
 //! pictures. [`crate::plan`] turns a job into tasks. All of this is pure so the CLI can check a
 //! batch before sending it and the coordinator can refuse it with the same words.
 
-use crate::loop_options::{
-    self, Augment, CutMethod, InitNoise, OptimiserKind, DEFAULT_AUGMENTS, DEFAULT_NOISE_FAC,
-};
+use crate::loop_options::{self, Augment, CutMethod, InitNoise, OptimiserKind};
 use crate::prompt::PromptError;
+use crate::settings::{self as defs, OutOfRange};
 use crate::task::{ArtifactRef, Requirements, TaskKind};
 use crate::tiles::{TileError, TilePlan, TileSpec};
 use serde::{Deserialize, Serialize};
@@ -71,6 +70,9 @@ pub struct Settings {
     /// Start from encoded random pixels or a gradient instead of random codebook tokens.
     #[serde(default)]
     pub init_noise: Option<InitNoise>,
+    /// Weight of the picture's total variation in the loss (0: none).
+    #[serde(default)]
+    pub tv_weight: f64,
     /// A checkpoint every this many steps, so a lost worker's successor resumes (0: none).
     pub checkpoint_every: u32,
     /// A preview picture every this many steps (0: none).
@@ -82,27 +84,29 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The farm's defaults: 496x496, 500 steps, 32 cutouts, Adam at 0.1, ViT-B/32 with
-    /// vqgan_imagenet_f16_16384, then Real-ESRGAN x4plus in 256-pixel tiles.
+    /// The farm's defaults, from [`crate::settings`]: 496x496, 500 steps, 32 cutouts, Adam at
+    /// 0.1, ViT-B/32 with vqgan_imagenet_f16_16384, a checkpoint and a preview every 50 steps,
+    /// then Real-ESRGAN x4plus in 256-pixel tiles.
     pub fn farm_defaults() -> Settings {
         Settings {
-            clip_model: "ViT-B/32".into(),
-            vqgan_model: "vqgan_imagenet_f16_16384".into(),
-            width: 496,
-            height: 496,
-            iterations: 500,
-            cutn: 32,
-            cut_pow: 1.0,
-            learning_rate: 0.1,
-            init_weight: 0.0,
-            optimiser: OptimiserKind::default(),
-            cut_method: CutMethod::default(),
+            clip_model: defs::CLIP_MODEL.farm_default.into(),
+            vqgan_model: defs::VQGAN_MODEL.farm_default.into(),
+            width: defs::WIDTH.farm_default,
+            height: defs::HEIGHT.farm_default,
+            iterations: defs::ITERATIONS.farm_default,
+            cutn: defs::CUTN.farm_default,
+            cut_pow: defs::CUT_POW.farm_default,
+            learning_rate: defs::LEARNING_RATE.farm_default,
+            init_weight: defs::INIT_WEIGHT.farm_default,
+            optimiser: defs::OPTIMISER.farm_default,
+            cut_method: defs::CUT_METHOD.farm_default,
             augments: default_augments(),
             noise_fac: default_noise_fac(),
-            change_prompt_every: 0,
-            init_noise: None,
-            checkpoint_every: 50,
-            preview_every: 50,
+            change_prompt_every: defs::CHANGE_PROMPT_EVERY.farm_default,
+            init_noise: defs::INIT_NOISE.farm_default,
+            tv_weight: defs::TV_WEIGHT.farm_default,
+            checkpoint_every: defs::CHECKPOINT_EVERY.farm_default,
+            preview_every: defs::PREVIEW_EVERY.farm_default,
             upscale: Some(Upscale {
                 model: "realesrgan-x4plus".into(),
                 scale: 4,
@@ -136,6 +140,7 @@ impl Settings {
         set(&mut s.init_weight, patch.init_weight);
         s.apply_loop_choices(patch)?;
         set(&mut s.noise_fac, patch.noise_fac);
+        set(&mut s.tv_weight, patch.tv_weight);
         set(&mut s.change_prompt_every, patch.change_prompt_every);
         set(&mut s.checkpoint_every, patch.checkpoint_every);
         set(&mut s.preview_every, patch.preview_every);
@@ -214,33 +219,18 @@ impl Settings {
                 max: limits.max_iterations,
             });
         }
-        if !(1..=1024).contains(&self.cutn) {
-            return Err(JobError::out_of_range(
-                "cutn",
-                self.cutn,
-                "between 1 and 1024".into(),
-            ));
+        for side in [(&defs::WIDTH, self.width), (&defs::HEIGHT, self.height)] {
+            side.0.check(side.1)?;
         }
-        let positive = |field: &'static str, v: f64| {
-            if v.is_finite() && v > 0.0 {
-                Ok(())
-            } else {
-                Err(JobError::out_of_range(field, v, "a number above 0".into()))
-            }
-        };
-        positive("cut_pow", self.cut_pow)?;
-        positive("learning_rate", self.learning_rate)?;
-        for (field, value) in [
-            ("init_weight", self.init_weight),
-            ("noise_fac", self.noise_fac),
+        defs::CUTN.check(self.cutn)?;
+        for (setting, value) in [
+            (&defs::CUT_POW, self.cut_pow),
+            (&defs::LEARNING_RATE, self.learning_rate),
+            (&defs::INIT_WEIGHT, self.init_weight),
+            (&defs::NOISE_FAC, self.noise_fac),
+            (&defs::TV_WEIGHT, self.tv_weight),
         ] {
-            if !(value.is_finite() && value >= 0.0) {
-                return Err(JobError::out_of_range(
-                    field,
-                    value,
-                    "a number, 0 or above".into(),
-                ));
-            }
+            setting.check(value)?;
         }
         check_device(&self.device)?;
         if let Some(u) = &self.upscale {
@@ -274,11 +264,11 @@ fn unknown_choice<T: clap::ValueEnum>(field: &'static str, name: &str) -> JobErr
 }
 
 fn default_augments() -> Vec<Augment> {
-    DEFAULT_AUGMENTS.to_vec()
+    defs::AUGMENTS.farm_default.to_vec()
 }
 
 fn default_noise_fac() -> f64 {
-    DEFAULT_NOISE_FAC
+    defs::NOISE_FAC.farm_default
 }
 
 fn set<T: Copy>(field: &mut T, value: Option<T>) {
@@ -355,6 +345,8 @@ pub struct SettingsPatch {
     pub augments: Option<String>,
     /// See [`Settings::noise_fac`].
     pub noise_fac: Option<f64>,
+    /// See [`Settings::tv_weight`].
+    pub tv_weight: Option<f64>,
     /// See [`Settings::change_prompt_every`].
     pub change_prompt_every: Option<u32>,
     /// See [`Settings::init_noise`]: `pixels`, `gradient`, or
@@ -805,7 +797,7 @@ pub enum JobError {
     ControlCharacter {
         /// "prompt", "job name", "image name".
         what: &'static str,
-        /// The character.
+        /// The control character found, shown escaped in the message.
         character: char,
         /// Where, counting characters from 1.
         position: usize,
@@ -813,7 +805,7 @@ pub enum JobError {
     /// The same seed twice for one prompt: the results would be the same picture.
     #[error("seed {seed} is given twice; one seed makes one picture, so a repeat makes the same one again")]
     RepeatedSeed {
-        /// The seed.
+        /// The seed given more than once.
         seed: u64,
     },
     /// A side that VQGAN cannot produce.
@@ -865,7 +857,7 @@ pub enum JobError {
     /// A named choice that does not exist.
     #[error("{field} '{name}' is not known; choose from {known}")]
     UnknownChoice {
-        /// The field.
+        /// The setting whose name is unknown (`optimiser`, `augments`, ...).
         field: &'static str,
         /// The name given.
         name: String,
@@ -875,7 +867,7 @@ pub enum JobError {
     /// A setting out of its range.
     #[error("{field} = {value} is out of range: it must be {expected}")]
     OutOfRange {
-        /// The field.
+        /// The setting out of range, as users write it.
         field: &'static str,
         /// The value given.
         value: String,
@@ -888,7 +880,7 @@ pub enum JobError {
     /// A tile index outside the plan.
     #[error("tile {index} is not in the plan ({count} tiles)")]
     NoSuchTile {
-        /// The index.
+        /// The tile index asked for.
         index: u32,
         /// Tiles in the plan.
         count: usize,
@@ -896,7 +888,7 @@ pub enum JobError {
     /// An input picture that cannot be upscaled.
     #[error("input image '{name}': {reason}")]
     BadImage {
-        /// Its name.
+        /// The picture's name in the job, as the user uploaded it.
         name: String,
         /// What is wrong.
         reason: String,
@@ -904,7 +896,7 @@ pub enum JobError {
     /// A finished task whose picture has the wrong size.
     #[error("task {task} produced a {}x{} picture, expected {}x{}", got.0, got.1, expected.0, expected.1)]
     WrongOutput {
-        /// The task.
+        /// The task whose output is refused.
         task: String,
         /// Size delivered.
         got: (u32, u32),
@@ -919,6 +911,16 @@ pub enum JobError {
         /// The problem.
         source: Box<JobError>,
     },
+}
+
+impl From<OutOfRange> for JobError {
+    fn from(e: OutOfRange) -> Self {
+        JobError::OutOfRange {
+            field: e.field,
+            value: e.value,
+            expected: e.expected,
+        }
+    }
 }
 
 impl JobError {

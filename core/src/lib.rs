@@ -7,6 +7,7 @@ pub mod job;
 pub mod loop_options;
 pub mod plan;
 pub mod prompt;
+pub mod settings;
 pub mod task;
 pub mod tiles;
 pub mod timing;

@@ -80,6 +80,17 @@ pub enum InitNoise {
     Gradient,
 }
 
+/// Arithmetic precision of the two networks' forward and backward passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Precision {
+    /// Whatever precision the networks were loaded in (float32, or bf16/fp16 weights), with
+    /// the latent, optimiser and loss always in float32.
+    Full,
+    /// CUDA autocast around VQGAN's decode and CLIP's image encoder: matmuls and convolutions
+    /// in float16, reductions in float32. No effect on CPU.
+    Fp16Autocast,
+}
+
 /// The name users write for `choice` (what `clap` and the job settings accept).
 pub fn name_of(choice: impl clap::ValueEnum) -> String {
     choice

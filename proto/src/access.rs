@@ -54,7 +54,7 @@ pub enum AccessError {
     Unreadable {
         /// Which file it is.
         what: &'static str,
-        /// Its path.
+        /// The path as given, so the user sees which flag or variable to fix.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,

@@ -78,41 +78,58 @@ impl From<&Settings> for v1::Settings {
             cut_method: Some(name_of(s.cut_method)),
             augments: Some(loop_options::augments_name(&s.augments)),
             noise_fac: Some(s.noise_fac),
+            tv_weight: Some(s.tv_weight),
             change_prompt_every: Some(s.change_prompt_every),
             init_noise: Some(loop_options::init_noise_name(s.init_noise)),
         }
     }
 }
 
-impl From<v1::Settings> for SettingsPatch {
-    fn from(s: v1::Settings) -> Self {
-        SettingsPatch {
-            clip_model: s.clip_model,
-            vqgan_model: s.vqgan_model,
-            width: s.width,
-            height: s.height,
-            iterations: s.iterations,
-            cutn: s.cutn,
-            cut_pow: s.cut_pow,
-            learning_rate: s.learning_rate,
-            init_weight: s.init_weight,
-            checkpoint_every: s.checkpoint_every,
-            preview_every: s.preview_every,
-            upscale_model: s.upscale_model,
-            upscale_scale: s.upscale_scale,
-            tile: s.tile,
-            tile_pad: s.tile_pad,
-            tile_overlap: s.tile_overlap,
-            device: s.device,
-            optimiser: s.optimiser,
-            cut_method: s.cut_method,
-            augments: s.augments,
-            noise_fac: s.noise_fac,
-            change_prompt_every: s.change_prompt_every,
-            init_noise: s.init_noise,
+/// A patch and the wire's settings message hold the same optional fields under the same names:
+/// both conversions are written from this one list.
+macro_rules! patch_fields {
+    ($($field:ident),* $(,)?) => {
+        impl From<v1::Settings> for SettingsPatch {
+            fn from(s: v1::Settings) -> Self {
+                SettingsPatch { $($field: s.$field),* }
+            }
         }
-    }
+
+        /// A job-level patch as the wire carries it (what `tessera submit`'s flags send).
+        impl From<SettingsPatch> for v1::Settings {
+            fn from(s: SettingsPatch) -> Self {
+                v1::Settings { $($field: s.$field),* }
+            }
+        }
+    };
 }
+
+patch_fields!(
+    clip_model,
+    vqgan_model,
+    width,
+    height,
+    iterations,
+    cutn,
+    cut_pow,
+    learning_rate,
+    init_weight,
+    checkpoint_every,
+    preview_every,
+    upscale_model,
+    upscale_scale,
+    tile,
+    tile_pad,
+    tile_overlap,
+    device,
+    optimiser,
+    cut_method,
+    augments,
+    noise_fac,
+    tv_weight,
+    change_prompt_every,
+    init_noise,
+);
 
 /// The resolved settings a task carries, read back by a worker: every field must be set,
 /// except the loop's choices, which tasks planned before they existed lack (their defaults).
@@ -174,6 +191,7 @@ pub fn settings(s: &v1::Settings) -> Result<Settings, WireSettingsError> {
         cut_method: known_or_default(&s.cut_method, "cut_method")?,
         augments,
         noise_fac: s.noise_fac.unwrap_or(defaults.noise_fac),
+        tv_weight: s.tv_weight.unwrap_or(defaults.tv_weight),
         change_prompt_every: s.change_prompt_every.unwrap_or(0),
         init_noise,
     })
@@ -188,9 +206,9 @@ pub enum WireSettingsError {
     /// A named choice this version does not know (a newer coordinator's, say).
     #[error("the message's `{field}` is '{value}', which this version does not know")]
     Unknown {
-        /// The field.
+        /// The message field holding the name, so the log says which choice is too new.
         field: &'static str,
-        /// Its value.
+        /// The name this version does not know.
         value: String,
     },
 }
@@ -326,6 +344,7 @@ mod tests {
         s.noise_fac = 0.3;
         s.change_prompt_every = 7;
         s.init_noise = Some(loop_options::InitNoise::Gradient);
+        s.tv_weight = 0.5;
         let wire = v1::Settings::from(&s);
         assert_eq!(wire.augments.as_deref(), Some("erasing,affine"));
         assert_eq!(settings(&wire).unwrap(), s);
@@ -339,6 +358,7 @@ mod tests {
             noise_fac: None,
             change_prompt_every: None,
             init_noise: None,
+            tv_weight: None,
             ..(&Settings::farm_defaults()).into()
         };
         assert_eq!(settings(&older).unwrap(), Settings::farm_defaults());

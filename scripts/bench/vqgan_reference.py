@@ -2,7 +2,7 @@
 """PyTorch reference timing for `tessera-worker bench vqgan`: the full-size vqgan_imagenet_f16_16384
 decoder (taming-transformers' own modules, random weights) forward plus backward, the gradient taken
 with respect to the latent only (weights frozen), as the generation loop does. Mirrors
-worker/src/vqgan/bench.rs step for step. Prints the milliseconds per iteration as the LAST line.
+worker/src/bench/vqgan.rs step for step. Prints the milliseconds per iteration as the LAST line.
 
     .deps/venv/bin/python scripts/bench/vqgan_reference.py SIZE [ITERS]
 """

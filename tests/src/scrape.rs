@@ -14,7 +14,7 @@ pub struct Sample {
     pub name: String,
     /// Its labels, in the order written.
     pub labels: Vec<(String, String)>,
-    /// Its value.
+    /// The number after the labels (a count, gauge reading or bucket count).
     pub value: f64,
 }
 

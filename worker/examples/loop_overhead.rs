@@ -7,7 +7,7 @@
 
 use std::process::Command;
 use tch::Device;
-use tessera_worker::generate::bench::{bench_overhead, parse_reference, table};
+use tessera_worker::bench::render_loop::{bench_overhead, parse_reference, table};
 
 fn main() -> anyhow::Result<()> {
     let iterations: u32 = std::env::args().nth(1).map_or(Ok(5), |a| a.parse())?;

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use tessera_core::tiles::TileSpec;
-use tessera_worker::esrgan::SrModel;
-use tessera_worker::models::ModelDir;
-use tessera_worker::upscale::Upscaler;
-use tessera_worker::{bench, device, imageio, malloc};
+use tessera_nets::esrgan::SrModel;
+use tessera_nets::models::ModelDir;
+use tessera_nets::upscale::Upscaler;
+use tessera_nets::{device, imageio};
+use tessera_worker::{bench, malloc};
 
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -7,14 +7,14 @@ use anyhow::{bail, Context};
 use tessera_core::loop_options::InitNoise;
 use tessera_core::prompt::PromptSpec;
 
-use crate::clip::Clip;
-use crate::generate::augment::Augment;
-use crate::generate::cutouts::CutMethod;
-use crate::generate::init::LatentInit;
-use crate::generate::optim::OptimiserKind;
-use crate::generate::{render, resume_render, Precision, Progress, Settings};
-use crate::models::ModelDir;
-use crate::vqgan::VqModel;
+use tessera_nets::clip::Clip;
+use tessera_nets::generate::augment::Augment;
+use tessera_nets::generate::cutouts::CutMethod;
+use tessera_nets::generate::init::LatentInit;
+use tessera_nets::generate::optim::OptimiserKind;
+use tessera_nets::generate::{render, resume_render, Precision, Progress, Settings};
+use tessera_nets::models::ModelDir;
+use tessera_nets::vqgan::VqModel;
 
 /// Where users get the checkpoints this command needs, printed when they are missing.
 const CHECKPOINT_HELP: &str = "CLIP: OpenAI's TorchScript archives (e.g. ViT-B-32.pt, the URLs in \
@@ -23,8 +23,9 @@ vqgan_imagenet_f16_16384 last.ckpt and its model.yaml, converted with \
 `.deps/venv/bin/python scripts/convert_checkpoint.py last.ckpt MODELS/vqgan_imagenet_f16_16384.safetensors` \
 and the YAML saved as MODELS/vqgan_imagenet_f16_16384.yaml";
 
-/// Options of `tessera-worker render`. Every setting of the loop is a flag; an unset flag keeps
-/// [`Settings::new`]'s default (the one place defaults live), shown in brackets.
+/// Options of `tessera-worker render`. Every setting of the loop is a flag, with the help text,
+/// default and range of [`tessera_core::settings`]; an unset flag keeps [`Settings::new`]'s
+/// default (which is the table's), shown in brackets.
 #[derive(clap::Args, Debug)]
 pub struct RenderArgs {
     /// Text prompts: `text:weight:stop`, several joined by `|`, story phases by `^`.
@@ -39,65 +40,49 @@ pub struct RenderArgs {
     /// Start from this picture instead of random codebook tokens.
     #[arg(long, conflicts_with_all = ["resume", "init_noise"])]
     init_image: Option<PathBuf>,
-    /// Start from encoded random pixels or a random colour gradient instead of random tokens.
-    #[arg(long, conflicts_with = "resume", value_enum)]
+    #[arg(help = table_help("init_noise"), long, conflicts_with = "resume", value_enum)]
     init_noise: Option<InitNoise>,
-    /// Pull towards the starting latent (MSE to the initial z) with this weight [0].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("init_weight"), long, conflicts_with = "resume")]
     init_weight: Option<f64>,
     /// Output size, WxH, rounded down to the VQGAN's factor [496x496].
     #[arg(long, conflicts_with = "resume")]
     size: Option<String>,
-    /// Optimisation steps [500].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("iterations"), long, conflicts_with = "resume")]
     iterations: Option<u32>,
     /// Seed of every random draw; the same seed gives the same picture [0].
     #[arg(long, conflicts_with = "resume")]
     seed: Option<u64>,
-    /// Update rule of the latent [adam].
     #[arg(
+        help = table_help("optimiser"),
         long,
         visible_alias = "optimizer",
         conflicts_with = "resume",
         value_enum
     )]
     optimiser: Option<OptimiserKind>,
-    /// Learning rate [0.1].
-    #[arg(long, visible_alias = "lr", conflicts_with = "resume")]
+    #[arg(help = table_help("learning_rate"), long, visible_alias = "lr", conflicts_with = "resume")]
     learning_rate: Option<f64>,
-    /// How cutouts are made [latest].
-    #[arg(long, conflicts_with = "resume", value_enum)]
+    #[arg(help = table_help("cut_method"), long, conflicts_with = "resume", value_enum)]
     cut_method: Option<CutMethod>,
-    /// Cutouts per iteration [32].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("cutn"), long, conflicts_with = "resume")]
     cutn: Option<u32>,
-    /// Crop-size exponent of the `original` cutouts [1].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("cut_pow"), long, conflicts_with = "resume")]
     cut_pow: Option<f64>,
-    /// Augmentations of the `latest` cutouts, in order (`Af,Pe,Ji,Er` also accepted); give the
-    /// flag with no value for none [affine,perspective,jitter,erasing].
-    #[arg(long, conflicts_with = "resume", value_enum, value_delimiter = ',', num_args = 0..)]
+    #[arg(help = table_help("augments"), long, conflicts_with = "resume", value_enum, value_delimiter = ',', num_args = 0..)]
     augments: Option<Vec<Augment>>,
-    /// Largest per-cutout noise level of the `latest` cutouts [0.1].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("noise_fac"), long, conflicts_with = "resume")]
     noise_fac: Option<f64>,
-    /// Iterations per story phase (0: the phases share the iterations evenly) [0].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("tv_weight"), long, conflicts_with = "resume")]
+    tv_weight: Option<f64>,
+    #[arg(help = table_help("change_prompt_every"), long, conflicts_with = "resume")]
     change_prompt_every: Option<u32>,
-    /// Write a preview PNG next to the output every N iterations (0: never) [0].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("preview_every"), long, conflicts_with = "resume")]
     preview_every: Option<u32>,
-    /// Save the whole state to OUT.checkpoint every N iterations, so `--resume` can finish a
-    /// render that was interrupted; removed once the picture is written (0: never) [0].
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("checkpoint_every"), long, conflicts_with = "resume")]
     checkpoint_every: Option<u32>,
-    /// Arithmetic of the networks: `fp16-autocast` runs VQGAN and CLIP under CUDA autocast
-    /// (no effect on CPU) [full].
-    #[arg(long, conflicts_with = "resume", value_enum)]
+    #[arg(help = table_help("precision"), long, conflicts_with = "resume", value_enum)]
     precision: Option<Precision>,
-    /// Back-propagate VQGAN one stage at a time, each recomputed, instead of keeping all its
-    /// activations (activation checkpointing): far less memory, same picture.
-    #[arg(long, conflicts_with = "resume")]
+    #[arg(help = table_help("recompute_decoder"), long, conflicts_with = "resume")]
     recompute_decoder: bool,
     /// Finish the render saved in this checkpoint (its settings come from the file).
     #[arg(long)]
@@ -116,6 +101,21 @@ pub struct RenderArgs {
     out: PathBuf,
 }
 
+/// Render settings set by a flag of another name or shape: the size is one `--size WxH`, and
+/// the models are named as files in the models directory.
+pub const SET_BY_OTHER_FLAGS: [(&str, &str); 4] = [
+    ("width", "size"),
+    ("height", "size"),
+    ("clip_model", "clip"),
+    ("vqgan_model", "vqgan"),
+];
+
+/// The table's help line for a render setting, with its default.
+pub fn table_help(name: &str) -> String {
+    tessera_core::settings::flag_help(name, false)
+        .unwrap_or_else(|| panic!("`{name}` is not in tessera_core::settings"))
+}
+
 /// Runs the command.
 pub fn run(models: &ModelDir, args: RenderArgs) -> anyhow::Result<()> {
     let recipe = match &args.resume {
@@ -124,9 +124,9 @@ pub fn run(models: &ModelDir, args: RenderArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read checkpoint {}", path.display()))?,
             path,
         },
-        None => Recipe::Start(settings(&args)?),
+        None => Recipe::Start(Box::new(settings(&args)?)),
     };
-    let device = crate::device::parse(&args.device)?;
+    let device = tessera_nets::device::parse(&args.device)?;
     let clip_file = models
         .find(&args.clip)
         .with_context(|| format!("CLIP checkpoint missing. {CHECKPOINT_HELP}"))?;
@@ -164,7 +164,7 @@ pub fn run(models: &ModelDir, args: RenderArgs) -> anyhow::Result<()> {
 
 /// Where a render starts: fresh settings, or a checkpoint file's bytes.
 enum Recipe<'a> {
-    Start(Settings),
+    Start(Box<Settings>),
     Resume { path: &'a Path, bytes: Vec<u8> },
 }
 
@@ -212,6 +212,7 @@ fn settings(args: &RenderArgs) -> anyhow::Result<Settings> {
     set(&mut s.cut_pow, args.cut_pow);
     set(&mut s.augments, args.augments.clone());
     set(&mut s.noise_fac, args.noise_fac);
+    set(&mut s.tv_weight, args.tv_weight);
     set(&mut s.change_prompt_every, args.change_prompt_every);
     set(&mut s.preview_every, args.preview_every);
     set(&mut s.checkpoint_every, args.checkpoint_every);

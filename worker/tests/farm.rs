@@ -12,13 +12,13 @@ use std::process::{Command, Stdio};
 use tempfile::TempDir;
 use tessera_core::loop_options::{Augment, CutMethod, OptimiserKind};
 use tessera_core::tiles::{TilePlan, TileSpec};
+use tessera_nets::generate::init::LatentInit;
+use tessera_nets::generate::Precision;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_tests::jobs::{results, status, submit};
 use tessera_tests::scrape::Scrape;
 use tessera_tests::{binary, Service};
-use tessera_worker::generate::init::LatentInit;
-use tessera_worker::generate::Precision;
 use tonic::transport::Channel;
 
 /// An embedded-state coordinator on a free port.
@@ -193,29 +193,14 @@ async fn three_workers_render_and_upscale_a_batch_that_matches_a_local_upscale()
         .unwrap()
         .into_inner();
     let generated = download(service.url(), &generate.output.unwrap().key).await;
-    let scratch = TempDir::new().unwrap();
-    let (input, output) = (
-        scratch.path().join("generated.png"),
-        scratch.path().join("local.png"),
-    );
-    std::fs::write(&input, generated).unwrap();
-    let local = Command::new(env!("CARGO_BIN_EXE_tessera-worker"))
-        .arg("--models")
-        .arg(models.path())
-        .args(["upscale", "--model", "tiny-sr", "--tile", "16"])
-        .args(["--tile-pad", "4", "--tile-overlap", "4", "--input"])
-        .arg(&input)
-        .arg("--output")
-        .arg(&output)
-        .output()
-        .unwrap();
-    assert!(
-        local.status.success(),
-        "{}",
-        String::from_utf8_lossy(&local.stderr)
-    );
+    let tile = TileSpec {
+        tile: 16,
+        pad: 4,
+        overlap: 4,
+    };
+    let local = upscale_locally(models.path(), &generated, tile);
     let farm = image::load_from_memory(&final_png).unwrap().to_rgb8();
-    let here = image::open(&output).unwrap().to_rgb8();
+    let here = image::load_from_memory(&local).unwrap().to_rgb8();
     assert_eq!(farm.dimensions(), (128, 128));
     assert!(
         farm == here,
@@ -238,6 +223,7 @@ async fn a_render_follows_the_job_s_loop_choices_in_the_worker_s_precision_and_m
     choices.noise_fac = Some(0.2);
     choices.change_prompt_every = Some(2);
     choices.init_noise = Some("pixels".into());
+    choices.tv_weight = Some(0.25);
     let job_id = submit(&mut client, spec).await;
     let events = watch(&mut client, &job_id).await;
     let results = results(&mut client, &job_id).await;
@@ -263,6 +249,7 @@ async fn a_render_follows_the_job_s_loop_choices_in_the_worker_s_precision_and_m
         ),
         (0.2, 2, LatentInit::Pixels)
     );
+    assert_eq!(settings.tv_weight, 0.25);
 }
 
 #[tokio::test]

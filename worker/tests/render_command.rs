@@ -9,11 +9,11 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use tessera_core::prompt::PromptSpec;
-use tessera_worker::generate::augment::Augment;
-use tessera_worker::generate::cutouts::CutMethod;
-use tessera_worker::generate::init::LatentInit;
-use tessera_worker::generate::optim::OptimiserKind;
-use tessera_worker::generate::{Precision, Settings};
+use tessera_nets::generate::augment::Augment;
+use tessera_nets::generate::cutouts::CutMethod;
+use tessera_nets::generate::init::LatentInit;
+use tessera_nets::generate::optim::OptimiserKind;
+use tessera_nets::generate::{Precision, Settings};
 
 /// Tiny models, a tiny picture, a few cutouts: what every render here shares.
 const TINY: [&str; 8] = [

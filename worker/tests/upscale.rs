@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tessera_core::tiles::TileSpec;
-use tessera_worker::esrgan::SrModel;
-use tessera_worker::imageio::{self, Picture};
-use tessera_worker::models::ModelDir;
-use tessera_worker::upscale::{crop_rgb, Upscaler};
+use tessera_nets::esrgan::SrModel;
+use tessera_nets::imageio::{self, Picture};
+use tessera_nets::models::ModelDir;
+use tessera_nets::upscale::{crop_rgb, Upscaler};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -7,7 +7,7 @@ use tessera_proto::v1;
 
 use super::tasks::file_stem;
 use super::FarmArgs;
-use crate::models::ModelDir;
+use tessera_nets::models::ModelDir;
 
 /// The capabilities to register with.
 pub fn detect(models: &ModelDir, args: &FarmArgs) -> anyhow::Result<v1::Capabilities> {

@@ -34,7 +34,7 @@ pub struct Link {
 
 /// A task the coordinator handed over, and how long the request waited for one to exist.
 pub struct Lease {
-    /// The task.
+    /// The task to run, with its spec, attempt number and inputs.
     pub task: v1::Task,
     /// The coordinator's wait for work: idle time, not protocol time.
     pub waited: Duration,
@@ -169,21 +169,16 @@ impl Link {
         Ok(reply.into_inner())
     }
 
-    /// Reports that a task failed here, naming the input that was found corrupt when that was
-    /// why; the coordinator decides whether it runs again (or has the input made again).
-    pub async fn fail(
-        &self,
-        task: &v1::Task,
-        error: String,
-        corrupt_input: Option<&str>,
-    ) -> Result<(), Status> {
+    /// Reports that a task failed here; the coordinator decides whether it runs again (or has
+    /// a corrupt input made again).
+    pub async fn fail(&self, task: &v1::Task, failure: Failure<'_>) -> Result<(), Status> {
         let request = v1::FailTaskRequest {
             worker_id: self.id(),
             task_id: task.task_id.clone(),
             attempt: task.attempt,
-            error,
-            retryable: true,
-            corrupt_input: corrupt_input.unwrap_or_default().to_string(),
+            error: failure.error,
+            retryable: failure.retryable,
+            corrupt_input: failure.corrupt_input.unwrap_or_default().to_string(),
         };
         retrying(&self.url, "failure report", || {
             let mut client = self.client.clone();
@@ -298,6 +293,17 @@ impl Link {
             )),
         }
     }
+}
+
+/// A task's failure as the coordinator is told it.
+#[derive(Debug)]
+pub struct Failure<'a> {
+    /// The whole error chain, for the task's error history.
+    pub error: String,
+    /// Whether another attempt could succeed (false fails the task at once).
+    pub retryable: bool,
+    /// The input found corrupt, when that was why.
+    pub corrupt_input: Option<&'a str>,
 }
 
 /// An input whose bytes are not the file the coordinator recorded: damaged in storage or on

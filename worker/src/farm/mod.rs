@@ -16,11 +16,12 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::generate::Precision;
-use crate::models::ModelDir;
 use metrics::WorkerMetrics;
 use session::Session;
 use tasks::ModelCache;
+use tessera_core::settings;
+use tessera_nets::generate::Precision;
+use tessera_nets::models::ModelDir;
 use tessera_telemetry::metrics::{bind_metrics, serve_metrics, MetricsSource};
 use tessera_telemetry::LogFormat;
 
@@ -83,20 +84,22 @@ pub struct FarmArgs {
 /// the worker's to choose (a render resumed from a checkpoint keeps the mode it started with).
 #[derive(clap::Args, Debug, Clone, Copy)]
 pub struct RenderMode {
-    /// `fp16-autocast`: VQGAN and CLIP under CUDA float16 autocast, for less activation memory
-    /// and faster matmuls; pixels may differ slightly from float32 (no effect on the CPU).
+    /// The table's [`tessera_core::settings::PRECISION`]; fp16 pixels may differ slightly from
+    /// float32.
     #[arg(
+        help = settings::PRECISION.help,
         long = "precision",
         id = "farm_precision",
         value_name = "PRECISION",
         env = "TESSERA_PRECISION",
         value_enum,
-        default_value_t = Precision::Full
+        default_value_t = settings::PRECISION.default
     )]
     pub precision: Precision,
-    /// Back-propagate VQGAN one stage at a time, each recomputed (activation checkpointing):
-    /// at 496x496 on the CPU, 37% less memory over the models for 26% more time; same pictures.
+    /// The table's [`tessera_core::settings::RECOMPUTE_DECODER`]: at 496x496 on the CPU, 37%
+    /// less memory over the models for 26% more time.
     #[arg(
+        help = settings::RECOMPUTE_DECODER.help,
         long = "recompute-decoder",
         id = "farm_recompute_decoder",
         env = "TESSERA_RECOMPUTE_DECODER"
@@ -106,7 +109,7 @@ pub struct RenderMode {
 
 /// Runs farm mode until a signal drains it.
 pub fn run(models: &ModelDir, args: FarmArgs, coordinator: String) -> anyhow::Result<()> {
-    let device = crate::device::parse(&args.device)?;
+    let device = tessera_nets::device::parse(&args.device)?;
     if let Some(threads) = args.threads {
         tch::set_num_threads(threads);
     }

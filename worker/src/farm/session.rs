@@ -24,11 +24,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tracing::Instrument;
 
-use super::link::{CorruptInput, Link, Source};
+use super::link::{CorruptInput, Failure, Link, Source};
 use super::metrics::WorkerMetrics;
 use super::tasks::{self, ModelCache, Outcome};
 use super::FarmArgs;
-use crate::generate::{Halt, Progress};
+use tessera_core::prompt::PromptError;
+use tessera_nets::generate::{GenerateError, Halt, Progress};
+use tessera_proto::convert::WireSettingsError;
 
 /// A registered worker's connection and what it keeps between tasks.
 pub struct Session {
@@ -381,7 +383,12 @@ impl Session {
             .chain()
             .find_map(|e| e.downcast_ref::<CorruptInput>())
             .map(|c| c.key.as_str());
-        self.link.fail(task, format!("{error:#}"), corrupt).await?;
+        let failure = Failure {
+            error: format!("{error:#}"),
+            retryable: retryable(error),
+            corrupt_input: corrupt,
+        };
+        self.link.fail(task, failure).await?;
         Ok(())
     }
 
@@ -593,4 +600,48 @@ impl From<&Progress> for Report {
 fn default_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
     format!("{}/{}", host.trim(), std::process::id())
+}
+
+/// Whether another attempt, here or on another worker, could succeed: not when the task itself
+/// is wrong (its settings, prompts or wire message), which fails the same way everywhere, so
+/// the coordinator fails it at once instead of spending its retries. Anything else (a model
+/// file, the device, memory, the network) may go better elsewhere.
+fn retryable(error: &anyhow::Error) -> bool {
+    !error.chain().any(|e| {
+        e.is::<WireSettingsError>()
+            || e.is::<PromptError>()
+            || matches!(
+                e.downcast_ref::<GenerateError>(),
+                Some(
+                    GenerateError::Settings { .. }
+                        | GenerateError::Batch { .. }
+                        | GenerateError::TooSmall { .. }
+                )
+            )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_core::prompt::PromptSpec;
+
+    #[test]
+    fn only_failures_of_the_task_itself_are_final() {
+        let wire = anyhow::Error::new(WireSettingsError::Missing("width")).context("task t-1");
+        assert!(!retryable(&wire));
+        let prompt = PromptSpec::parse("a cat:x", "", "").unwrap_err();
+        assert!(!retryable(&anyhow::Error::new(prompt).context("task t-2")));
+        let settings = GenerateError::TooSmall {
+            width: 8,
+            height: 8,
+            factor: 16,
+        };
+        assert!(!retryable(&anyhow::Error::new(settings)));
+
+        let corrupt = anyhow::anyhow!("cannot load model realesrgan-x4plus: truncated file");
+        assert!(retryable(&corrupt));
+        let worker_bug = anyhow::Error::new(GenerateError::NoRenders).context("batch");
+        assert!(retryable(&worker_bug));
+    }
 }

@@ -11,14 +11,14 @@ use tessera_core::tiles::{Rect, Stitcher, TilePlan, TileSpec};
 use tessera_proto::v1;
 
 use super::RenderMode;
-use crate::clip::Clip;
-use crate::esrgan::SrModel;
-use crate::generate::init::LatentInit;
-use crate::generate::{drive_until, Driven, Halt, Progress, Run, Settings};
-use crate::imageio::{encode_png, from_dynamic, Picture, PictureKind};
-use crate::models::ModelDir;
-use crate::upscale::{crop, read_tile_png, round_as_tile_file, tile_png, Upscaler};
-use crate::vqgan::VqModel;
+use tessera_nets::clip::Clip;
+use tessera_nets::esrgan::SrModel;
+use tessera_nets::generate::init::LatentInit;
+use tessera_nets::generate::{drive_until, Driven, Halt, Progress, Run, Settings};
+use tessera_nets::imageio::{encode_png, from_dynamic, Picture, PictureKind};
+use tessera_nets::models::ModelDir;
+use tessera_nets::upscale::{crop, read_tile_png, round_as_tile_file, tile_png, Upscaler};
+use tessera_nets::vqgan::VqModel;
 
 /// Models by name, loaded on first use. One task runs at a time, so the session hands the
 /// cache to each task's blocking thread behind a mutex.
@@ -271,6 +271,7 @@ fn render_settings(
         cut_pow: job.cut_pow,
         augments: job.augments,
         noise_fac: job.noise_fac,
+        tv_weight: job.tv_weight,
         change_prompt_every: job.change_prompt_every,
         preview_every: job.preview_every,
         checkpoint_every: job.checkpoint_every,
