@@ -12,6 +12,10 @@
 //! One coordinator owns the directory ([`DirLock`]) and appends with `O_APPEND`, so the journal
 //! holds nothing but whole records one after the other; the snapshot is in place before the
 //! journal it replaces is emptied, so a crash at any point keeps every answered operation.
+//!
+//! The state sits behind an async mutex, so waiting for it never blocks a runtime thread; an
+//! operation that writes the journal (and now and then a synced snapshot) runs on the blocking
+//! pool while it holds the state, so no reader sees a change before its record is written.
 
 use super::dir_lock::DirLock;
 use super::model::Model;
@@ -24,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::task::{ArtifactRef, Capabilities, NewTask};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Mutex, Notify};
 
 /// Journal entries after which the state is snapshotted and the journal emptied.
 const COMPACT_AFTER: u64 = 50_000;
@@ -348,9 +352,35 @@ struct Inner {
     journal: Option<Journal>,
 }
 
+impl Inner {
+    /// Applies `op`, journaling it when `keep` says its answer changed something (a lease that
+    /// found nothing did not); returns the answer with whether it queued a task and whether it
+    /// added an event. Blocks on the journal's file when there is one.
+    fn apply(&mut self, op: Op, keep: fn(&Answer) -> bool) -> StateResult<Applied> {
+        let answer = op.apply(&mut self.model);
+        if keep(&answer) {
+            if let Some(journal) = self.journal.as_mut() {
+                journal.append(&op, &self.model)?;
+            }
+        }
+        Ok(Applied {
+            answer,
+            queued: std::mem::take(&mut self.model.queued_any),
+            evented: std::mem::take(&mut self.model.evented),
+        })
+    }
+}
+
+/// An applied operation's answer, with what it means for those waiting on the store.
+struct Applied {
+    answer: Answer,
+    queued: bool,
+    evented: bool,
+}
+
 /// The in-process state store.
 pub struct EmbeddedBackend {
-    inner: Mutex<Inner>,
+    inner: Arc<Mutex<Inner>>,
     work: Arc<Notify>,
     events: watch::Sender<u64>,
 }
@@ -371,40 +401,35 @@ impl EmbeddedBackend {
 
     fn with(model: Model, journal: Option<Journal>) -> Self {
         EmbeddedBackend {
-            inner: Mutex::new(Inner { model, journal }),
+            inner: Arc::new(Mutex::new(Inner { model, journal })),
             work: Arc::new(Notify::new()),
             events: watch::channel(0).0,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves a consistent model (transitions only panic on
-        // broken invariants before mutating), so a poisoned lock is still usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    async fn read<T>(&self, f: impl FnOnce(&Model) -> T) -> T {
+        f(&self.inner.lock().await.model)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Model) -> T) -> T {
-        f(&self.lock().model)
-    }
-
-    /// Applies and journals `op`; `keep` says whether the answer changed anything worth
-    /// journaling (a lease that found nothing did not).
-    fn apply(&self, op: Op, keep: impl FnOnce(&Answer) -> bool) -> StateResult<Answer> {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let answer = op.apply(&mut inner.model);
-        if keep(&answer) {
-            if let Some(journal) = inner.journal.as_mut() {
-                journal.append(&op, &inner.model)?;
-            }
-        }
-        if std::mem::take(&mut inner.model.queued_any) {
+    /// Applies and journals `op` (see [`Inner::apply`]), then wakes waiting lease requests and
+    /// watchers. A journaled store writes on the blocking pool, holding the state meanwhile, so
+    /// the record is in the journal before anyone sees the change or gets the answer.
+    async fn apply(&self, op: Op, keep: fn(&Answer) -> bool) -> StateResult<Answer> {
+        let mut inner = self.inner.clone().lock_owned().await;
+        let applied = if inner.journal.is_none() {
+            inner.apply(op, keep)?
+        } else {
+            tokio::task::spawn_blocking(move || inner.apply(op, keep))
+                .await
+                .map_err(|e| StateError::Unavailable(format!("the journal writer: {e}")))??
+        };
+        if applied.queued {
             self.work.notify_waiters();
         }
-        if std::mem::take(&mut inner.model.evented) {
+        if applied.evented {
             self.events.send_modify(|n| *n += 1);
         }
-        Ok(answer)
+        Ok(applied.answer)
     }
 }
 
@@ -426,14 +451,17 @@ impl StateBackend for EmbeddedBackend {
             job: job.clone(),
             now,
         };
-        match self.apply(op, |a| matches!(a, Answer::Created(CreateOutcome::Created)))? {
+        match self
+            .apply(op, |a| matches!(a, Answer::Created(CreateOutcome::Created)))
+            .await?
+        {
             Answer::Created(outcome) => outcome.into_result(job),
             _ => Err(unexpected()),
         }
     }
 
     async fn job(&self, id: &str) -> StateResult<Option<JobRecord>> {
-        Ok(self.read(|m| m.job(id)))
+        Ok(self.read(|m| m.job(id)).await)
     }
 
     async fn jobs(
@@ -442,7 +470,7 @@ impl StateBackend for EmbeddedBackend {
         offset: usize,
         limit: usize,
     ) -> StateResult<(Vec<JobRecord>, u64)> {
-        Ok(self.read(|m| m.jobs(tenant, offset, limit)))
+        Ok(self.read(|m| m.jobs(tenant, offset, limit)).await)
     }
 
     async fn results(
@@ -451,26 +479,26 @@ impl StateBackend for EmbeddedBackend {
         offset: usize,
         limit: usize,
     ) -> StateResult<Option<(Vec<ResultRecord>, u64)>> {
-        Ok(self.read(|m| m.results(job, offset, limit)))
+        Ok(self.read(|m| m.results(job, offset, limit)).await)
     }
 
     async fn task(&self, id: &str) -> StateResult<Option<TaskRecord>> {
-        Ok(self.read(|m| m.task(id)))
+        Ok(self.read(|m| m.task(id)).await)
     }
 
     async fn register_worker(&self, worker: &WorkerRecord) -> StateResult<()> {
         let op = Op::RegisterWorker {
             worker: worker.clone(),
         };
-        self.apply(op, always).map(|_| ())
+        self.apply(op, always).await.map(|_| ())
     }
 
     async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>> {
-        Ok(self.read(|m| m.worker(id)))
+        Ok(self.read(|m| m.worker(id)).await)
     }
 
     async fn workers(&self) -> StateResult<Vec<WorkerRecord>> {
-        Ok(self.read(|m| m.workers()))
+        Ok(self.read(|m| m.workers()).await)
     }
 
     async fn deregister_worker(
@@ -484,7 +512,7 @@ impl StateBackend for EmbeddedBackend {
             policy: *policy,
             now,
         };
-        match self.apply(op, always)? {
+        match self.apply(op, always).await? {
             Answer::Tasks(t) => Ok(t),
             _ => Err(unexpected()),
         }
@@ -505,7 +533,10 @@ impl StateBackend for EmbeddedBackend {
             now,
             lease_ms,
         };
-        match self.apply(op, |a| matches!(a, Answer::Leased(Some(_))))? {
+        match self
+            .apply(op, |a| matches!(a, Answer::Leased(Some(_))))
+            .await?
+        {
             Answer::Leased(t) => Ok(t.map(|t| *t)),
             _ => Err(unexpected()),
         }
@@ -529,7 +560,7 @@ impl StateBackend for EmbeddedBackend {
             lease_ms,
         };
         let keep = |a: &Answer| matches!(a, Answer::Heartbeat(HeartbeatOutcome::Continue { .. }));
-        match self.apply(op, keep)? {
+        match self.apply(op, keep).await? {
             Answer::Heartbeat(h) => Ok(h),
             _ => Err(unexpected()),
         }
@@ -553,7 +584,7 @@ impl StateBackend for EmbeddedBackend {
             now,
         };
         let keep = |a: &Answer| matches!(a, Answer::Complete(CompleteOutcome::Accepted));
-        match self.apply(op, keep)? {
+        match self.apply(op, keep).await? {
             Answer::Complete(c) => Ok(c),
             _ => Err(unexpected()),
         }
@@ -576,7 +607,7 @@ impl StateBackend for EmbeddedBackend {
             policy: *policy,
             now,
         };
-        match self.apply(op, always)? {
+        match self.apply(op, always).await? {
             Answer::Fail(f) => Ok(f),
             _ => Err(unexpected()),
         }
@@ -599,7 +630,7 @@ impl StateBackend for EmbeddedBackend {
             policy: *policy,
             now,
         };
-        match self.apply(op, always)? {
+        match self.apply(op, always).await? {
             Answer::Verdict(v) => Ok(v),
             _ => Err(unexpected()),
         }
@@ -611,7 +642,10 @@ impl StateBackend for EmbeddedBackend {
             now,
             limit,
         };
-        match self.apply(op, |a| !matches!(a, Answer::Tasks(t) if t.is_empty()))? {
+        match self
+            .apply(op, |a| !matches!(a, Answer::Tasks(t) if t.is_empty()))
+            .await?
+        {
             Answer::Tasks(t) => Ok(t),
             _ => Err(unexpected()),
         }
@@ -623,9 +657,12 @@ impl StateBackend for EmbeddedBackend {
             policy: *policy,
             now,
         };
-        match self.apply(op, |a| {
-            matches!(a, Answer::Cancel(CancelOutcome::Cancelled))
-        })? {
+        match self
+            .apply(op, |a| {
+                matches!(a, Answer::Cancel(CancelOutcome::Cancelled))
+            })
+            .await?
+        {
             Answer::Cancel(c) => Ok(c),
             _ => Err(unexpected()),
         }
@@ -642,7 +679,7 @@ impl StateBackend for EmbeddedBackend {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             changes.borrow_and_update();
-            let found = self.read(|m| m.events(job, after, max));
+            let found = self.read(|m| m.events(job, after, max)).await;
             if !found.is_empty() {
                 return Ok(found);
             }
@@ -660,7 +697,7 @@ impl StateBackend for EmbeddedBackend {
     }
 
     async fn stats(&self) -> StateResult<FarmStats> {
-        Ok(self.read(|m| m.stats()))
+        Ok(self.read(|m| m.stats()).await)
     }
 
     async fn ping(&self) -> StateResult<()> {

@@ -196,7 +196,7 @@ pub struct NewJob {
     pub settings: Settings,
     /// Tasks of each kind it will have in all.
     pub expected: KindCounts,
-    /// Its results.
+    /// The results it will have (one per prompt and seed, or per picture), in order.
     pub units: Vec<Unit>,
     /// Its first tasks.
     pub tasks: Vec<NewTask>,
@@ -257,7 +257,7 @@ impl CreateOutcome {
 /// A stored job with its counters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
-    /// Job id.
+    /// Its id, unique in the farm; its tasks' ids start with it.
     pub id: String,
     /// The name its submitter gave it, shown in listings (need not be unique).
     pub name: String,
@@ -272,7 +272,7 @@ pub struct JobRecord {
     pub upscale_only: bool,
     /// The job's settings.
     pub settings: Settings,
-    /// Submission time.
+    /// When it was submitted (ms since the Unix epoch), for listings and durations.
     pub submitted_ms: u64,
     /// End time (0 while running).
     pub finished_ms: u64,
@@ -288,9 +288,9 @@ pub struct JobRecord {
     pub timed: KindCounts,
     /// Results in all.
     pub units_total: u64,
-    /// Results done.
+    /// Results whose picture is stored.
     pub units_done: u64,
-    /// Results failed.
+    /// Results that failed for good (a task of theirs failed beyond its budget).
     pub units_failed: u64,
     /// Queued tasks of jobs with a higher priority.
     pub queue_position: u64,
@@ -328,9 +328,9 @@ impl JobRecord {
 /// A stored task.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskRecord {
-    /// Task id.
+    /// Its id: its job's id, then its place in the job's plan.
     pub id: String,
-    /// Owning job.
+    /// The job it belongs to.
     pub job: String,
     /// Kind of work.
     pub kind: TaskKind,
@@ -369,7 +369,7 @@ pub struct TaskRecord {
     pub iteration: u32,
     /// Latest reported loss.
     pub loss: Option<f64>,
-    /// Accepted output.
+    /// The output of its completed attempt (`None` before, and while it runs again).
     pub output: Option<ArtifactRef>,
     /// Every error, oldest first.
     pub errors: Vec<String>,
@@ -399,22 +399,22 @@ impl TaskRecord {
 /// The lease a report claims to hold.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseRef<'a> {
-    /// Task id.
+    /// The task the report is about.
     pub task: &'a str,
     /// Attempt (fencing token).
     pub attempt: u32,
-    /// Reporting worker.
+    /// The worker reporting; only the lease's holder is heard.
     pub worker: &'a str,
 }
 
 /// What a heartbeat reports.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Progress {
-    /// Steps done.
+    /// Optimiser steps done so far.
     pub iteration: u32,
     /// Steps in all.
     pub iterations: u32,
-    /// Current loss.
+    /// The loss at that step, when the task has one.
     pub loss: Option<f64>,
     /// A new checkpoint and its step.
     pub checkpoint: Option<(ArtifactRef, u32)>,
@@ -452,7 +452,7 @@ pub enum CompleteOutcome {
 /// What became of a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailVerdict {
-    /// Queued again.
+    /// Queued again for another attempt, within its retry budget.
     Retrying,
     /// Failed for good.
     Failed,
@@ -492,15 +492,15 @@ pub enum CancelOutcome {
 /// A registered worker.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRecord {
-    /// Worker id.
+    /// Its id, unique in the farm; leases and reports name it.
     pub id: String,
     /// The name the worker gave itself (host and GPU, say), shown in listings.
     pub name: String,
     /// What it can do (normalised).
     pub capabilities: Capabilities,
-    /// Its version.
+    /// Its software version, shown in listings to spot workers left behind by an upgrade.
     pub version: String,
-    /// Registration time.
+    /// When it registered (ms since the Unix epoch).
     pub registered_ms: u64,
     /// Last lease or heartbeat.
     pub last_seen_ms: u64,
@@ -552,7 +552,7 @@ pub struct Event {
 pub enum EventKind {
     /// A worker leased a task.
     TaskStarted {
-        /// Task id.
+        /// The task it concerns.
         task: String,
         /// Kind of work.
         kind: TaskKind,
@@ -565,11 +565,11 @@ pub enum EventKind {
     },
     /// A heartbeat.
     Progress {
-        /// Task id.
+        /// The task it concerns.
         task: String,
         /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
-        /// Steps done.
+        /// Optimiser steps done.
         iteration: u32,
         /// Steps in all.
         iterations: u32,
@@ -580,7 +580,7 @@ pub enum EventKind {
     },
     /// A new preview picture was stored.
     Preview {
-        /// Task id.
+        /// The task it concerns.
         task: String,
         /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
@@ -589,7 +589,7 @@ pub enum EventKind {
     },
     /// A task's output was accepted.
     TaskDone {
-        /// Task id.
+        /// The task it concerns.
         task: String,
         /// Kind of work.
         kind: TaskKind,
@@ -601,12 +601,12 @@ pub enum EventKind {
         unit: u32,
         /// Whether the output is the result.
         is_final: bool,
-        /// The output.
+        /// The accepted output, which the task's consumer or the user downloads.
         output: ArtifactRef,
     },
     /// An attempt failed.
     TaskFailed {
-        /// Task id.
+        /// The task it concerns.
         task: String,
         /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
@@ -619,7 +619,7 @@ pub enum EventKind {
     },
     /// A lease ended without a report and the task was queued again.
     TaskRequeued {
-        /// Task id.
+        /// The task it concerns.
         task: String,
         /// The attempt (lease number) it concerns, so stale reports can be told apart.
         attempt: u32,
@@ -630,13 +630,13 @@ pub enum EventKind {
     },
     /// The job ended; always its last event.
     JobDone {
-        /// Final state.
+        /// The state it ended in.
         state: JobState,
         /// Tasks per state.
         counts: StateCounts,
-        /// Results done.
+        /// Results whose picture is stored.
         units_done: u64,
-        /// Results failed.
+        /// Results that failed for good.
         units_failed: u64,
     },
 }
@@ -660,7 +660,7 @@ pub enum StateError {
     /// Stored data that cannot be read back.
     #[error("corrupt state for {what}: {detail}")]
     Corrupt {
-        /// Which record.
+        /// Which record, or which file and line, does not read back.
         what: String,
         /// What is wrong.
         detail: String,
@@ -714,16 +714,16 @@ pub trait StateBackend: Send + Sync + 'static {
         limit: usize,
     ) -> StateResult<Option<(Vec<ResultRecord>, u64)>>;
 
-    /// A task.
+    /// A task with everything stored about it; `None` for an unknown id.
     async fn task(&self, id: &str) -> StateResult<Option<TaskRecord>>;
 
     /// Adds (or replaces) a worker.
     async fn register_worker(&self, worker: &WorkerRecord) -> StateResult<()>;
 
-    /// A worker.
+    /// A registered worker; `None` when it never registered or has deregistered.
     async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>>;
 
-    /// Every worker.
+    /// Every registered worker, by id.
     async fn workers(&self) -> StateResult<Vec<WorkerRecord>>;
 
     /// Removes a worker, queueing again the task it holds; returns that task.

@@ -163,17 +163,17 @@ impl Model {
         stats
     }
 
-    /// A task.
+    /// A task with everything stored about it.
     pub fn task(&self, id: &str) -> Option<TaskRecord> {
         self.tasks.get(id).map(|t| t.record.clone())
     }
 
-    /// A worker.
+    /// A registered worker.
     pub fn worker(&self, id: &str) -> Option<WorkerRecord> {
         self.workers.get(id).cloned()
     }
 
-    /// Every worker.
+    /// Every registered worker, by id.
     pub fn workers(&self) -> Vec<WorkerRecord> {
         self.workers.values().cloned().collect()
     }
