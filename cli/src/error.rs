@@ -35,6 +35,30 @@ impl fmt::Display for Unreachable {
 
 impl Error for Unreachable {}
 
+/// The coordinator answers, but its state store (Redis) does not: the farm is down as much as
+/// when the coordinator is, so it exits the same way, but the message points at the store, not
+/// at a coordinator that is running.
+#[derive(Debug)]
+pub struct StoreDown {
+    /// The coordinator's address.
+    pub url: String,
+    /// What the coordinator said of its store.
+    pub detail: String,
+}
+
+impl fmt::Display for StoreDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the coordinator at {} answers, but its state store does not ({}); the farm's jobs \
+             wait there until it is back",
+            self.url, self.detail
+        )
+    }
+}
+
+impl Error for StoreDown {}
+
 /// Something answers at the address, but not as a coordinator (a metrics port, a web server):
 /// as much a wrong address as nothing listening, so it exits like [`Unreachable`].
 #[derive(Debug)]
@@ -88,6 +112,7 @@ impl Error for JobEnded {}
 /// The exit code an error ends the program with.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.downcast_ref::<Unreachable>().is_some()
+        || error.downcast_ref::<StoreDown>().is_some()
         || error.downcast_ref::<NotACoordinator>().is_some()
     {
         EXIT_UNREACHABLE

@@ -13,7 +13,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
-use crate::error::{with_causes, NotACoordinator, Unreachable};
+use crate::error::{with_causes, NotACoordinator, StoreDown, Unreachable};
 
 /// How long to wait for the coordinator to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -80,7 +80,16 @@ impl Farm {
     /// The error for a failed call.
     pub fn refused(&self, status: Status) -> anyhow::Error {
         let detail = with_causes(&status);
-        if status.code() == Code::Unavailable {
+        if status
+            .metadata()
+            .contains_key(tessera_proto::STATE_STORE_DOWN)
+        {
+            StoreDown {
+                url: self.url.clone(),
+                detail: status.message().to_string(),
+            }
+            .into()
+        } else if status.code() == Code::Unavailable {
             Unreachable {
                 url: self.url.clone(),
                 detail,

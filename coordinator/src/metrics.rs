@@ -12,6 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 use tessera_core::task::{KindCounts, TaskKind};
 use tessera_telemetry::metrics::MetricsSource;
 
@@ -29,7 +30,13 @@ pub const FAMILIES: &[&str] = &[
     "tessera_corrupt_artifacts_total",
     "tessera_task_duration_seconds",
     "tessera_job_duration_seconds",
+    "tessera_state_store_up",
 ];
+
+/// How long a health check or a scrape waits for the state store before saying it is down: a
+/// store that does not answer must not hold `/healthz` at SERVING nor hang `/metrics` (a
+/// client's reconnection to a dead Redis can take many seconds to fail).
+pub const STORE_ANSWER: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -80,6 +87,9 @@ pub struct Metrics {
     corrupt_artifacts: Counter,
     task_duration: Histograms<KindLabel>,
     job_duration: Histograms<StateLabel>,
+    /// 1 when the last scrape read the farm gauges from the state store, 0 when it did not
+    /// answer (the farm gauges then keep the values last read).
+    store_up: Gauge,
     /// One scrape at a time: a scrape clears and refills the gauges before encoding.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -101,9 +111,15 @@ impl Metrics {
             corrupt_artifacts: Counter::default(),
             task_duration: Family::new_with_constructor(task_buckets),
             job_duration: Family::new_with_constructor(job_buckets),
+            store_up: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         let r = &mut metrics.registry;
+        r.register(
+            "tessera_state_store_up",
+            "1 when this coordinator's last scrape read the farm from its state store, 0 when the store did not answer (the farm gauges then hold the last values read)",
+            metrics.store_up.clone(),
+        );
         r.register(
             "tessera_queue_depth",
             "Tasks waiting for a worker, by job priority and task kind (whole farm)",
@@ -262,7 +278,16 @@ fn kind_label(kind: TaskKind) -> KindLabel {
 impl MetricsSource for Metrics {
     async fn render(&self) -> anyhow::Result<String> {
         let _one_at_a_time = self.scrape.lock().await;
-        self.refresh().await?;
+        let refreshed = match tokio::time::timeout(STORE_ANSWER, self.refresh()).await {
+            Ok(done) => done,
+            Err(_) => Err(anyhow::anyhow!(
+                "the state store did not answer in {STORE_ANSWER:?}"
+            )),
+        };
+        if let Err(e) = &refreshed {
+            tracing::warn!("metrics: the farm gauges keep their last values: {e:#}");
+        }
+        self.store_up.set(i64::from(refreshed.is_ok()));
         self.registry.render().await
     }
 }

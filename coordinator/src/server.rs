@@ -33,7 +33,8 @@ const REAP_BATCH: usize = 500;
 /// Longest pause between two attempts to reach the state store at start.
 const MAX_STATE_WAIT: Duration = Duration::from_secs(10);
 /// How often the health status is refreshed from the state store.
-const HEALTH_EVERY: Duration = Duration::from_secs(2);
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+use crate::metrics::STORE_ANSWER;
 
 /// Opens the state store the configuration names.
 pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBackend>> {
@@ -259,7 +260,10 @@ async fn watch_health(
 ) {
     let mut serving = None;
     loop {
-        let up = backend.ping().await.is_ok();
+        let up = matches!(
+            tokio::time::timeout(STORE_ANSWER, backend.ping()).await,
+            Ok(Ok(()))
+        );
         readiness.set(up);
         if serving != Some(up) {
             set_health(&health, up).await;

@@ -10,6 +10,11 @@ pub mod v1 {
 /// clients refuse to send more, with a message that says so, rather than have it cut off.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
+/// Metadata key of an `UNAVAILABLE` answer that the coordinator itself gave because its state
+/// store (Redis) does not answer, so a client can say that, rather than that the coordinator
+/// cannot be reached: a transport failure carries no such key.
+pub const STATE_STORE_DOWN: &str = "tessera-state-store-down";
+
 pub mod access;
 pub mod convert;
 pub mod transfer;

@@ -28,24 +28,31 @@ pub struct Scrape {
     pub families: Vec<String>,
 }
 
+/// GETs `http://addr{path}` (plain HTTP/1.1, as Prometheus and Kubernetes probes do) and
+/// returns the response's head and body; an answer slower than 30 s is an error.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(String, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("an HTTP response has a head")?;
+    Ok((head.to_string(), body.to_string()))
+}
+
 impl Scrape {
     /// GETs `http://addr/metrics` and parses it.
     pub fn get(addr: SocketAddr) -> anyhow::Result<Scrape> {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response)?;
-        let (head, body) = response
-            .split_once("\r\n\r\n")
-            .context("an HTTP response has a head")?;
+        let (head, body) = http_get(addr, "/metrics")?;
         if !head.starts_with("HTTP/1.1 200") {
             bail!("GET /metrics on {addr}: {head}\n{body}");
         }
-        Scrape::parse(body)
+        Scrape::parse(body.as_str())
     }
 
     /// Parses Prometheus or OpenMetrics text.

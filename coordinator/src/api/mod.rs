@@ -71,7 +71,14 @@ pub fn new_id() -> String {
 impl From<StateError> for Status {
     fn from(e: StateError) -> Self {
         match e {
-            StateError::Unavailable(_) => Status::unavailable(e.to_string()),
+            StateError::Unavailable(_) => {
+                let mut status = Status::unavailable(e.to_string());
+                let marker = tonic::metadata::MetadataValue::from_static("1");
+                status
+                    .metadata_mut()
+                    .insert(tessera_proto::STATE_STORE_DOWN, marker);
+                status
+            }
             StateError::JobExists(_) => Status::already_exists(e.to_string()),
             StateError::OverQuota(_) => Status::resource_exhausted(e.to_string()),
             StateError::Corrupt { .. } | StateError::InUse { .. } => {
