@@ -27,10 +27,7 @@ use tessera_proto::access::Access;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // A reader that stops early (`tessera jobs | head`) ends this process the way it ends
-    // `ls` or `grep`, instead of every later print panicking on the broken pipe.
-    // SAFETY: restoring the default disposition of one signal, before any thread prints.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    end_quietly_when_stdout_closes();
     let cli = Cli::parse();
     let json = cli.json;
     let telemetry = match tessera_telemetry::init("tessera-cli", cli.log_format) {
@@ -54,6 +51,31 @@ async fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// Exit status of a command whose reader went away, as a shell reports one ended by SIGPIPE.
+const EXIT_STDOUT_CLOSED: i32 = 128 + libc::SIGPIPE;
+
+/// A reader that stops early (`tessera jobs | head`) ends this process quietly, the way it ends
+/// `ls` or `grep`, instead of with a panic message for the print that found the pipe closed.
+/// SIGPIPE itself stays ignored: its default action would also kill the command, without a
+/// word, whenever a peer hangs up on a socket write (a coordinator dying under `tessera watch`).
+fn end_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout")
+            && message.contains(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
+        {
+            std::process::exit(EXIT_STDOUT_CLOSED);
+        }
+        default(info);
+    }));
 }
 
 /// Prints the error that ends the command on standard error: a line of text, or with `--json`

@@ -8,7 +8,7 @@ use tessera_proto::v1;
 use tessera_proto::v1::job_event::Event;
 use tonic::Code;
 
-use crate::error::{with_causes, JobEnded};
+use crate::error::{with_causes, JobEnded, Unreachable};
 use crate::farm::{Address, Farm};
 use crate::output::{event_json, print_json, shown};
 use crate::progress::Bars;
@@ -31,7 +31,7 @@ pub async fn watch(address: &Address, job: &str, json: bool) -> anyhow::Result<(
     let mut cursor = String::new();
     let mut retries = 0;
     loop {
-        let why = match farm.watch(job, &cursor).await {
+        let mut why = match farm.watch(job, &cursor).await {
             Ok(mut stream) => loop {
                 let Ok(message) = tokio::time::timeout(QUIET, stream.message()).await else {
                     // Nothing happened for a while: say why, if the farm knows.
@@ -63,7 +63,8 @@ pub async fn watch(address: &Address, job: &str, json: bool) -> anyhow::Result<(
             Err(status) if retryable(status.code()) => with_causes(&status),
             Err(status) => return Err(farm.refused(status)),
         };
-        // Reconnect until a coordinator answers at the same address again.
+        // Reconnect until a coordinator answers at the same address again; each try's note
+        // says why the try before it failed, not why the first one did.
         farm = loop {
             retries += 1;
             if retries > MAX_RETRIES {
@@ -78,8 +79,9 @@ pub async fn watch(address: &Address, job: &str, json: bool) -> anyhow::Result<(
                 None => eprintln!("{note}"),
             }
             tokio::time::sleep(backoff(retries)).await;
-            if let Ok(farm) = Farm::connect(address).await {
-                break farm;
+            match Farm::connect(address).await {
+                Ok(farm) => break farm,
+                Err(error) => why = connect_failure(&error),
             }
         };
     }
@@ -116,6 +118,16 @@ fn retryable(code: Code) -> bool {
         code,
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Aborted | Code::Internal
     )
+}
+
+/// Why a reconnection failed, in the words of a reconnect note: the transport's own account
+/// when the coordinator is unreachable (the note already names the address), the whole error
+/// otherwise.
+fn connect_failure(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<Unreachable>() {
+        Some(unreachable) => unreachable.detail.clone(),
+        None => format!("{error:#}"),
+    }
 }
 
 fn backoff(retry: u32) -> Duration {

@@ -10,7 +10,7 @@ use std::fs;
 use common::{coordinator, finish, tessera, Workers, SMALL};
 use tempfile::TempDir;
 use tessera_tests::protocol::{png, ProtocolWorker};
-use tessera_tests::{free_port, RedisServer};
+use tessera_tests::{free_port, RedisServer, Service};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PROMPTS: &str = "a lighthouse in a storm\n# a comment\n\nA red fox, at dawn!\n";
@@ -151,16 +151,22 @@ async fn a_jsonl_file_with_overrides_and_the_listings_as_json() {
     );
 }
 
+/// Submits [`PROMPTS`] as a [`SMALL`] job of two tasks, the file written in `dir`, and
+/// returns the job's id.
+async fn submit_small(url: &str, dir: &TempDir) -> String {
+    let prompts = dir.path().join("prompts.txt");
+    fs::write(&prompts, PROMPTS).unwrap();
+    let mut args = vec!["submit", prompts.to_str().unwrap()];
+    args.extend(SMALL);
+    tessera(url, &args).await.ok().stdout.trim().to_string()
+}
+
 #[tokio::test]
 async fn a_cancelled_job_ends_its_watch_with_a_failure_code() {
     let dir = TempDir::new().unwrap();
     let service = coordinator(&dir.path().join("store"), &["--embedded"], "127.0.0.1:0");
     let url = service.url();
-    let prompts = dir.path().join("prompts.txt");
-    fs::write(&prompts, PROMPTS).unwrap();
-    let mut args = vec!["submit", prompts.to_str().unwrap()];
-    args.extend(SMALL);
-    let job = tessera(&url, &args).await.ok().stdout.trim().to_string();
+    let job = submit_small(&url, &dir).await;
 
     let watcher = common::command(&url, &["--json", "watch", &job])
         .spawn()
@@ -279,56 +285,95 @@ async fn mistakes_are_reported_with_what_to_fix() {
     }
 }
 
+/// A two-task job on a coordinator with its state in Redis, listening on a fixed address so a
+/// restarted one takes its place, followed by `tessera --json watch`.
+struct WatchedJob {
+    redis: RedisServer,
+    dir: TempDir,
+    listen: String,
+    coordinator: Service,
+    watcher: tokio::process::Child,
+    /// The watch's standard output, one JSON event a line.
+    events: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// The events shown so far.
+    seen: Vec<serde_json::Value>,
+}
+
+impl WatchedJob {
+    /// Submits the job, starts the watch and finishes one task, and returns once the watch has
+    /// shown it: the watch is connected then.
+    async fn start() -> WatchedJob {
+        let redis = RedisServer::start().unwrap();
+        let dir = TempDir::new().unwrap();
+        let listen = format!("127.0.0.1:{}", free_port());
+        let state = ["--redis", &redis.url()];
+        let coordinator = coordinator(&dir.path().join("store"), &state, &listen);
+        let url = coordinator.url();
+        let job = submit_small(&url, &dir).await;
+
+        let mut watcher = common::command(&url, &["--json", "watch", &job])
+            .spawn()
+            .unwrap();
+        let events = BufReader::new(watcher.stdout.take().unwrap()).lines();
+        let mut watched = WatchedJob {
+            redis,
+            dir,
+            listen,
+            coordinator,
+            watcher,
+            events,
+            seen: Vec::new(),
+        };
+        let mut worker = ProtocolWorker::register(&watched.coordinator, "before").await;
+        let task = worker.lease(0).await.unwrap();
+        worker.finish(&task).await;
+        while let Some(line) = watched.events.next_line().await.unwrap() {
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let shown = event["type"] == "task_done";
+            watched.seen.push(event);
+            if shown {
+                return watched;
+            }
+        }
+        panic!("the watch ended before it showed the finished task");
+    }
+
+    /// Starts a coordinator in the killed one's place, on the same state, and has a worker
+    /// finish the job's other task.
+    async fn restart_and_finish(&mut self) {
+        let state = ["--redis", &self.redis.url()];
+        self.coordinator = coordinator(&self.dir.path().join("store"), &state, &self.listen);
+        let mut worker = ProtocolWorker::register(&self.coordinator, "after").await;
+        assert_eq!(worker.drain(0).await, 1);
+    }
+
+    /// Reads the watch's remaining events, checks the last says the job succeeded, and waits
+    /// for the watch to end; returns how it ended and every event it showed.
+    async fn finish(mut self) -> (common::Run, Vec<serde_json::Value>) {
+        while let Some(line) = self.events.next_line().await.unwrap() {
+            self.seen.push(serde_json::from_str(&line).unwrap());
+        }
+        let last = self.seen.last().unwrap();
+        assert_eq!(
+            (&last["type"], &last["state"]),
+            (&"job_done".into(), &"succeeded".into())
+        );
+        (finish(self.watcher).await, self.seen)
+    }
+}
+
 #[tokio::test]
 async fn watch_reconnects_when_the_coordinator_restarts() {
-    let redis = RedisServer::start().unwrap();
-    let dir = TempDir::new().unwrap();
-    let store = dir.path().join("store");
-    let state = ["--redis", &redis.url()];
-    let listen = format!("127.0.0.1:{}", free_port());
-    let mut first = coordinator(&store, &state, &listen);
-    let url = first.url();
-    let prompts = dir.path().join("prompts.txt");
-    fs::write(&prompts, PROMPTS).unwrap();
-    let mut args = vec!["submit", prompts.to_str().unwrap()];
-    args.extend(SMALL);
-    let job = tessera(&url, &args).await.ok().stdout.trim().to_string();
+    let mut watched = WatchedJob::start().await;
+    let url = watched.coordinator.url();
+    watched.coordinator.kill();
 
-    let mut watcher = common::command(&url, &["--json", "watch", &job])
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
-    let mut worker = ProtocolWorker::register(&first, "before").await;
-    let task = worker.lease(0).await.unwrap();
-    worker.finish(&task).await;
-    let mut seen = Vec::new();
-    // Wait until the watch has shown the finished task, so it is connected when the coordinator dies.
-    while let Some(line) = lines.next_line().await.unwrap() {
-        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
-        let shown = event["type"] == "task_done";
-        seen.push(event);
-        if shown {
-            break;
-        }
-    }
-    first.kill();
-
-    let second = coordinator(&store, &state, &listen);
-    let mut worker = ProtocolWorker::register(&second, "after").await;
-    assert_eq!(worker.drain(0).await, 1);
-    while let Some(line) = lines.next_line().await.unwrap() {
-        seen.push(serde_json::from_str(&line).unwrap());
-    }
-    let run = finish(watcher).await;
+    watched.restart_and_finish().await;
+    let (run, seen) = watched.finish().await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(
         run.stderr.contains(&format!("reconnecting to {url}")),
         "{run:?}"
-    );
-    let last = seen.last().unwrap();
-    assert_eq!(
-        (&last["type"], &last["state"]),
-        (&"job_done".into(), &"succeeded".into())
     );
     let cursors: HashSet<&str> = seen.iter().map(|e| e["cursor"].as_str().unwrap()).collect();
     assert_eq!(
@@ -338,4 +383,58 @@ async fn watch_reconnects_when_the_coordinator_restarts() {
     );
     let done = seen.iter().filter(|e| e["type"] == "task_done").count();
     assert_eq!(done, 2);
+}
+
+/// Reads `lines` until a reconnect note satisfies `wanted`, and returns that note; every note
+/// read is kept in `notes`.
+async fn reconnect_note(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    notes: &mut Vec<String>,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("reconnecting to") {
+            notes.push(line.clone());
+            if wanted(&line) {
+                return line;
+            }
+        }
+    }
+    panic!("the watch ended before the note came: {notes:#?}");
+}
+
+#[tokio::test]
+async fn each_reconnect_note_says_why_that_try_failed() {
+    let mut watched = WatchedJob::start().await;
+    let url = watched.coordinator.url();
+    let mut errors = BufReader::new(watched.watcher.stderr.take().unwrap()).lines();
+    watched.coordinator.kill();
+
+    // Nothing listens: the tries after the broken stream are refused connections.
+    let mut notes = Vec::new();
+    let refused = |note: &str| note.contains("Connection refused");
+    reconnect_note(&mut errors, &mut notes, refused).await;
+    // Something listens that hangs up on every connection: the notes say so instead.
+    let impostor = tokio::net::TcpListener::bind(&watched.listen)
+        .await
+        .unwrap();
+    let hanging_up = tokio::spawn(async move {
+        loop {
+            let (connection, _) = impostor.accept().await.unwrap();
+            drop(connection);
+        }
+    });
+    let other = reconnect_note(&mut errors, &mut notes, |note| !refused(note)).await;
+    hanging_up.abort();
+    let _ = hanging_up.await;
+
+    watched.restart_and_finish().await;
+    let (run, _) = watched.finish().await;
+    assert_eq!(run.code, 0, "{run:?} {notes:#?}");
+    assert!(other.contains(&format!("reconnecting to {url}")), "{other}");
+    let shown: HashSet<&str> = notes
+        .iter()
+        .map(|note| note.split_once("): ").expect("a note names its error").1)
+        .collect();
+    assert!(shown.len() >= 3, "each try says its own error: {notes:#?}");
 }
