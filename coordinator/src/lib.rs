@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod metrics;
+pub mod reaper;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -4,7 +4,7 @@
 
 use crate::api::jobs::JobsApi;
 use crate::api::workers::WorkersApi;
-use crate::api::{now_ms, Coordinator};
+use crate::api::Coordinator;
 use crate::auth::{Auth, Gate, Role};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -28,8 +28,6 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use tessera_proto::MAX_MESSAGE_BYTES as MAX_MESSAGE;
-/// Expired leases handled per reaper step.
-const REAP_BATCH: usize = 500;
 /// Longest pause between two attempts to reach the state store at start.
 const MAX_STATE_WAIT: Duration = Duration::from_secs(10);
 /// How often the health status is refreshed from the state store.
@@ -144,7 +142,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = Readiness::default();
     let tasks = [
-        tokio::spawn(reap(
+        tokio::spawn(crate::reaper::reap(
             coordinator.clone(),
             config.reap_ms(),
             shutdown.clone(),
@@ -217,36 +215,6 @@ async fn serve_metrics_logged(
 ) {
     if let Err(e) = serve_metrics(listener, metrics, Some(readiness), shutdown).await {
         tracing::error!("{e:#}");
-    }
-}
-
-/// Requeues tasks whose lease expired. Safe with several coordinators: each step is one atomic
-/// transition, so a task is requeued once whoever gets there first.
-async fn reap(c: Arc<Coordinator>, every_ms: u64, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(every_ms));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        loop {
-            match c.backend.expire(&c.policy, now_ms(), REAP_BATCH).await {
-                Ok(requeued) => {
-                    c.metrics.leases_expired(requeued.len());
-                    if !requeued.is_empty() {
-                        tracing::info!(?requeued, "leases expired");
-                    }
-                    if requeued.len() < REAP_BATCH {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("reaper: {e}");
-                    break;
-                }
-            }
-        }
     }
 }
 
