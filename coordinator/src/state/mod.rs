@@ -1,7 +1,10 @@
 //! The coordinator's state: jobs, tasks, queues, leases, workers and job events, behind one
 //! trait with two implementations that behave identically (one conformance suite checks both):
 //! [`redis::RedisBackend`] for farms (several coordinators may share it) and
-//! [`embedded::EmbeddedBackend`] for one machine without Redis.
+//! [`embedded::EmbeddedBackend`] for one machine without Redis. The Redis scripts (`lua/`) are
+//! named after the `model.rs` methods they mirror, and `coordinator/tests/differential.rs`
+//! runs random operations on both to check that they stay alike; every Redis key and field
+//! name is documented in `keys.rs`.
 //!
 //! Every transition is atomic in both: a lease, heartbeat, completion, failure, expiry or
 //! cancellation either happens entirely or not at all, so the coordinator may be killed at any
@@ -10,6 +13,7 @@
 
 mod dir_lock;
 pub mod embedded;
+mod keys;
 mod model;
 pub mod redis;
 

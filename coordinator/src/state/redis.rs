@@ -2,8 +2,10 @@
 //! several coordinators on one Redis never hand out a task twice and a coordinator killed
 //! between two commands leaves nothing half-done. Job events are Redis Streams; scripts that
 //! queue tasks publish on a channel that every coordinator listens to, so waiting lease
-//! requests are woken at once wherever the task appeared.
+//! requests are woken at once wherever the task appeared. Every key and field name is in
+//! [`super::keys`].
 
+use super::keys::{self, event, job as job_field, task as task_field, worker as worker_field};
 use super::{
     CancelOutcome, CompleteOutcome, CreateOutcome, Event, EventKind, FailOutcome, FailVerdict,
     FarmStats, HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy, Progress,
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 const COMMON: &str = include_str!("lua/common.lua");
 const FOOTER: &str = include_str!("lua/footer.lua");
 
-/// The transitions and reads, each one script.
+/// The transitions and reads, each one script named after the method of `model.rs` (and of
+/// [`StateBackend`]) it mirrors.
 struct Scripts {
     create_job: Script,
     lease: Script,
@@ -33,20 +36,18 @@ struct Scripts {
     fail: Script,
     redo_input: Script,
     expire: Script,
-    deregister: Script,
+    deregister_worker: Script,
     cancel: Script,
-    read_job: Script,
-    read_task: Script,
-    read_results: Script,
+    job: Script,
+    task: Script,
+    results: Script,
     stats: Script,
-}
-
-fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}\n{FOOTER}"))
 }
 
 impl Scripts {
     fn new() -> Self {
+        let prelude = keys::lua_prelude();
+        let script = |body: &str| Script::new(&format!("{prelude}{COMMON}\n{body}\n{FOOTER}"));
         Scripts {
             create_job: script(include_str!("lua/create_job.lua")),
             lease: script(include_str!("lua/lease.lua")),
@@ -55,11 +56,11 @@ impl Scripts {
             fail: script(include_str!("lua/fail.lua")),
             redo_input: script(include_str!("lua/redo_input.lua")),
             expire: script(include_str!("lua/expire.lua")),
-            deregister: script(include_str!("lua/deregister.lua")),
+            deregister_worker: script(include_str!("lua/deregister_worker.lua")),
             cancel: script(include_str!("lua/cancel.lua")),
-            read_job: script(include_str!("lua/read_job.lua")),
-            read_task: script(include_str!("lua/read_task.lua")),
-            read_results: script(include_str!("lua/read_results.lua")),
+            job: script(include_str!("lua/job.lua")),
+            task: script(include_str!("lua/task.lua")),
+            results: script(include_str!("lua/results.lua")),
             stats: script(include_str!("lua/stats.lua")),
         }
     }
@@ -143,7 +144,7 @@ impl RedisBackend {
     /// Forwards the wake-up channel to [`StateBackend::work_signal`], reconnecting as needed.
     fn listen_for_work(&self) {
         let client = self.client.clone();
-        let channel = format!("{}wake", self.prefix);
+        let channel = keys::WAKE.of(&self.prefix, &[]);
         let work = self.work.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
@@ -175,11 +176,8 @@ impl RedisBackend {
         });
     }
 
-    fn key(&self, parts: &[&str]) -> String {
-        format!("{}{}", self.prefix, parts.join(":"))
-    }
-
-    /// Runs a script with the common arguments (prefix, now, events kept) and `args`.
+    /// Runs a script with the prefix as its key (`KEYS[1]`), the common arguments (now, events
+    /// kept) and `args`.
     async fn run<T: redis::FromRedisValue>(
         &self,
         script: &Script,
@@ -188,7 +186,7 @@ impl RedisBackend {
         args: Vec<String>,
     ) -> StateResult<T> {
         let mut invocation = script.prepare_invoke();
-        invocation.arg(&self.prefix).arg(now).arg(events_max);
+        invocation.key(&self.prefix).arg(now).arg(events_max);
         for a in args {
             invocation.arg(a);
         }
@@ -201,7 +199,7 @@ impl RedisBackend {
 
     async fn read_task(&self, id: &str) -> StateResult<Option<TaskRecord>> {
         let value: Value = self
-            .run(&self.scripts.read_task, 0, 0, vec![id.to_string()])
+            .run(&self.scripts.task, 0, 0, vec![id.to_string()])
             .await?;
         parse_task_reply(value)
     }
@@ -240,7 +238,7 @@ impl RedisBackend {
             cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
         }
         cmd.arg("STREAMS")
-            .arg(self.key(&["events", job]))
+            .arg(keys::EVENTS.of(&self.prefix, &[job]))
             .arg(start);
         let reply: Option<StreamReadReply> = match block {
             None => {
@@ -394,26 +392,26 @@ impl Fields {
 }
 
 fn parse_job(id: &str, f: &Fields, queue_position: u64) -> Result<JobRecord, String> {
-    let state = f.str("state")?;
+    let state = f.str(job_field::STATE)?;
     Ok(JobRecord {
         id: id.to_string(),
-        name: f.str("name")?.to_string(),
+        name: f.str(job_field::NAME)?.to_string(),
         // Jobs stored before tenants existed have none.
-        tenant: f.str("tenant").unwrap_or_default().to_string(),
-        priority: f.num("priority")?,
+        tenant: f.str(job_field::TENANT).unwrap_or_default().to_string(),
+        priority: f.num(job_field::PRIORITY)?,
         state: JobState::parse(state).ok_or_else(|| format!("unknown job state '{state}'"))?,
-        upscale_only: f.str("upscale_only")? == "1",
-        settings: f.json("settings")?,
-        submitted_ms: f.num("submitted_ms")?,
-        finished_ms: f.num("finished_ms")?,
-        counts: f.counts("n_")?,
-        expected: f.kinds("e_")?,
-        ended: f.kinds("x_")?,
-        busy_ms: f.kinds("b_")?,
-        timed: f.kinds("m_")?,
-        units_total: f.num("units_total")?,
-        units_done: f.num("units_done")?,
-        units_failed: f.num("units_failed")?,
+        upscale_only: f.str(job_field::UPSCALE_ONLY)? == "1",
+        settings: f.json(job_field::SETTINGS)?,
+        submitted_ms: f.num(job_field::SUBMITTED_MS)?,
+        finished_ms: f.num(job_field::FINISHED_MS)?,
+        counts: f.counts(job_field::COUNT)?,
+        expected: f.kinds(job_field::EXPECTED)?,
+        ended: f.kinds(job_field::ENDED)?,
+        busy_ms: f.kinds(job_field::BUSY)?,
+        timed: f.kinds(job_field::TIMED)?,
+        units_total: f.num(job_field::UNITS_TOTAL)?,
+        units_done: f.num(job_field::UNITS_DONE)?,
+        units_failed: f.num(job_field::UNITS_FAILED)?,
         queue_position,
     })
 }
@@ -458,7 +456,7 @@ fn parse_task_reply(value: Value) -> StateResult<Option<TaskRecord>> {
 }
 
 fn parse_task(f: &Fields, errors: Vec<String>, inputs: Fields) -> Result<TaskRecord, String> {
-    let state = f.str("state")?;
+    let state = f.str(task_field::STATE)?;
     let mut slots = BTreeMap::new();
     for (slot, value) in inputs.0 {
         let slot: u32 = slot.parse().map_err(|_| format!("input slot '{slot}'"))?;
@@ -466,107 +464,107 @@ fn parse_task(f: &Fields, errors: Vec<String>, inputs: Fields) -> Result<TaskRec
             serde_json::from_str(&value).map_err(|e| format!("input {slot}: {e}"))?;
         slots.insert(slot, artifact);
     }
-    let spec: tessera_core::task::TaskSpec = f.json("spec")?;
-    let parent = f.str("parent")?;
+    let spec: tessera_core::task::TaskSpec = f.json(task_field::SPEC)?;
+    let parent = f.str(task_field::PARENT)?;
     Ok(TaskRecord {
-        id: f.str("id")?.to_string(),
-        job: f.str("job")?.to_string(),
-        kind: f.kind("kind")?,
-        unit: f.num("unit")?,
+        id: f.str(task_field::ID)?.to_string(),
+        job: f.str(task_field::JOB)?.to_string(),
+        kind: f.kind(task_field::KIND)?,
+        unit: f.num(task_field::UNIT)?,
         state: TaskState::parse(state).ok_or_else(|| format!("unknown task state '{state}'"))?,
-        attempt: f.num("attempt")?,
-        failures: f.num("failures")?,
-        expiries: f.num("expiries")?,
-        worker: f.str("worker")?.to_string(),
-        deadline_ms: f.num("deadline")?,
+        attempt: f.num(task_field::ATTEMPT)?,
+        failures: f.num(task_field::FAILURES)?,
+        expiries: f.num(task_field::EXPIRIES)?,
+        worker: f.str(task_field::WORKER)?.to_string(),
+        deadline_ms: f.num(task_field::DEADLINE)?,
         spec,
         parent: (!parent.is_empty()).then(|| parent.to_string()),
-        slot: f.num("slot")?,
-        waiting: f.num("waiting")?,
-        is_final: f.str("final")? == "1",
-        checkpoint: f.opt_json("checkpoint")?,
-        checkpoint_iteration: f.num("ckpt_iter")?,
-        started_ms: f.num("started")?,
-        iteration: f.num("iteration")?,
-        loss: f.opt_f64("loss")?,
-        output: f.opt_json("output")?,
+        slot: f.num(task_field::SLOT)?,
+        waiting: f.num(task_field::WAITING)?,
+        is_final: f.str(task_field::FINAL)? == "1",
+        checkpoint: f.opt_json(task_field::CHECKPOINT)?,
+        checkpoint_iteration: f.num(task_field::CHECKPOINT_ITERATION)?,
+        started_ms: f.num(task_field::STARTED)?,
+        iteration: f.num(task_field::ITERATION)?,
+        loss: f.opt_f64(task_field::LOSS)?,
+        output: f.opt_json(task_field::OUTPUT)?,
         errors,
         inputs: slots,
         // Tasks stored before traces were kept have none.
-        trace: f.0.get("trace").cloned().unwrap_or_default(),
+        trace: f.0.get(task_field::TRACE).cloned().unwrap_or_default(),
     })
 }
 
 fn parse_event(cursor: &str, f: &Fields) -> Result<Event, String> {
-    let task = || f.str("task").map(str::to_string);
-    let worker = || f.str("worker").map(str::to_string);
-    let kind = match f.str("e")? {
+    let task = || f.str(event::TASK).map(str::to_string);
+    let worker = || f.str(event::WORKER).map(str::to_string);
+    let kind = match f.str(event::KIND)? {
         "task_started" => EventKind::TaskStarted {
             task: task()?,
-            kind: f.kind("kind")?,
-            attempt: f.num("attempt")?,
+            kind: f.kind(event::TASK_KIND)?,
+            attempt: f.num(event::ATTEMPT)?,
             worker: worker()?,
-            unit: f.num("unit")?,
+            unit: f.num(event::UNIT)?,
         },
         "progress" => EventKind::Progress {
             task: task()?,
-            attempt: f.num("attempt")?,
-            iteration: f.num("iteration")?,
-            iterations: f.num("iterations")?,
-            loss: f.opt_f64("loss")?,
-            checkpoint_iteration: f.num("ckpt_iter")?,
+            attempt: f.num(event::ATTEMPT)?,
+            iteration: f.num(event::ITERATION)?,
+            iterations: f.num(event::ITERATIONS)?,
+            loss: f.opt_f64(event::LOSS)?,
+            checkpoint_iteration: f.num(event::CHECKPOINT_ITERATION)?,
         },
         "preview" => EventKind::Preview {
             task: task()?,
-            attempt: f.num("attempt")?,
-            iteration: f.num("iteration")?,
+            attempt: f.num(event::ATTEMPT)?,
+            iteration: f.num(event::ITERATION)?,
         },
         "task_done" => EventKind::TaskDone {
             task: task()?,
-            kind: f.kind("kind")?,
-            attempt: f.num("attempt")?,
+            kind: f.kind(event::TASK_KIND)?,
+            attempt: f.num(event::ATTEMPT)?,
             worker: worker()?,
-            unit: f.num("unit")?,
-            is_final: f.str("final")? == "1",
-            output: f.json("output")?,
+            unit: f.num(event::UNIT)?,
+            is_final: f.str(event::FINAL)? == "1",
+            output: f.json(event::OUTPUT)?,
         },
         "task_failed" => EventKind::TaskFailed {
             task: task()?,
-            attempt: f.num("attempt")?,
+            attempt: f.num(event::ATTEMPT)?,
             worker: worker()?,
-            error: f.str("error")?.to_string(),
-            will_retry: f.str("retry")? == "1",
+            error: f.str(event::ERROR)?.to_string(),
+            will_retry: f.str(event::RETRY)? == "1",
         },
         "task_requeued" => EventKind::TaskRequeued {
             task: task()?,
-            attempt: f.num("attempt")?,
+            attempt: f.num(event::ATTEMPT)?,
             worker: worker()?,
-            reason: f.str("reason")?.to_string(),
+            reason: f.str(event::REASON)?.to_string(),
         },
         "job_done" => {
-            let state = f.str("state")?;
+            let state = f.str(event::STATE)?;
             EventKind::JobDone {
                 state: JobState::parse(state).ok_or_else(|| format!("job state '{state}'"))?,
                 counts: f.counts("")?,
-                units_done: f.num("units_done")?,
-                units_failed: f.num("units_failed")?,
+                units_done: f.num(event::UNITS_DONE)?,
+                units_failed: f.num(event::UNITS_FAILED)?,
             }
         }
         other => return Err(format!("unknown event '{other}'")),
     };
     Ok(Event {
         cursor: cursor.to_string(),
-        time_ms: f.num("t")?,
+        time_ms: f.num(event::TIME)?,
         kind,
     })
 }
 
 fn parse_worker(f: &Fields) -> Result<WorkerRecord, String> {
-    let mut record: WorkerRecord = f.json("record")?;
-    record.last_seen_ms = f.num("last_seen")?;
-    let current = f.str("current")?;
+    let mut record: WorkerRecord = f.json(worker_field::RECORD)?;
+    record.last_seen_ms = f.num(worker_field::LAST_SEEN)?;
+    let current = f.str(worker_field::CURRENT)?;
     record.current_task = (!current.is_empty()).then(|| current.to_string());
-    record.tasks_done = f.num("done")?;
+    record.tasks_done = f.num(worker_field::DONE)?;
     Ok(record)
 }
 
@@ -695,7 +693,7 @@ impl StateBackend for RedisBackend {
 
     async fn job(&self, id: &str) -> StateResult<Option<JobRecord>> {
         let reply: Option<(Vec<String>, u64)> = self
-            .run(&self.scripts.read_job, 0, 0, vec![id.to_string()])
+            .run(&self.scripts.job, 0, 0, vec![id.to_string()])
             .await?;
         reply
             .map(|(fields, ahead)| {
@@ -713,8 +711,8 @@ impl StateBackend for RedisBackend {
     ) -> StateResult<(Vec<JobRecord>, u64)> {
         let mut conn = self.conn.clone();
         let key = match tenant {
-            Some(tenant) => self.key(&["tenant_jobs", tenant]),
-            None => self.key(&["jobs"]),
+            Some(tenant) => keys::TENANT_JOBS.of(&self.prefix, &[tenant]),
+            None => keys::JOBS.of(&self.prefix, &[]),
         };
         let (ids, total): (Vec<String>, u64) = redis::pipe()
             .cmd("ZREVRANGE")
@@ -750,7 +748,7 @@ impl StateBackend for RedisBackend {
         )>;
         let reply: Reply = self
             .run(
-                &self.scripts.read_results,
+                &self.scripts.results,
                 0,
                 0,
                 vec![job.to_string(), offset.to_string(), limit.to_string()],
@@ -794,18 +792,18 @@ impl StateBackend for RedisBackend {
         redis::pipe()
             .atomic()
             .cmd("HSET")
-            .arg(self.key(&["worker", &worker.id]))
-            .arg("record")
+            .arg(keys::WORKER.of(&self.prefix, &[&worker.id]))
+            .arg(worker_field::RECORD)
             .arg(json(worker))
-            .arg("last_seen")
+            .arg(worker_field::LAST_SEEN)
             .arg(worker.last_seen_ms)
-            .arg("current")
+            .arg(worker_field::CURRENT)
             .arg(worker.current_task.clone().unwrap_or_default())
-            .arg("done")
+            .arg(worker_field::DONE)
             .arg(worker.tasks_done)
             .ignore()
             .cmd("SADD")
-            .arg(self.key(&["workers"]))
+            .arg(keys::WORKERS.of(&self.prefix, &[]))
             .arg(&worker.id)
             .ignore()
             .query_async::<()>(&mut conn)
@@ -816,7 +814,7 @@ impl StateBackend for RedisBackend {
     async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>> {
         let mut conn = self.conn.clone();
         let fields: Vec<String> = redis::cmd("HGETALL")
-            .arg(self.key(&["worker", id]))
+            .arg(keys::WORKER.of(&self.prefix, &[id]))
             .query_async(&mut conn)
             .await
             .map_err(unavailable(&self.address))?;
@@ -831,7 +829,7 @@ impl StateBackend for RedisBackend {
     async fn workers(&self) -> StateResult<Vec<WorkerRecord>> {
         let mut conn = self.conn.clone();
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.key(&["workers"]))
+            .arg(keys::WORKERS.of(&self.prefix, &[]))
             .query_async(&mut conn)
             .await
             .map_err(unavailable(&self.address))?;
@@ -852,8 +850,13 @@ impl StateBackend for RedisBackend {
         now: u64,
     ) -> StateResult<Vec<String>> {
         let args = vec![id.to_string(), policy.max_expiries.to_string()];
-        self.run(&self.scripts.deregister, now, policy.events_max, args)
-            .await
+        self.run(
+            &self.scripts.deregister_worker,
+            now,
+            policy.events_max,
+            args,
+        )
+        .await
     }
 
     async fn lease(

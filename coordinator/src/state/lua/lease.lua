@@ -1,13 +1,13 @@
--- lease: ARGV[4] worker, [5] lease ms, [6] kinds (comma-separated), [7] models (normalised,
--- comma-separated), [8] device, [9] max pixels (0: any). Returns the leased task (read_task)
+-- lease: ARGV[3] worker, [4] lease ms, [5] kinds (comma-separated), [6] models (normalised,
+-- comma-separated), [7] device, [8] max pixels (0: any). Returns the leased task (read_task)
 -- or nil. Order: priorities high to low; jobs of one priority by fair-share position (new jobs
 -- first in submission order, then least recently served); a job's queues by kind rank.
 local function main()
-  local worker, lease_ms = ARGV[4], tonumber(ARGV[5])
+  local worker, lease_ms = ARGV[3], tonumber(ARGV[4])
   local kinds, models = {}, {}
-  for k in string.gmatch(ARGV[6], '[^,]+') do kinds[k] = true end
-  for m in string.gmatch(ARGV[7], '[^,]+') do models[m] = true end
-  local device, max_pixels = ARGV[8], tonumber(ARGV[9])
+  for k in string.gmatch(ARGV[5], '[^,]+') do kinds[k] = true end
+  for m in string.gmatch(ARGV[6], '[^,]+') do models[m] = true end
+  local device, max_pixels = ARGV[7], tonumber(ARGV[8])
 
   -- Mirrors Requirements::satisfied_by on a queue name kind|pixels|device|models.
   local function fits(class)
@@ -24,10 +24,10 @@ local function main()
   end
 
   local function next_queue()
-    for _, prio in ipairs(redis.call('ZREVRANGE', P .. 'prios', 0, -1)) do
-      for _, job in ipairs(redis.call('ZRANGE', P .. 'rr:' .. prio, 0, -1)) do
-        if redis.call('SISMEMBER', P .. 'banned:' .. job, worker) == 0 then
-          for _, class in ipairs(redis.call('ZRANGE', P .. 'classes:' .. job, 0, -1)) do
+    for _, prio in ipairs(redis.call('ZREVRANGE', KEY.priorities, 0, -1)) do
+      for _, job in ipairs(redis.call('ZRANGE', KEY.rotation(prio), 0, -1)) do
+        if redis.call('SISMEMBER', KEY.banned(job), worker) == 0 then
+          for _, class in ipairs(redis.call('ZRANGE', KEY.classes(job), 0, -1)) do
             if fits(class) then return prio, job, class end
           end
         end
@@ -37,30 +37,32 @@ local function main()
 
   local prio, job, class = next_queue()
   if not prio then return false end
-  local queue = P .. 'q:' .. job .. ':' .. class
+  local queue = KEY.queue(job, class)
   local tid = redis.call('ZPOPMIN', queue)[1]
   if redis.call('ZCARD', queue) == 0 then
-    redis.call('ZREM', P .. 'classes:' .. job, class)
-    if redis.call('ZCARD', P .. 'classes:' .. job) == 0 then
-      redis.call('ZREM', P .. 'rr:' .. prio, job)
-      if redis.call('ZCARD', P .. 'rr:' .. prio) == 0 then redis.call('ZREM', P .. 'prios', prio) end
+    redis.call('ZREM', KEY.classes(job), class)
+    if redis.call('ZCARD', KEY.classes(job)) == 0 then
+      redis.call('ZREM', KEY.rotation(prio), job)
+      if redis.call('ZCARD', KEY.rotation(prio)) == 0 then
+        redis.call('ZREM', KEY.priorities, prio)
+      end
     end
   end
-  local tick = redis.call('INCR', P .. 'tick')
-  redis.call('HSET', job_key(job), 'vt', tick)
-  redis.call('ZADD', P .. 'rr:' .. prio, 'XX', tick, job)
+  local tick = redis.call('INCR', KEY.tick)
+  redis.call('HSET', KEY.job(job), JOB.vt, tick)
+  redis.call('ZADD', KEY.rotation(prio), 'XX', tick, job)
 
-  local t = task_key(tid)
+  local t = KEY.task(tid)
   move_task(tid, job, 'queued', 'running')
-  local attempt = redis.call('HINCRBY', t, 'attempt', 1)
+  local attempt = redis.call('HINCRBY', t, TASK.attempt, 1)
   local deadline = int(NOW + lease_ms)
-  redis.call('HSET', t, 'worker', worker, 'deadline', deadline, 'started', int(NOW))
-  redis.call('ZADD', P .. 'leases', deadline, tid)
-  if redis.call('EXISTS', worker_key(worker)) == 1 then
-    redis.call('HSET', worker_key(worker), 'current', tid, 'last_seen', int(NOW))
+  redis.call('HSET', t, TASK.worker, worker, TASK.deadline, deadline, TASK.started, int(NOW))
+  redis.call('ZADD', KEY.leases, deadline, tid)
+  if redis.call('EXISTS', KEY.worker(worker)) == 1 then
+    redis.call('HSET', KEY.worker(worker), WORKER.current, tid, WORKER.last_seen, int(NOW))
   end
-  local kind, unit = unpack(redis.call('HMGET', t, 'kind', 'unit'))
-  event(job, 'task_started', { 'task', tid, 'kind', kind, 'attempt', attempt, 'worker', worker,
-    'unit', unit })
+  local kind, unit = unpack(redis.call('HMGET', t, TASK.kind, TASK.unit))
+  event(job, 'task_started', { EVENT.task, tid, EVENT.task_kind, kind, EVENT.attempt, attempt,
+    EVENT.worker, worker, EVENT.unit, unit })
   return read_task(tid)
 end

@@ -1,4 +1,4 @@
--- redo_input: ARGV[4] task, [5] attempt, [6] worker, [7] key of the corrupt input, [8] the task
+-- redo_input: ARGV[3] task, [4] attempt, [5] worker, [6] key of the corrupt input, [7] the task
 -- that made it ('' when none did). Returns 'waiting_for_input', 'requeued', 'failed', 'stale'
 -- or 'cancelled'.
 
@@ -13,7 +13,7 @@ local function holds_input(tid, spec, checkpoint, key)
   local decoded = cjson.decode(spec)
   if decoded.kind == 'upscale_tile' and decoded.source.key == key then return true end
   if is_key(checkpoint, key) then return true end
-  for _, input in ipairs(redis.call('HVALS', P .. 'inputs:' .. tid)) do
+  for _, input in ipairs(redis.call('HVALS', KEY.inputs(tid))) do
     if is_key(input, key) then return true end
   end
   return false
@@ -27,40 +27,42 @@ end
 
 -- Whether `producer` of `job` made `key`: its accepted output, or it is being made again.
 local function made(producer, job, key)
-  local pjob, state, output = unpack(redis.call('HMGET', task_key(producer), 'job', 'state', 'output'))
+  local pjob, state, output = unpack(redis.call('HMGET', KEY.task(producer), TASK.job,
+    TASK.state, TASK.output))
   if pjob ~= job then return false end
   if output ~= '' then return state == 'done' and is_key(output, key) end
   return state == 'queued' or state == 'running'
 end
 
 local function redo(producer, key, consumer)
-  local p = task_key(producer)
-  local output, kind, job, parent, slot = unpack(redis.call('HMGET', p, 'output', 'kind', 'job', 'parent', 'slot'))
+  local p = KEY.task(producer)
+  local output, kind, job, parent, slot = unpack(redis.call('HMGET', p, TASK.output, TASK.kind,
+    TASK.job, TASK.parent, TASK.slot))
   if output == '' then return end
-  redis.call('HSET', p, 'output', '')
-  local reason = 'its output ' .. key .. ' is corrupt in the artifact store (found by ' .. consumer ..
-    '); running again'
+  redis.call('HSET', p, TASK.output, '')
+  local reason = 'its output ' .. key .. ' is corrupt in the artifact store (found by ' ..
+    consumer .. '); running again'
   note_error(producer, reason)
-  redis.call('HINCRBY', job_key(job), 'x_' .. kind, -1)
-  if parent == consumer then redis.call('HDEL', P .. 'inputs:' .. consumer, slot) end
+  redis.call('HINCRBY', KEY.job(job), JOB.ended .. kind, -1)
+  if parent == consumer then redis.call('HDEL', KEY.inputs(consumer), slot) end
   enqueue(producer)
   requeued_event(producer, reason)
 end
 
 local function main()
-  local tid, attempt, worker, key, producer = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-  local t = task_key(tid)
-  local state, current, holder, job, checkpoint, spec =
-    unpack(redis.call('HMGET', t, 'state', 'attempt', 'worker', 'job', 'checkpoint', 'spec'))
+  local tid, attempt, worker, key, producer = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+  local t = KEY.task(tid)
+  local state, current, holder, job, checkpoint, spec = unpack(redis.call('HMGET', t,
+    TASK.state, TASK.attempt, TASK.worker, TASK.job, TASK.checkpoint, TASK.spec))
   if not state then return 'stale' end
   if state == 'cancelled' then return 'cancelled' end
   if state ~= 'running' or current ~= attempt or holder ~= worker then return 'stale' end
   local held = holds_input(tid, spec, checkpoint, key)
-  redis.call('ZREM', P .. 'leases', tid)
+  redis.call('ZREM', KEY.leases, tid)
   release_worker(worker, tid)
   local verdict
   if is_key(checkpoint, key) then
-    redis.call('HSET', t, 'checkpoint', '', 'ckpt_iter', 0)
+    redis.call('HSET', t, TASK.checkpoint, '', TASK.checkpoint_iteration, 0)
     requeue(tid, 'checkpoint ' .. key .. ' is corrupt in the artifact store; starting over')
     verdict = 'requeued'
   elseif not held then
@@ -68,16 +70,16 @@ local function main()
     verdict = 'requeued'
   elseif producer ~= '' and made(producer, job, key) then
     redo(producer, key, tid)
-    local reason = 'input ' .. key .. ' is corrupt in the artifact store; waiting for ' .. producer ..
-      ' to make it again'
+    local reason = 'input ' .. key .. ' is corrupt in the artifact store; waiting for ' ..
+      producer .. ' to make it again'
     note_error(tid, reason)
-    redis.call('HINCRBY', t, 'waiting', 1)
+    redis.call('HINCRBY', t, TASK.waiting, 1)
     move_task(tid, job, 'running', 'blocked')
     requeued_event(tid, reason)
     verdict = 'waiting_for_input'
   else
-    local reason = 'input ' .. key .. ' is corrupt in the artifact store and no task of this job ' ..
-      'made it (an uploaded picture): upload it again and submit a new job'
+    local reason = 'input ' .. key .. ' is corrupt in the artifact store and no task of this ' ..
+      'job made it (an uploaded picture): upload it again and submit a new job'
     note_error(tid, reason)
     fail_for_good(tid, reason, worker, attempt)
     verdict = 'failed'

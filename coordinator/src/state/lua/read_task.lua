@@ -1,4 +1,0 @@
--- read_task: ARGV[4] task. Returns {task hash, errors, inputs} or nil.
-local function main()
-  return read_task(ARGV[4])
-end
