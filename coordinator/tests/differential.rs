@@ -27,8 +27,8 @@ use rand::{Rng, SeedableRng};
 use tessera_coordinator::state::embedded::EmbeddedBackend;
 use tessera_coordinator::state::redis::RedisBackend;
 use tessera_coordinator::state::{
-    Event, LeaseRef, NewJob, Policy, Progress, Quota, StateBackend, StateError, TaskRecord,
-    TaskState, WorkerRecord,
+    Event, JobState, LeaseRef, NewJob, Policy, Progress, Quota, StateBackend, StateError,
+    TaskRecord, TaskState, WorkerRecord,
 };
 use tessera_coordinator::store::producer_of;
 use tessera_core::job::{InputImage, JobRequest, JobSource};
@@ -103,6 +103,93 @@ async fn the_embedded_model_and_redis_agree_on_random_operations() {
         run.ops,
         started.elapsed()
     );
+}
+
+/// Redis state from before the key vocabulary (`state/keys.rs`): every key under the prefix
+/// `old:` as commands that write it again, dumped by the code of commit 952576d after the first
+/// 150 operations of seed 3, with what the embedded model read back then (`view`, of `jobs`
+/// and `tasks`, probed as [`old_state_probe`] says).
+#[derive(serde::Deserialize)]
+struct OldState {
+    jobs: Vec<String>,
+    tasks: Vec<String>,
+    view: View,
+    commands: Vec<Vec<String>>,
+}
+
+/// The read-back the old state's `view` was made with.
+fn old_state_probe(jobs: &[String]) -> Probe {
+    Probe {
+        everything: true,
+        page: (1, 2),
+        resume: (jobs[0].clone(), 2, 3),
+    }
+}
+
+#[tokio::test]
+async fn redis_state_stored_before_the_key_vocabulary_still_loads_and_runs() {
+    let old: OldState =
+        serde_json::from_str(include_str!("fixtures/redis_state_before_keys.json")).unwrap();
+    let redis = RedisServer::start().unwrap();
+    let client = ::redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for command in &old.commands {
+        let mut cmd = ::redis::cmd(&command[0]);
+        for arg in &command[1..] {
+            cmd.arg(arg);
+        }
+        cmd.query_async::<::redis::Value>(&mut conn).await.unwrap();
+    }
+    let backend = RedisBackend::connect(&redis.url(), "old:").await.unwrap();
+    let probe = old_state_probe(&old.jobs);
+    let view = View::read(&backend, &old.jobs, &old.tasks, &probe)
+        .await
+        .unwrap();
+    if let Err(difference) = old.view.diff(&view) {
+        panic!("the old state reads back otherwise: {difference}");
+    }
+
+    // It still runs: the old leases expire, and workers that do everything finish every job.
+    let (policy, now) = (Policy::default(), 2_000_000_000_000);
+    backend.expire(&policy, now, 1_000).await.unwrap();
+    let workers: Vec<Capabilities> = ["cuda:1", "cpu"]
+        .into_iter()
+        .map(|device| {
+            Capabilities {
+                kinds: TaskKind::ALL.to_vec(),
+                models: planned::all_models(),
+                device: device.into(),
+                max_pixels: 0,
+            }
+            .normalised()
+            .unwrap()
+        })
+        .collect();
+    let mut leased = true;
+    while leased {
+        leased = false;
+        for caps in &workers {
+            let worker = format!("drain-{}", caps.device);
+            let lease = backend.lease(&worker, caps, &policy, now, 1_000).await;
+            if let Some(task) = lease.unwrap() {
+                let output = planned::output_for(&task, "out.png");
+                let followups = planned::followups(&task, &output);
+                let lease = LeaseRef {
+                    task: &task.id,
+                    attempt: task.attempt,
+                    worker: &worker,
+                };
+                let done = backend.complete(lease, &output, &followups, &policy, now);
+                assert_eq!(format!("{:?}", done.await.unwrap()), "Accepted");
+                leased = true;
+            }
+        }
+    }
+    let (jobs, _) = backend.jobs(None, 0, 100).await.unwrap();
+    assert!(!jobs.is_empty());
+    for job in jobs {
+        assert_ne!(job.state, JobState::Running, "{job:?}");
+    }
 }
 
 /// A job as the generator draws it; [`JobShape::plan`] makes the `NewJob`.
@@ -662,7 +749,7 @@ struct Probe {
 }
 
 /// Everything a backend answers about its state.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, PartialEq, serde::Deserialize)]
 struct View {
     jobs: Vec<String>,
     page: Vec<String>,
