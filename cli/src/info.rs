@@ -50,16 +50,7 @@ fn show_job(job: &v1::JobStatus, json: bool) {
         ("eta", eta),
         ("submitted", ago(job.submitted_at_ms)),
         ("finished", ago(job.finished_at_ms)),
-        (
-            "settings",
-            format!(
-                "{}x{}, {} iterations, upscale {}",
-                s.width(),
-                s.height(),
-                s.iterations(),
-                s.upscale_model()
-            ),
-        ),
+        what_it_does(job.upscale_only, job.results_total, &s),
     ];
     for (key, value) in rows {
         println!("{key:<10}{}", shown(&value));
@@ -67,6 +58,36 @@ fn show_job(job: &v1::JobStatus, json: bool) {
     if !job.waiting_for.is_empty() {
         println!("{:<10}{}", "waiting", shown(&job.waiting_for));
     }
+}
+
+/// The status row saying what a job makes: a render job by its render settings, an
+/// upscale-only job by its pictures, model and tiles, since it renders nothing and its render
+/// settings are only the farm's defaults.
+fn what_it_does(upscale_only: bool, pictures: u64, s: &v1::Settings) -> (&'static str, String) {
+    if !upscale_only {
+        let render = format!(
+            "{}x{}, {} iterations, upscale {}",
+            s.width(),
+            s.height(),
+            s.iterations(),
+            s.upscale_model()
+        );
+        return ("settings", render);
+    }
+    let tiles = match s.tile() {
+        0 => "each picture in one tile".to_string(),
+        tile => format!(
+            "tiles of {tile} px (pad {}, overlap {})",
+            s.tile_pad(),
+            s.tile_overlap()
+        ),
+    };
+    let upscale = format!(
+        "{pictures} picture(s) with {} (x{}), {tiles}",
+        s.upscale_model(),
+        s.upscale_scale()
+    );
+    ("upscale", upscale)
 }
 
 /// Lists the newest jobs.

@@ -237,6 +237,18 @@ async fn pictures_are_uploaded_upscaled_and_fetched() {
         manifest.contains("\"input_name\": \"Beach Day.png\""),
         "{manifest}"
     );
+
+    // Its status says what it did, not the render settings it never used.
+    let jobs = tessera(&url, &["--json", "jobs"]).await.ok().json();
+    let job = jobs["jobs"][0]["job_id"].as_str().unwrap();
+    let status = tessera(&url, &["status", job]).await.ok().stdout;
+    assert!(
+        status.contains(
+            "upscale   2 picture(s) with realesrgan-x4plus (x4), tiles of 32 px (pad 48, overlap 16)"
+        ),
+        "{status}"
+    );
+    assert!(!status.contains("iterations"), "{status}");
 }
 
 #[tokio::test]
