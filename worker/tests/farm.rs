@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::farm::{coordinator_on, download, event_until, job, models, watch, Workers};
+use common::farm::{
+    coordinator_on, download, event_until, job, models, upload_pictures, upscale_job, watch,
+    Workers,
+};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -419,34 +422,8 @@ async fn upscale_on_the_farm(
     tile: TileSpec,
 ) -> Vec<Vec<u8>> {
     let mut client = JobsClient::connect(service.url()).await.unwrap();
-    let mut images = Vec::new();
-    for (name, bytes) in pictures {
-        let header = v1::UploadHeader {
-            name: name.to_string(),
-            ..Default::default()
-        };
-        let uploaded = client
-            .upload_input(tessera_proto::transfer::upload_messages(header, bytes))
-            .await
-            .unwrap()
-            .into_inner();
-        images.push(v1::InputImage {
-            name: name.to_string(),
-            key: uploaded.key,
-        });
-    }
-    let spec = v1::JobSpec {
-        name: "kinds".into(),
-        settings: Some(v1::Settings {
-            upscale_model: Some("tiny-sr".into()),
-            tile: Some(tile.tile),
-            tile_pad: Some(tile.pad),
-            tile_overlap: Some(tile.overlap),
-            ..Default::default()
-        }),
-        source: Some(v1::job_spec::Source::Images(v1::ImageList { images })),
-        ..Default::default()
-    };
+    let images = upload_pictures(&mut client, pictures).await;
+    let spec = upscale_job(images, tile);
     let job_id = submit(&mut client, spec).await;
     let events = watch(&mut client, &job_id).await;
     assert!(

@@ -17,15 +17,18 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::farm::{coordinator_on, download, job, models, watch, Workers};
+use common::farm::{
+    coordinator_on, download, job, models, upload_pictures, upscale_job, watch, Workers,
+};
 use tempfile::TempDir;
 use tessera_core::task::sha256_hex;
+use tessera_core::tiles::TileSpec;
 use tessera_proto::access::Access;
 use tessera_proto::v1;
 use tessera_proto::v1::job_event::Event;
 use tessera_proto::v1::jobs_client::JobsClient;
 use tessera_tests::jobs::{results, status, submit};
-use tessera_tests::protocol::ProtocolWorker;
+use tessera_tests::protocol::{png, ProtocolWorker};
 use tessera_tests::{binary, free_port, RedisServer, Service};
 use tonic::transport::Channel;
 
@@ -510,4 +513,75 @@ async fn a_poison_task_fails_after_its_retries_with_its_errors_kept_and_the_rest
             "{tile:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_tile_whose_lease_is_lost_is_dropped_at_the_next_heartbeat_saying_so_once() {
+    let models = models();
+    let store = TempDir::new().unwrap();
+    let service = coordinator_on(
+        "127.0.0.1:0",
+        store.path(),
+        &["--embedded", "--lease-ms", "2000"],
+    );
+    // One thread: the tile of a 512x512 picture is seconds of work, so the worker is frozen
+    // in the middle of it.
+    let workers = Workers::start_with(1, models.path(), &service, &["--threads", "1"]);
+    let mut client = client_at(&service.url()).await;
+    let images = upload_pictures(&mut client, &[("big.png", png(512, 512, 7))]).await;
+    let whole = TileSpec {
+        tile: 0,
+        pad: 0,
+        overlap: 0,
+    };
+    let job = submit(&mut client, upscale_job(images, whole)).await;
+    let request = v1::WatchJobRequest {
+        job_id: job.clone(),
+        ..Default::default()
+    };
+    let mut events = client.watch_job(request).await.unwrap().into_inner();
+    let mut next = async || {
+        let message = events.message().await.unwrap();
+        message.expect("the job ended first").event.unwrap()
+    };
+
+    let task = loop {
+        if let Event::TaskStarted(started) = next().await {
+            break started.task_id;
+        }
+    };
+    workers.signal(0, libc::SIGSTOP);
+    loop {
+        match next().await {
+            Event::TaskRequeued(requeued) if requeued.attempt == 1 => break,
+            Event::TaskDone(_) => panic!("the tile ended before the worker was frozen"),
+            _ => {}
+        }
+    }
+    workers.signal(0, libc::SIGCONT);
+    let done = loop {
+        if let Event::JobDone(done) = next().await {
+            break done;
+        }
+    };
+    assert_eq!(done.state(), v1::JobState::Succeeded);
+
+    // The first heartbeat after the thaw learnt the lease was gone: the tile was dropped then,
+    // said once, and never finished or handed back; a later attempt made the result.
+    let log = workers.log(0);
+    let lost = format!("task {task} attempt 1: lease lost; its work is dropped");
+    assert_eq!(log.matches(&lost).count(), 1, "{log}");
+    assert!(!log.contains("ended:"), "{log}");
+    assert!(!log.contains("refused"), "{log}");
+    let finished: Vec<_> = workers
+        .finished_tasks(0)
+        .into_iter()
+        .filter(|t| t["task"] == task.as_str())
+        .collect();
+    assert_eq!(
+        finished.len(),
+        1,
+        "only the later attempt finished: {finished:?}"
+    );
+    assert!(task_info(&mut client, &task).await.attempt > 1);
 }

@@ -198,12 +198,22 @@ impl Link {
         Ok(())
     }
 
-    /// Uploads the output and completes the task, retrying while the coordinator is away.
+    /// Uploads the output and completes the task, retrying while the coordinator is away. An
+    /// output the coordinator will not use (the lease ended meanwhile, the job was cancelled)
+    /// is dropped, and the worker's log says so once, naming the task and the coordinator's
+    /// reason.
     pub async fn hand_back(&self, task: &v1::Task, output: Vec<u8>) -> anyhow::Result<()> {
         let artifact = match self.upload(task, "output.png", &output).await {
             Ok(artifact) => artifact,
-            // The lease ended meanwhile: another worker holds the task now.
-            Err(status) if status.code() == Code::FailedPrecondition => return Ok(()),
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                eprintln!(
+                    "tessera-worker: task {} attempt {}: its output was refused ({}); dropped",
+                    task.task_id,
+                    task.attempt,
+                    status.message()
+                );
+                return Ok(());
+            }
             Err(status) => return Err(status.into()),
         };
         let request = v1::CompleteTaskRequest {
@@ -212,12 +222,20 @@ impl Link {
             attempt: task.attempt,
             output: Some(artifact),
         };
-        retrying(&self.url, "completion", || {
+        let reply = retrying(&self.url, "completion", || {
             let mut client = self.client.clone();
             let request = request.clone();
             async move { client.complete_task(request).await }
         })
-        .await?;
+        .await?
+        .into_inner();
+        match reply.verdict() {
+            v1::CompletionVerdict::Accepted | v1::CompletionVerdict::Duplicate => {}
+            verdict => eprintln!(
+                "tessera-worker: task {} attempt {}: its output was not used ({verdict:?}); dropped",
+                task.task_id, task.attempt
+            ),
+        }
         Ok(())
     }
 

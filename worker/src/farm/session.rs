@@ -100,7 +100,8 @@ impl LeaseAhead {
                             ..Default::default()
                         };
                         let reply = link.heartbeat(request).await?;
-                        if reply.verdict() != v1::HeartbeatVerdict::Continue {
+                        if let Held::No(why) = Held::after(reply.verdict()) {
+                            say_dropped(task, &why);
                             return Ok(None);
                         }
                     }
@@ -369,7 +370,9 @@ impl Session {
                     checkpoint: Some(checkpoint),
                     ..Report::default()
                 };
-                self.beat(task, &mut last, &AtomicBool::new(false)).await?;
+                if let Held::No(why) = self.beat(task, &mut last).await? {
+                    say_dropped(task, &why);
+                }
             }
             Err(error) => self.report_failure(task, &error).await?,
         }
@@ -435,7 +438,10 @@ impl Session {
 
     /// Runs the work on a blocking thread while heartbeating (from the lease on: a task leased
     /// ahead has waited already), and returns how it ended. When `stop` fires a render pauses
-    /// at its next iteration; upscale and stitch tasks are short and finish.
+    /// at its next iteration; upscale and stitch tasks are short and finish. When the task stops
+    /// being this worker's (its lease ended, its job was cancelled) it says so once and returns
+    /// [`Outcome::Abandoned`] at once: the work is told to stop at its next iteration or stage,
+    /// and whatever it still returns is dropped, never handed back.
     async fn execute(
         &mut self,
         task: &v1::Task,
@@ -471,11 +477,11 @@ impl Session {
                     }
                     v1::task::Spec::UpscaleTile(t) => {
                         let source = inputs.source.context("the tile's source is missing")?;
-                        tasks::upscale_tile(cache, t, &source.1).map(Outcome::Output)
+                        tasks::upscale_tile(cache, t, &source.1, &abort)
                     }
                     v1::task::Spec::Stitch(s) => {
                         let plan = s.plan.context("the stitch has no plan")?;
-                        tasks::stitch(&plan, &inputs.tiles).map(Outcome::Output)
+                        tasks::stitch(&plan, &inputs.tiles, &abort)
                     }
                 }
             })
@@ -489,7 +495,7 @@ impl Session {
         let start = tokio::time::Instant::from_std(leased) + self.heartbeat;
         let mut tick = tokio::time::interval_at(start, self.heartbeat);
         loop {
-            tokio::select! {
+            let held = tokio::select! {
                 result = &mut work => {
                     // Count the iterations reported after the last heartbeat went out.
                     while reports.try_recv().is_ok() {
@@ -501,32 +507,37 @@ impl Session {
                     self.metrics.iteration();
                     let due = report.checkpoint.is_some() || report.preview.is_some();
                     latest = report;
-                    if due {
-                        self.beat(task, &mut latest, &abort).await?;
+                    if !due {
+                        continue;
                     }
+                    self.beat(task, &mut latest).await?
                 }
-                _ = tick.tick() => self.beat(task, &mut latest, &abort).await?,
+                _ = tick.tick() => self.beat(task, &mut latest).await?,
                 _ = stop.cancelled(), if !drain.load(Ordering::Relaxed) => {
                     drain.store(true, Ordering::Relaxed);
+                    continue;
                 }
+            };
+            if let Held::No(why) = held {
+                abort.store(true, Ordering::Relaxed);
+                say_dropped(task, &why);
+                return Ok(Outcome::Abandoned);
             }
         }
     }
 
-    /// Sends a heartbeat with the latest progress (uploading its checkpoint first), and stops
-    /// the work when the coordinator says the task is no longer ours.
-    async fn beat(
-        &mut self,
-        task: &v1::Task,
-        latest: &mut Report,
-        abort: &AtomicBool,
-    ) -> anyhow::Result<()> {
+    /// Sends a heartbeat with the latest progress (uploading its checkpoint first), and says
+    /// whether the task is still this worker's.
+    async fn beat(&mut self, task: &v1::Task, latest: &mut Report) -> anyhow::Result<Held> {
         let checkpoint = match latest.checkpoint.take() {
             Some(bytes) => match self.link.upload(task, "checkpoint.bin", &bytes).await {
                 Ok(artifact) => Some(artifact),
                 Err(status) if status.code() == Code::FailedPrecondition => {
-                    abort.store(true, Ordering::Relaxed);
-                    return Ok(());
+                    let why = format!(
+                        "lease lost (its checkpoint was refused: {})",
+                        status.message()
+                    );
+                    return Ok(Held::No(why));
                 }
                 Err(status) => return Err(status.into()),
             },
@@ -548,16 +559,37 @@ impl Session {
             checkpoint,
         };
         let reply = self.link.heartbeat(request).await?;
-        if reply.verdict() != v1::HeartbeatVerdict::Continue {
-            eprintln!(
-                "tessera-worker: task {} ended: {:?}",
-                task.task_id,
-                reply.verdict()
-            );
-            abort.store(true, Ordering::Relaxed);
-        }
-        Ok(())
+        Ok(Held::after(reply.verdict()))
     }
+}
+
+/// Whether a task is still this worker's, as the coordinator last answered.
+enum Held {
+    /// Its lease was renewed: the work goes on.
+    Yes,
+    /// It is not, and why: the work stops and nothing of it is handed back.
+    No(String),
+}
+
+impl Held {
+    /// What a heartbeat's verdict means for the work.
+    fn after(verdict: v1::HeartbeatVerdict) -> Held {
+        match verdict {
+            v1::HeartbeatVerdict::Continue => Held::Yes,
+            v1::HeartbeatVerdict::LeaseLost => Held::No("lease lost".into()),
+            v1::HeartbeatVerdict::Cancelled => Held::No("its job was cancelled".into()),
+            other => Held::No(format!("the coordinator answered {other:?}")),
+        }
+    }
+}
+
+/// Says, once per task, that its work was dropped and why, so the worker's log tells a lost
+/// lease from a task that finished.
+fn say_dropped(task: &v1::Task, why: &str) {
+    eprintln!(
+        "tessera-worker: task {} attempt {}: {why}; its work is dropped",
+        task.task_id, task.attempt
+    );
 }
 
 fn millis(d: Duration) -> f64 {

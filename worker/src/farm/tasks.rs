@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context};
 use tch::Device;
@@ -89,16 +90,29 @@ impl ModelCache {
     }
 }
 
+/// Whether the running task stopped being this worker's (`abort` is set when a heartbeat or an
+/// upload says so): the work then ends at its next stage instead of keeping the device busy
+/// for an output nobody will take.
+fn dropped(abort: &AtomicBool) -> bool {
+    abort.load(Ordering::Relaxed)
+}
+
 /// Upscales one tile of `source` (a picture file) and returns its contribution to the final
 /// picture (the upscaled tile less its context, which only the network needed) as a 16-bit PNG
 /// that records the source's kind; a picture of one tile has no stitch, so its tile returns
-/// the final picture, in the source's kind.
+/// the final picture, in the source's kind. Between its stages (decoding the source, loading
+/// the model, the network, encoding) it stops, [`Outcome::Abandoned`], once `abort` is set;
+/// the network's pass itself runs to its end (the networks crate takes no cancellation).
 pub fn upscale_tile(
     cache: &mut ModelCache,
     spec: &v1::UpscaleTileSpec,
     source: &[u8],
-) -> anyhow::Result<Vec<u8>> {
+    abort: &AtomicBool,
+) -> anyhow::Result<Outcome> {
     let picture = from_dynamic(&image::load_from_memory(source)?);
+    if dropped(abort) {
+        return Ok(Outcome::Abandoned);
+    }
     let input = spec.input.context("the tile task has no input rectangle")?;
     let rect = Rect {
         x: input.x,
@@ -114,9 +128,16 @@ pub fn upscale_tile(
         );
     }
     let upscaler = cache.upscaler(&spec.model)?;
+    if dropped(abort) {
+        return Ok(Outcome::Abandoned);
+    }
     let scale = upscaler.scale();
-    let _span = tracing::info_span!("tile upscale", model = %spec.model, width = rect.width, height = rect.height).entered();
+    let span = tracing::info_span!("tile upscale", model = %spec.model, width = rect.width, height = rect.height).entered();
     let pixels = upscaler.upscale_region(&picture, rect)?;
+    drop(span);
+    if dropped(abort) {
+        return Ok(Outcome::Abandoned);
+    }
     let output = spec
         .output
         .context("the tile task has no output rectangle")?;
@@ -141,14 +162,24 @@ pub fn upscale_tile(
     let pixels = crop(&pixels, kind.channels(), rect.width * scale, contribution);
     let plan = tile_plan(spec.plan.as_ref().context("the tile task has no plan")?)?;
     if plan.tiles.len() == 1 {
-        return join(plan, kind, &[round_as_tile_file(&pixels)]);
+        return join(plan, kind, &[round_as_tile_file(&pixels)]).map(Outcome::Output);
     }
-    Ok(tile_png(&pixels, kind, output.width, output.height)?)
+    Ok(Outcome::Output(tile_png(
+        &pixels,
+        kind,
+        output.width,
+        output.height,
+    )?))
 }
 
 /// Joins the upscaled tiles (16-bit PNGs, in tile order) into the final PNG, in the kind of
-/// picture the tiles were cut from.
-pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>> {
+/// picture the tiles were cut from; stops, [`Outcome::Abandoned`], between tiles and before
+/// the join once `abort` is set.
+pub fn stitch(
+    plan: &v1::ImagePlan,
+    tiles: &[Vec<u8>],
+    abort: &AtomicBool,
+) -> anyhow::Result<Outcome> {
     let plan = tile_plan(plan)?;
     if tiles.len() != plan.tiles.len() {
         bail!(
@@ -167,6 +198,9 @@ pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>
     let mut kinds = Vec::with_capacity(tiles.len());
     let mut contributions = Vec::with_capacity(tiles.len());
     for (index, bytes) in tiles.iter().enumerate() {
+        if dropped(abort) {
+            return Ok(Outcome::Abandoned);
+        }
         let (pixels, kind, _, _) =
             read_tile_png(bytes).with_context(|| format!("tile {index} of the stitch"))?;
         kinds.push(kind);
@@ -176,7 +210,10 @@ pub fn stitch(plan: &v1::ImagePlan, tiles: &[Vec<u8>]) -> anyhow::Result<Vec<u8>
     if let Some(other) = kinds.iter().position(|k| *k != kind) {
         bail!("tile {other} of the stitch was cut from another kind of picture than tile 0");
     }
-    join(plan, kind, &contributions)
+    if dropped(abort) {
+        return Ok(Outcome::Abandoned);
+    }
+    join(plan, kind, &contributions).map(Outcome::Output)
 }
 
 /// The tile geometry a task carries.
@@ -205,7 +242,7 @@ fn join(plan: TilePlan, kind: PictureKind, contributions: &[Vec<f32>]) -> anyhow
 pub enum Outcome {
     /// The output, to hand back.
     Output(Vec<u8>),
-    /// Nothing: the task was cancelled or handed to another worker.
+    /// Nothing: the task was cancelled or its lease ended (another worker may hold it now).
     Abandoned,
     /// A render stopped early because this worker drains: its checkpoint, for the next worker.
     Paused {

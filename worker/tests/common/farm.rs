@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use tempfile::TempDir;
+use tessera_core::tiles::TileSpec;
 use tessera_proto::access::Access;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
@@ -23,7 +24,7 @@ pub struct Workers {
     started: usize,
     /// Where each serves its Prometheus metrics.
     pub metrics: Vec<std::net::SocketAddr>,
-    /// Their `--timings` files.
+    /// Their `--timings` files and standard error logs.
     timings: TempDir,
 }
 
@@ -34,12 +35,18 @@ impl Workers {
         let _ = self.children[index].wait();
     }
 
+    /// Sends `signal` to worker `index`: SIGSTOP and SIGCONT freeze and thaw it, as a node
+    /// that stalls (swapping, a paused VM) and comes back.
+    pub fn signal(&self, index: usize, signal: i32) {
+        let pid = i32::try_from(self.children[index].id()).unwrap();
+        // SAFETY: `kill` has no memory effects; the pid is our own live child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
     /// Asks worker `index` to drain (SIGTERM, as Kubernetes does) and waits for it to exit.
     pub fn drain(&mut self, index: usize) -> std::process::ExitStatus {
+        self.signal(index, libc::SIGTERM);
         let child = &mut self.children[index];
-        let pid = i32::try_from(child.id()).unwrap();
-        // SAFETY: `kill` has no memory effects; the pid is our own live child.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
@@ -51,6 +58,15 @@ impl Workers {
             );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
+    }
+
+    /// What worker `index` (in start order) printed on standard error so far.
+    pub fn log(&self, index: usize) -> String {
+        std::fs::read_to_string(self.log_file(index)).unwrap_or_default()
+    }
+
+    fn log_file(&self, index: usize) -> std::path::PathBuf {
+        self.timings.path().join(format!("worker-{index}.log"))
     }
 
     /// Where worker `index` (in start order) writes its `--timings`.
@@ -128,7 +144,7 @@ impl Workers {
             .arg(self.timings_file(n))
             .args(&self.options)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.log_file(n)).unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -204,6 +220,46 @@ pub fn job(prompts: usize) -> v1::JobSpec {
             ..Default::default()
         }),
         source: Some(v1::job_spec::Source::PromptsText(text)),
+        ..Default::default()
+    }
+}
+
+/// Uploads `pictures` (name and file bytes) as inputs of an upscale-only job, in order.
+pub async fn upload_pictures(
+    client: &mut JobsClient<Channel>,
+    pictures: &[(&str, Vec<u8>)],
+) -> Vec<v1::InputImage> {
+    let mut images = Vec::new();
+    for (name, bytes) in pictures {
+        let header = v1::UploadHeader {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        let uploaded = client
+            .upload_input(tessera_proto::transfer::upload_messages(header, bytes))
+            .await
+            .unwrap()
+            .into_inner();
+        images.push(v1::InputImage {
+            name: name.to_string(),
+            key: uploaded.key,
+        });
+    }
+    images
+}
+
+/// A job upscaling `images` with tiny-sr, cut into tiles by `tile`.
+pub fn upscale_job(images: Vec<v1::InputImage>, tile: TileSpec) -> v1::JobSpec {
+    v1::JobSpec {
+        name: "upscale test".into(),
+        settings: Some(v1::Settings {
+            upscale_model: Some("tiny-sr".into()),
+            tile: Some(tile.tile),
+            tile_pad: Some(tile.pad),
+            tile_overlap: Some(tile.overlap),
+            ..Default::default()
+        }),
+        source: Some(v1::job_spec::Source::Images(v1::ImageList { images })),
         ..Default::default()
     }
 }
