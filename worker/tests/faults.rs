@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use common::farm::{
     coordinator_on, download, job, models, upload_pictures, upscale_job, watch, Workers,
 };
+use std::sync::Arc;
 use tempfile::TempDir;
 use tessera_core::task::sha256_hex;
 use tessera_core::tiles::TileSpec;
@@ -27,10 +28,12 @@ use tessera_proto::access::Access;
 use tessera_proto::v1;
 use tessera_proto::v1::job_event::Event;
 use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_proto::v1::workers_server::{Workers as WorkersService, WorkersServer};
 use tessera_tests::jobs::{results, status, submit};
 use tessera_tests::protocol::{png, ProtocolWorker};
 use tessera_tests::{binary, free_port, RedisServer, Service};
 use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
 
 /// Prompts of the job; with 2 seeds and 6 tasks per render, 504 tasks.
 const PROMPTS: usize = 42;
@@ -584,4 +587,178 @@ async fn a_tile_whose_lease_is_lost_is_dropped_at_the_next_heartbeat_saying_so_o
         "only the later attempt finished: {finished:?}"
     );
     assert!(task_info(&mut client, &task).await.attempt > 1);
+}
+
+/// A coordinator the test plays: it leases one upscale tile to the first worker that asks,
+/// renews every heartbeat, and refuses the tile's output as a coordinator does once the lease
+/// has ended, telling the test what it refused.
+struct Refusing {
+    source: Vec<u8>,
+    leased: std::sync::atomic::AtomicBool,
+    refused: tokio::sync::mpsc::UnboundedSender<String>,
+    completed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Refusing {
+    /// The one task: the whole 32x32 `source` upscaled x4 in one tile.
+    fn tile(&self) -> v1::Task {
+        let plan = v1::ImagePlan {
+            width: 32,
+            height: 32,
+            scale: 4,
+            ..Default::default()
+        };
+        let rect = |side| v1::Rect {
+            x: 0,
+            y: 0,
+            width: side,
+            height: side,
+        };
+        let spec = v1::UpscaleTileSpec {
+            source: Some(v1::ArtifactRef {
+                key: "uploads/source.png".into(),
+                size: self.source.len() as u64,
+                sha256: sha256_hex(&self.source),
+                ..Default::default()
+            }),
+            model: "tiny-sr".into(),
+            plan: Some(plan),
+            tile_index: 0,
+            input: Some(rect(32)),
+            output: Some(rect(128)),
+        };
+        v1::Task {
+            task_id: "t1".into(),
+            job_id: "j1".into(),
+            kind: v1::TaskKind::UpscaleTile.into(),
+            attempt: 1,
+            spec: Some(v1::task::Spec::UpscaleTile(spec)),
+            ..Default::default()
+        }
+    }
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl WorkersService for Refusing {
+    async fn register(&self, _: Request<v1::RegisterRequest>) -> Answer<v1::RegisterReply> {
+        Ok(Response::new(v1::RegisterReply {
+            worker_id: "w1".into(),
+            lease_ms: 60_000,
+            heartbeat_interval_ms: 1_000,
+        }))
+    }
+
+    async fn deregister(&self, _: Request<v1::DeregisterRequest>) -> Answer<v1::DeregisterReply> {
+        Ok(Response::new(v1::DeregisterReply::default()))
+    }
+
+    async fn lease_task(
+        &self,
+        request: Request<v1::LeaseTaskRequest>,
+    ) -> Answer<v1::LeaseTaskReply> {
+        if self.leased.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // Nothing more to do: wait as long as asked, as a coordinator does.
+            let wait = u64::from(request.into_inner().wait_ms);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            return Ok(Response::new(v1::LeaseTaskReply::default()));
+        }
+        Ok(Response::new(v1::LeaseTaskReply {
+            task: Some(self.tile()),
+            waited_ms: 0,
+        }))
+    }
+
+    async fn heartbeat(&self, _: Request<v1::HeartbeatRequest>) -> Answer<v1::HeartbeatReply> {
+        Ok(Response::new(v1::HeartbeatReply {
+            verdict: v1::HeartbeatVerdict::Continue.into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_task(
+        &self,
+        _: Request<v1::CompleteTaskRequest>,
+    ) -> Answer<v1::CompleteTaskReply> {
+        self.completed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(Response::new(v1::CompleteTaskReply::default()))
+    }
+
+    async fn fail_task(&self, request: Request<v1::FailTaskRequest>) -> Answer<v1::FailTaskReply> {
+        let _ = self
+            .refused
+            .send(format!("failed: {}", request.into_inner().error));
+        Ok(Response::new(v1::FailTaskReply::default()))
+    }
+
+    async fn upload_artifact(
+        &self,
+        request: Request<tonic::Streaming<v1::UploadChunk>>,
+    ) -> Answer<v1::ArtifactRef> {
+        let mut chunks = request.into_inner();
+        let mut header = None;
+        while let Some(chunk) = chunks.message().await? {
+            if let Some(v1::upload_chunk::Part::Header(h)) = chunk.part {
+                header = Some(h);
+            }
+        }
+        let header = header.ok_or_else(|| Status::invalid_argument("no header"))?;
+        let _ = self.refused.send(header.name.clone());
+        Err(Status::failed_precondition(format!(
+            "attempt {} of task {} by worker {} does not hold the task (its lease ended); drop the work",
+            header.attempt, header.task_id, header.worker_id
+        )))
+    }
+
+    type DownloadArtifactStream = std::pin::Pin<
+        Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<v1::DataChunk, Status>> + Send>,
+    >;
+
+    async fn download_artifact(
+        &self,
+        _: Request<v1::DownloadArtifactRequest>,
+    ) -> Answer<Self::DownloadArtifactStream> {
+        let chunk = v1::DataChunk {
+            data: self.source.clone(),
+            offset: 0,
+            total_size: self.source.len() as u64,
+        };
+        let stream = tonic::codegen::tokio_stream::iter([Ok(chunk)]);
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+// Two threads: draining the worker blocks one while the other serves its last calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_the_coordinator_refuses_is_dropped_saying_so_once_with_its_reason() {
+    let (refused, mut refusals) = tokio::sync::mpsc::unbounded_channel();
+    let completed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let coordinator = Refusing {
+        source: png(32, 32, 3),
+        leased: Default::default(),
+        refused,
+        completed: completed.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(WorkersServer::new(coordinator))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let models = models();
+    let mut workers = Workers::start_at(1, models.path(), &url, &[]);
+
+    assert_eq!(refusals.recv().await.unwrap(), "output.png");
+    // Draining waits for the hand-back, so its word is in the log once the worker has exited.
+    assert!(workers.drain(0).success());
+    let log = workers.log(0);
+    let said = "tessera-worker: task t1 attempt 1: its output was refused (attempt 1 of task t1 \
+                by worker w1 does not hold the task (its lease ended); drop the work); dropped";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(!completed.load(std::sync::atomic::Ordering::SeqCst));
+    assert!(refusals.try_recv().is_err(), "the output was sent once");
+    server.abort();
 }

@@ -98,10 +98,15 @@ impl Workers {
         coordinator: &Service,
         options: &[&str],
     ) -> Workers {
+        Workers::start_at(count, models, &coordinator.url(), options)
+    }
+
+    /// [`Workers::start_with`] on whatever answers at `url`, e.g. a coordinator the test plays.
+    pub fn start_at(count: usize, models: &Path, url: &str, options: &[&str]) -> Workers {
         let mut workers = Workers {
             children: Vec::new(),
             models: models.to_path_buf(),
-            coordinator: coordinator.url(),
+            coordinator: url.to_string(),
             options: options.iter().map(|o| o.to_string()).collect(),
             started: 0,
             metrics: Vec::new(),
