@@ -9,7 +9,11 @@
 //! - a poison task (an upscale model whose file is broken) fails after its retry budget with
 //!   every error kept, bans no worker, and the rest of its job completes;
 //! - an artifact store whose disk is full refuses uploads with a clear error, the workers keep
-//!   their outputs and retry with backoff, and the job completes once there is room.
+//!   their outputs and retry with backoff, and the job completes once there is room;
+//! - a worker frozen mid-tile past its lease drops the tile at the first heartbeat after it
+//!   thaws, saying so once, and hands nothing of it back;
+//! - an output the coordinator refuses (played by the test) is dropped with one line naming
+//!   the task and the coordinator's reason.
 
 mod common;
 
