@@ -3,7 +3,7 @@
 //! between two commands leaves nothing half-done. Job events are Redis Streams; scripts that
 //! queue tasks publish on a channel that every coordinator listens to, so waiting lease
 //! requests are woken at once wherever the task appeared. Every key and field name is in
-//! [`super::keys`].
+//! `keys.rs`, which documents them.
 
 use super::keys::{self, event, job as job_field, task as task_field, worker as worker_field};
 use super::{
