@@ -437,6 +437,12 @@ impl Workers for WorkersApi {
         check_name(&header.name)?;
         let task = self.task(&header.task_id).await?;
         if !holds(&task, header.attempt, &header.worker_id) {
+            tracing::info!(
+                task = %header.task_id,
+                attempt = header.attempt,
+                worker = %header.worker_id,
+                "an upload of an attempt that no longer holds its task was refused"
+            );
             return Err(Status::failed_precondition(format!(
                 "attempt {} of task {} by worker {} does not hold the task (its lease ended); drop the work",
                 header.attempt, header.task_id, header.worker_id

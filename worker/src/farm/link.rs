@@ -30,6 +30,8 @@ pub struct Link {
     id: Arc<RwLock<String>>,
     /// What registration sends, kept for registering again.
     registration: Arc<v1::RegisterRequest>,
+    /// The heartbeat interval the coordinator asked for: the longest pause between retries.
+    heartbeat_every: Duration,
 }
 
 /// A task the coordinator handed over, and how long the request waited for one to exist.
@@ -48,13 +50,19 @@ fn transient(status: &Status) -> bool {
     )
 }
 
-/// Retries `call` with doubling pauses while it fails transiently, saying so on stderr.
-async fn retrying<T, F, Fut>(url: &str, what: &str, mut call: F) -> Result<T, Status>
+/// Retries `call` with doubling pauses of at most `max_pause` while it fails transiently, saying
+/// so on stderr.
+async fn retrying<T, F, Fut>(
+    url: &str,
+    what: &str,
+    max_pause: Duration,
+    mut call: F,
+) -> Result<T, Status>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Status>>,
 {
-    let mut pause = Duration::from_millis(100);
+    let mut pause = Duration::from_millis(100).min(max_pause);
     loop {
         match call().await {
             Err(status) if transient(&status) => {
@@ -64,7 +72,7 @@ where
                     pause.as_secs_f64()
                 );
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_BACKOFF);
+                pause = (pause * 2).min(max_pause);
             }
             other => return other,
         }
@@ -83,7 +91,7 @@ impl Link {
         let endpoint = access.endpoint(url)?;
         let interceptor = access.interceptor(TraceContextInterceptor)?;
         let client = WorkersClient::with_interceptor(endpoint.connect_lazy(), interceptor);
-        let register = retrying(url, "registration", || {
+        let register = retrying(url, "registration", MAX_BACKOFF, || {
             let mut client = client.clone();
             let request = request.clone();
             async move { client.register(request).await }
@@ -92,13 +100,29 @@ impl Link {
             reply = register => reply?.into_inner(),
             _ = stop.cancelled() => anyhow::bail!("stopped before the coordinator at {url} answered"),
         };
+        let heartbeat_every = Duration::from_millis(reply.heartbeat_interval_ms);
         let link = Link {
             client,
             url: url.to_string(),
             id: Arc::new(RwLock::new(reply.worker_id)),
             registration: Arc::new(request),
+            heartbeat_every,
         };
-        Ok((link, Duration::from_millis(reply.heartbeat_interval_ms)))
+        Ok((link, heartbeat_every))
+    }
+
+    /// Retries `call` like [`retrying`], pausing at most one heartbeat interval: a heartbeat or
+    /// completion retried through an outage lands within an interval of the coordinator's (or
+    /// its store's) return, inside the one lease of grace the reaper gives held tasks then.
+    async fn retrying<T, F, Fut>(&self, what: &str, call: F) -> Result<T, Status>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let most = self
+            .heartbeat_every
+            .clamp(Duration::from_millis(100), MAX_BACKOFF);
+        retrying(&self.url, what, most, call).await
     }
 
     /// The id the coordinator gave this worker.
@@ -112,13 +136,14 @@ impl Link {
     /// Registers again after the coordinator forgot this worker (its state was reset, e.g. a
     /// Redis without persistence restarted), so the worker goes on instead of exiting.
     async fn register_again(&self) -> Result<(), Status> {
-        let reply = retrying(&self.url, "registration", || {
-            let mut client = self.client.clone();
-            let request = (*self.registration).clone();
-            async move { client.register(request).await }
-        })
-        .await?
-        .into_inner();
+        let reply = self
+            .retrying("registration", || {
+                let mut client = self.client.clone();
+                let request = (*self.registration).clone();
+                async move { client.register(request).await }
+            })
+            .await?
+            .into_inner();
         eprintln!(
             "tessera-worker: the coordinator at {} no longer knew this worker; registered again as {}",
             self.url, reply.worker_id
@@ -135,7 +160,7 @@ impl Link {
                 worker_id: self.id(),
                 wait_ms: LEASE_WAIT_MS,
             };
-            let lease = retrying(&self.url, "lease", || {
+            let lease = self.retrying("lease", || {
                 let mut client = self.client.clone();
                 let request = request.clone();
                 async move { client.lease_task(request).await }
@@ -160,12 +185,13 @@ impl Link {
         &self,
         request: v1::HeartbeatRequest,
     ) -> Result<v1::HeartbeatReply, Status> {
-        let reply = retrying(&self.url, "heartbeat", || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.heartbeat(request).await }
-        })
-        .await?;
+        let reply = self
+            .retrying("heartbeat", || {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.heartbeat(request).await }
+            })
+            .await?;
         Ok(reply.into_inner())
     }
 
@@ -180,7 +206,7 @@ impl Link {
             retryable: failure.retryable,
             corrupt_input: failure.corrupt_input.unwrap_or_default().to_string(),
         };
-        retrying(&self.url, "failure report", || {
+        self.retrying("failure report", || {
             let mut client = self.client.clone();
             let request = request.clone();
             async move { client.fail_task(request).await }
@@ -222,13 +248,14 @@ impl Link {
             attempt: task.attempt,
             output: Some(artifact),
         };
-        let reply = retrying(&self.url, "completion", || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.complete_task(request).await }
-        })
-        .await?
-        .into_inner();
+        let reply = self
+            .retrying("completion", || {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.complete_task(request).await }
+            })
+            .await?
+            .into_inner();
         match reply.verdict() {
             v1::CompletionVerdict::Accepted | v1::CompletionVerdict::Duplicate => {}
             verdict => eprintln!(
@@ -252,12 +279,13 @@ impl Link {
             task_id: task.task_id.clone(),
             attempt: task.attempt,
         };
-        let reply = retrying(&self.url, "upload", || {
-            let mut client = self.client.clone();
-            let messages = upload_messages(header.clone(), data);
-            async move { client.upload_artifact(messages).await }
-        })
-        .await?;
+        let reply = self
+            .retrying("upload", || {
+                let mut client = self.client.clone();
+                let messages = upload_messages(header.clone(), data);
+                async move { client.upload_artifact(messages).await }
+            })
+            .await?;
         Ok(reply.into_inner())
     }
 
@@ -268,13 +296,14 @@ impl Link {
             key: artifact.key.clone(),
             offset: 0,
         };
-        let stream = retrying(&self.url, "download", || {
-            let mut client = self.client.clone();
-            let request = request.clone();
-            async move { client.download_artifact(request).await }
-        })
-        .await?
-        .into_inner();
+        let stream = self
+            .retrying("download", || {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.download_artifact(request).await }
+            })
+            .await?
+            .into_inner();
         let mut out = Vec::new();
         read_download(stream, &mut out).await?;
         check(artifact, &out)?;
