@@ -21,6 +21,12 @@ local function event(job, kind, fields)
   redis.call(unpack(args))
 end
 
+-- Whether attempt `attempt` by `worker` still holds a task read as (state, current attempt,
+-- holder): the one lease check of every report (Model::check_held on the Rust side).
+local function holds(state, current, holder, attempt, worker)
+  return state == 'running' and current == attempt and holder == worker
+end
+
 -- Tasks per state over every job (KEY.counts), kept beside each job's own counts so the
 -- metrics read them in one command (stats.lua).
 local function move_task(tid, job, from, to)

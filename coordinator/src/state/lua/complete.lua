@@ -25,7 +25,7 @@ local function main()
   if not state then return 'stale' end
   if state == 'done' and current == attempt then return 'duplicate' end
   if state == 'cancelled' then return 'cancelled' end
-  if state ~= 'running' or current ~= attempt or holder ~= worker then return 'stale' end
+  if not holds(state, current, holder, attempt, worker) then return 'stale' end
   redis.call('ZREM', KEY.leases, tid)
   release_worker(worker, tid)
   if redis.call('EXISTS', KEY.worker(worker)) == 1 then

@@ -10,7 +10,7 @@ local function main()
     TASK.attempt, TASK.worker, TASK.job, TASK.failures))
   if not state then return { 'stale', 0, 0 } end
   if state == 'cancelled' then return { 'cancelled', tonumber(failures), 0 } end
-  if state ~= 'running' or current ~= attempt or holder ~= worker then
+  if not holds(state, current, holder, attempt, worker) then
     return { 'stale', tonumber(failures), 0 }
   end
   redis.call('RPUSH', KEY.errors(tid), 'attempt ' .. attempt .. ' on ' .. worker .. ': ' .. err)

@@ -11,7 +11,7 @@ local function main()
     TASK.attempt, TASK.worker, TASK.job, TASK.checkpoint_iteration))
   if not state then return { 'lost' } end
   if state == 'cancelled' then return { 'cancelled' } end
-  if state ~= 'running' or current ~= attempt or holder ~= worker then return { 'lost' } end
+  if not holds(state, current, holder, attempt, worker) then return { 'lost' } end
   local deadline = int(NOW + lease_ms)
   redis.call('HSET', t, TASK.deadline, deadline, TASK.iteration, iteration, TASK.loss, loss)
   if checkpoint ~= '' and tonumber(checkpoint_iteration) >= tonumber(kept) then

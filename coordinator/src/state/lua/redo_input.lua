@@ -56,7 +56,7 @@ local function main()
     TASK.state, TASK.attempt, TASK.worker, TASK.job, TASK.checkpoint, TASK.spec))
   if not state then return 'stale' end
   if state == 'cancelled' then return 'cancelled' end
-  if state ~= 'running' or current ~= attempt or holder ~= worker then return 'stale' end
+  if not holds(state, current, holder, attempt, worker) then return 'stale' end
   local held = holds_input(tid, spec, checkpoint, key)
   redis.call('ZREM', KEY.leases, tid)
   release_worker(worker, tid)
