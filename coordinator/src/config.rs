@@ -60,7 +60,9 @@ pub struct Config {
     #[arg(long, env = "TESSERA_STATE_DIR", requires = "embedded")]
     pub state_dir: Option<PathBuf>,
 
-    /// Prefix of every Redis key, so several farms can share one Redis.
+    /// Prefix of every Redis key, so several farms can share one Redis. On Redis Cluster give
+    /// it a hash tag (`{tessera}:`): every key then lives in one slot, as the atomic scripts
+    /// need (see `state/keys.rs`).
     #[arg(long, env = "TESSERA_REDIS_PREFIX", default_value = "tessera:")]
     pub redis_prefix: String,
 
