@@ -303,6 +303,8 @@ async fn a_draining_worker_checkpoints_its_render_and_the_next_worker_goes_on_fr
         .unwrap()
         .into_inner();
     assert_eq!(task.state(), v1::TaskState::Queued, "{task:?}");
+    // Given back, not lost: no expiry of its budget, no error in its history.
+    assert_eq!((task.expiries, task.errors.len()), (0, 0), "{task:?}");
     let drained_at = task.checkpoint_iteration;
     assert!((5..150).contains(&drained_at), "checkpoint at {drained_at}");
     let workers = client

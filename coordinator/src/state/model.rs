@@ -301,8 +301,18 @@ impl Model {
         };
         let deadline = self.tasks[&tid].record.deadline_ms;
         self.leases.remove(&(deadline, tid.clone()));
-        self.abandon(&tid, "worker deregistered", policy, now);
+        self.take_back(&tid, policy, now);
         vec![tid]
+    }
+
+    /// Queues again a task its worker gave back on leaving (a drain hands over its checkpoint
+    /// first): the worker neither failed it nor went silent, so neither the task's expiry
+    /// budget nor its errors change (mirrors `deregister_worker.lua`).
+    fn take_back(&mut self, tid: &str, policy: &Policy, now: u64) {
+        let worker = self.tasks[tid].record.worker.clone();
+        self.release_worker(&worker, tid);
+        self.enqueue(tid);
+        self.requeued_event(tid, "worker deregistered", policy, now);
     }
 
     /// Leases the next task the worker can do.
@@ -314,6 +324,10 @@ impl Model {
         now: u64,
         lease_ms: u64,
     ) -> Option<TaskRecord> {
+        // A worker asking for work is alive, whether or not there is any.
+        if let Some(w) = self.workers.get_mut(worker) {
+            w.last_seen_ms = now;
+        }
         let (prio, job_id, class) = self.next_queue(worker, caps)?;
         let tid = self.pop(prio, &job_id, &class);
         self.tick += 1;

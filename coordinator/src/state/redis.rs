@@ -849,7 +849,7 @@ impl StateBackend for RedisBackend {
         policy: &Policy,
         now: u64,
     ) -> StateResult<Vec<String>> {
-        let args = vec![id.to_string(), policy.max_expiries.to_string()];
+        let args = vec![id.to_string()];
         self.run(
             &self.scripts.deregister_worker,
             now,

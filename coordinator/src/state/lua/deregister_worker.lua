@@ -1,7 +1,8 @@
--- deregister_worker: ARGV[3] worker, [4] expiries after which a task fails for good.
--- Removes the worker and queues again the task it holds; returns that task's id, if any.
+-- deregister_worker: ARGV[3] worker. Removes the worker and queues again the task it holds,
+-- counting neither an expiry nor an error: the worker gave it back (Model::take_back).
+-- Returns that task's id, if any.
 local function main()
-  local id, max_expiries = ARGV[3], tonumber(ARGV[4])
+  local id = ARGV[3]
   local wk = KEY.worker(id)
   if redis.call('EXISTS', wk) == 0 then return {} end
   local tid = redis.call('HGET', wk, WORKER.current)
@@ -11,7 +12,8 @@ local function main()
     local state, holder = unpack(redis.call('HMGET', KEY.task(tid), TASK.state, TASK.worker))
     if state == 'running' and holder == id then
       redis.call('ZREM', KEY.leases, tid)
-      abandon(tid, 'worker deregistered', max_expiries)
+      enqueue(tid)
+      requeued_event(tid, 'worker deregistered')
       return { tid }
     end
   end

@@ -35,6 +35,10 @@ local function main()
     end
   end
 
+  -- A worker asking for work is alive, whether or not there is any.
+  if redis.call('EXISTS', KEY.worker(worker)) == 1 then
+    redis.call('HSET', KEY.worker(worker), WORKER.last_seen, int(NOW))
+  end
   local prio, job, class = next_queue()
   if not prio then return false end
   local queue = KEY.queue(job, class)
