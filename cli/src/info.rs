@@ -45,6 +45,10 @@ fn show_job(job: &v1::JobStatus, json: bool) {
                 c.queued, c.blocked, c.running, c.done, c.failed, c.cancelled, c.planned
             ),
         ),
+        (
+            "attempts",
+            format!("{} leased, {} retried", job.attempts, job.retries),
+        ),
         ("priority", job.priority.to_string()),
         ("queue", format!("{} task(s) ahead", job.queue_position)),
         ("eta", eta),

@@ -79,6 +79,8 @@ pub fn job_json(job: &v1::JobStatus) -> Value {
         "finished_at_ms": job.finished_at_ms,
         "settings": settings_json(job.settings.as_ref()),
         "waiting_for": job.waiting_for,
+        "attempts": job.attempts,
+        "retries": job.retries,
     })
 }
 

@@ -59,6 +59,8 @@ pub fn job_status(job: &JobRecord) -> v1::JobStatus {
         settings: Some((&job.settings).into()),
         // Needs the workers: `JobsApi::status` fills it in.
         waiting_for: String::new(),
+        attempts: job.attempts,
+        retries: job.retries,
     }
 }
 

@@ -108,6 +108,8 @@ mod tests {
             units_total: 1,
             units_done: 0,
             units_failed: 0,
+            attempts: 0,
+            retries: 0,
             queue_position: 0,
         };
         job.counts.queued = queued;

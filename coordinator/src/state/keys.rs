@@ -60,6 +60,8 @@
 //! | job | `units_total` | `JOB.units_total` | its results |
 //! | job | `units_done` | `JOB.units_done` | results done |
 //! | job | `units_failed` | `JOB.units_failed` | results failed |
+//! | job | `attempts` | `JOB.attempts` | leases granted to its tasks (absent in older jobs: 0) |
+//! | job | `retries` | `JOB.retries` | attempts that failed or expired and were queued again (absent in older jobs: 0) |
 //! | task | `id` | `TASK.id` | task id |
 //! | task | `job` | `TASK.job` | its job |
 //! | task | `kind` | `TASK.kind` | `generate`, `upscale_tile` or `stitch` |
@@ -264,6 +266,8 @@ fields!(job, "JOB" {
     UNITS_TOTAL = "units_total",
     UNITS_DONE = "units_done",
     UNITS_FAILED = "units_failed",
+    ATTEMPTS = "attempts",
+    RETRIES = "retries",
 });
 
 fields!(task, "TASK" {

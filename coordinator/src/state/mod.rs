@@ -296,6 +296,13 @@ pub struct JobRecord {
     pub units_done: u64,
     /// Results that failed for good (a task of theirs failed beyond its budget).
     pub units_failed: u64,
+    /// Leases granted to its tasks, first attempts and retries alike.
+    #[serde(default)]
+    pub attempts: u64,
+    /// Attempts that failed or whose lease expired and that were queued again: the work the
+    /// job lost to faults (a task given back by a draining worker is not one).
+    #[serde(default)]
+    pub retries: u64,
     /// Queued tasks of jobs with a higher priority.
     pub queue_position: u64,
 }

@@ -232,6 +232,8 @@ impl Model {
             units_total: new.units.len() as u64,
             units_done: 0,
             units_failed: 0,
+            attempts: 0,
+            retries: 0,
             queue_position: 0,
         };
         self.jobs.insert(
@@ -334,6 +336,7 @@ impl Model {
         let job = self.jobs.get_mut(&job_id).expect("queued job exists");
         let old_vt = job.vt;
         job.vt = self.tick;
+        job.record.attempts += 1;
         if let Some(set) = self.rotation.get_mut(&prio) {
             if set.remove(&(old_vt, job_id.clone())) {
                 set.insert((self.tick, job_id.clone()));
@@ -623,6 +626,7 @@ impl Model {
         let banned = self.jobs[&job_id].banned.contains(worker);
         let verdict = if retryable && failures <= policy.max_retries {
             self.enqueue(task);
+            self.job_retried(&job_id);
             self.event(
                 &job_id,
                 now,
@@ -834,9 +838,17 @@ impl Model {
             self.fail_for_good(tid, &why, &worker, attempt, policy, now);
         } else {
             self.enqueue(tid);
+            self.job_retried(&job);
             self.requeued_event(tid, reason, policy, now);
         }
         self.maybe_finish(&job, policy, now);
+    }
+
+    /// Counts an attempt of the job's that failed or expired and was queued again.
+    fn job_retried(&mut self, job: &str) {
+        if let Some(j) = self.jobs.get_mut(job) {
+            j.record.retries += 1;
+        }
     }
 
     /// Cancels a job.

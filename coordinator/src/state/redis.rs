@@ -412,6 +412,9 @@ fn parse_job(id: &str, f: &Fields, queue_position: u64) -> Result<JobRecord, Str
         units_total: f.num(job_field::UNITS_TOTAL)?,
         units_done: f.num(job_field::UNITS_DONE)?,
         units_failed: f.num(job_field::UNITS_FAILED)?,
+        // Jobs stored before these counts existed have neither.
+        attempts: f.num(job_field::ATTEMPTS).unwrap_or(0),
+        retries: f.num(job_field::RETRIES).unwrap_or(0),
         queue_position,
     })
 }

@@ -173,6 +173,7 @@ local function abandon(tid, reason, max_expiries)
     fail_for_good(tid, reason .. ' ' .. expiries .. ' times', worker, attempt)
   else
     enqueue(tid)
+    redis.call('HINCRBY', KEY.job(job), JOB.retries, 1)
     requeued_event(tid, reason)
   end
   maybe_finish(job)

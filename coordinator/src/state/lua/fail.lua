@@ -22,6 +22,7 @@ local function main()
   local verdict
   if retryable == '1' and failures <= max_retries then
     enqueue(tid)
+    redis.call('HINCRBY', KEY.job(job), JOB.retries, 1)
     event(job, 'task_failed', { EVENT.task, tid, EVENT.attempt, attempt, EVENT.worker, worker,
       EVENT.error, err, EVENT.retry, '1' })
     verdict = 'retrying'

@@ -54,6 +54,7 @@ local function main()
   end
   local tick = redis.call('INCR', KEY.tick)
   redis.call('HSET', KEY.job(job), JOB.vt, tick)
+  redis.call('HINCRBY', KEY.job(job), JOB.attempts, 1)
   redis.call('ZADD', KEY.rotation(prio), 'XX', tick, job)
 
   local t = KEY.task(tid)
