@@ -145,10 +145,10 @@ pub async fn workers(farm: &mut Farm, json: bool) -> anyhow::Result<()> {
         .iter()
         .map(|w| {
             let caps = w.capabilities.clone().unwrap_or_default();
-            let task = if w.current_task.is_empty() {
-                "idle".to_string()
-            } else {
-                w.current_task.clone()
+            let task = match (w.current_task.as_str(), w.leased_ahead.as_str()) {
+                ("", _) => "idle".to_string(),
+                (current, "") => current.to_string(),
+                (current, ahead) => format!("{current} (next {ahead})"),
             };
             vec![
                 w.worker_id.clone(),

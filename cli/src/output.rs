@@ -100,6 +100,7 @@ pub fn worker_json(worker: &v1::WorkerInfo) -> Value {
         "last_seen_ms": worker.last_seen_ms,
         "alive": worker.alive,
         "current_task": worker.current_task,
+        "leased_ahead": worker.leased_ahead,
         "tasks_done": worker.tasks_done,
     })
 }

@@ -107,6 +107,7 @@ impl Store {
             registered_ms: self.now,
             last_seen_ms: self.now,
             current_task: None,
+            ahead_task: None,
             tasks_done: 0,
         };
         self.backend.register_worker(&record).await.unwrap();

@@ -587,6 +587,7 @@ impl Scenario {
                     registered_ms: now,
                     last_seen_ms: now,
                     current_task: None,
+                    ahead_task: None,
                     tasks_done: 0,
                 };
                 for b in backends {

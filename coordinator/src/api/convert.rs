@@ -135,6 +135,7 @@ pub fn worker_info(w: &WorkerRecord, now: u64, alive_ms: u64) -> v1::WorkerInfo 
         last_seen_ms: w.last_seen_ms,
         alive: now.saturating_sub(w.last_seen_ms) <= alive_ms,
         current_task: w.current_task.clone().unwrap_or_default(),
+        leased_ahead: w.ahead_task.clone().unwrap_or_default(),
         tasks_done: w.tasks_done,
     }
 }

@@ -130,6 +130,7 @@ mod tests {
             registered_ms: 0,
             last_seen_ms,
             current_task: None,
+            ahead_task: None,
             tasks_done: 0,
         }
     }

@@ -201,6 +201,7 @@ impl Workers for WorkersApi {
             registered_ms: now,
             last_seen_ms: now,
             current_task: None,
+            ahead_task: None,
             tasks_done: 0,
         };
         Span::current().record("worker", &worker.id);

@@ -90,7 +90,8 @@
 //! | task | `trace` | `TASK.trace` | the submission's W3C `traceparent` (absent in older tasks) |
 //! | worker | `record` | `WORKER.record` | its `WorkerRecord` JSON as registered |
 //! | worker | `last_seen` | `WORKER.last_seen` | last lease or heartbeat |
-//! | worker | `current` | `WORKER.current` | the task it holds ("" for none) |
+//! | worker | `current` | `WORKER.current` | the task it works on ("" for none) |
+//! | worker | `ahead` | `WORKER.ahead` | a task it leased ahead while working on `current` ("" for none; absent in older workers) |
 //! | worker | `done` | `WORKER.done` | tasks it finished |
 //! | event | `e` | `EVENT.kind` | `task_started`, `progress`, `preview`, `task_done`, `task_failed`, `task_requeued` or `job_done` |
 //! | event | `t` | `EVENT.time` | when, in coordinator time |
@@ -303,6 +304,7 @@ fields!(worker, "WORKER" {
     RECORD = "record",
     LAST_SEEN = "last_seen",
     CURRENT = "current",
+    AHEAD = "ahead",
     DONE = "done",
 });
 

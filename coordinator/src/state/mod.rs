@@ -515,8 +515,12 @@ pub struct WorkerRecord {
     pub registered_ms: u64,
     /// Last lease or heartbeat.
     pub last_seen_ms: u64,
-    /// Task it holds.
+    /// The task it works on.
     pub current_task: Option<String>,
+    /// A task it leased ahead while working on `current_task` (lease-ahead), which becomes its
+    /// current task when that one ends.
+    #[serde(default)]
+    pub ahead_task: Option<String>,
     /// Tasks it finished.
     pub tasks_done: u64,
 }
@@ -737,7 +741,8 @@ pub trait StateBackend: Send + Sync + 'static {
     /// Every registered worker, by id.
     async fn workers(&self) -> StateResult<Vec<WorkerRecord>>;
 
-    /// Removes a worker, queueing again the task it holds; returns that task.
+    /// Removes a worker, queueing again the tasks it holds (current and leased ahead); returns
+    /// them.
     async fn deregister_worker(
         &self,
         id: &str,

@@ -288,23 +288,29 @@ impl Model {
         self.workers.insert(worker.id.clone(), worker.clone());
     }
 
-    /// Removes a worker and queues again the task it holds.
+    /// Removes a worker and queues again the tasks it holds (current and leased ahead).
     pub fn deregister_worker(&mut self, id: &str, policy: &Policy, now: u64) -> Vec<String> {
         let Some(worker) = self.workers.remove(id) else {
             return Vec::new();
         };
-        let held = worker.current_task.filter(|tid| {
-            self.tasks
-                .get(tid)
-                .is_some_and(|t| t.record.state == TaskState::Running && t.record.worker == id)
-        });
-        let Some(tid) = held else {
-            return Vec::new();
-        };
-        let deadline = self.tasks[&tid].record.deadline_ms;
-        self.leases.remove(&(deadline, tid.clone()));
-        self.take_back(&tid, policy, now);
-        vec![tid]
+        let held: Vec<String> = [worker.current_task, worker.ahead_task]
+            .into_iter()
+            .flatten()
+            .filter(|tid| self.holds(id, tid))
+            .collect();
+        for tid in &held {
+            let deadline = self.tasks[tid].record.deadline_ms;
+            self.leases.remove(&(deadline, tid.clone()));
+            self.take_back(tid, policy, now);
+        }
+        held
+    }
+
+    /// Whether `worker` holds the lease of task `tid` now.
+    fn holds(&self, worker: &str, tid: &str) -> bool {
+        self.tasks
+            .get(tid)
+            .is_some_and(|t| t.record.state == TaskState::Running && t.record.worker == worker)
     }
 
     /// Queues again a task its worker gave back on leaving (a drain hands over its checkpoint
@@ -351,8 +357,17 @@ impl Model {
         task.record.started_ms = now;
         let record = task.record.clone();
         self.leases.insert((deadline, tid.clone()));
+        let working = self
+            .workers
+            .get(worker)
+            .and_then(|w| w.current_task.clone());
+        let busy = working.is_some_and(|current| self.holds(worker, &current));
         if let Some(w) = self.workers.get_mut(worker) {
-            w.current_task = Some(tid.clone());
+            if busy {
+                w.ahead_task = Some(tid.clone());
+            } else {
+                w.current_task = Some(tid.clone());
+            }
             w.last_seen_ms = now;
         }
         self.event(
@@ -1007,7 +1022,9 @@ impl Model {
     fn release_worker(&mut self, worker: &str, tid: &str) {
         if let Some(w) = self.workers.get_mut(worker) {
             if w.current_task.as_deref() == Some(tid) {
-                w.current_task = None;
+                w.current_task = w.ahead_task.take();
+            } else if w.ahead_task.as_deref() == Some(tid) {
+                w.ahead_task = None;
             }
         }
     }

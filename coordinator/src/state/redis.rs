@@ -567,6 +567,9 @@ fn parse_worker(f: &Fields) -> Result<WorkerRecord, String> {
     record.last_seen_ms = f.num(worker_field::LAST_SEEN)?;
     let current = f.str(worker_field::CURRENT)?;
     record.current_task = (!current.is_empty()).then(|| current.to_string());
+    // Workers registered before lease-ahead was tracked have no such field.
+    let ahead = f.str(worker_field::AHEAD).unwrap_or_default();
+    record.ahead_task = (!ahead.is_empty()).then(|| ahead.to_string());
     record.tasks_done = f.num(worker_field::DONE)?;
     Ok(record)
 }
@@ -802,6 +805,8 @@ impl StateBackend for RedisBackend {
             .arg(worker.last_seen_ms)
             .arg(worker_field::CURRENT)
             .arg(worker.current_task.clone().unwrap_or_default())
+            .arg(worker_field::AHEAD)
+            .arg(worker.ahead_task.clone().unwrap_or_default())
             .arg(worker_field::DONE)
             .arg(worker.tasks_done)
             .ignore()

@@ -95,10 +95,24 @@ local function create_tasks(at, count)
   return at
 end
 
+-- The worker's leased-ahead task becomes its current one when the current one ends
+-- (Model::release_worker).
 local function release_worker(worker, tid)
-  if worker ~= '' and redis.call('HGET', KEY.worker(worker), WORKER.current) == tid then
-    redis.call('HSET', KEY.worker(worker), WORKER.current, '')
+  if worker == '' then return end
+  local wk = KEY.worker(worker)
+  local current, ahead = unpack(redis.call('HMGET', wk, WORKER.current, WORKER.ahead))
+  if current == tid then
+    redis.call('HSET', wk, WORKER.current, ahead or '', WORKER.ahead, '')
+  elseif ahead == tid then
+    redis.call('HSET', wk, WORKER.ahead, '')
   end
+end
+
+-- Whether `worker` holds the lease of task `tid` now (Model::holds).
+local function worker_holds(worker, tid)
+  if not tid or tid == '' then return false end
+  local state, holder = unpack(redis.call('HMGET', KEY.task(tid), TASK.state, TASK.worker))
+  return state == 'running' and holder == worker
 end
 
 -- Every end of a job passes here: it no longer counts against its tenant's jobs in flight.

@@ -63,8 +63,11 @@ local function main()
   local deadline = int(NOW + lease_ms)
   redis.call('HSET', t, TASK.worker, worker, TASK.deadline, deadline, TASK.started, int(NOW))
   redis.call('ZADD', KEY.leases, deadline, tid)
-  if redis.call('EXISTS', KEY.worker(worker)) == 1 then
-    redis.call('HSET', KEY.worker(worker), WORKER.current, tid, WORKER.last_seen, int(NOW))
+  local wk = KEY.worker(worker)
+  if redis.call('EXISTS', wk) == 1 then
+    local slot = WORKER.current
+    if worker_holds(worker, redis.call('HGET', wk, WORKER.current)) then slot = WORKER.ahead end
+    redis.call('HSET', wk, slot, tid, WORKER.last_seen, int(NOW))
   end
   local kind, unit = unpack(redis.call('HMGET', t, TASK.kind, TASK.unit))
   event(job, 'task_started', { EVENT.task, tid, EVENT.task_kind, kind, EVENT.attempt, attempt,
