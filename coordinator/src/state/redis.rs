@@ -118,10 +118,15 @@ impl RedisBackend {
     }
 
     async fn with_client(client: Client, prefix: &str) -> StateResult<Self> {
-        // Submitting a large job is one script over many tasks; give it time.
+        // Submitting a large job is one script over many tasks; give it time. A Redis that is
+        // down fails a request after two quick reconnection attempts (the client's default
+        // backs off for about eight seconds), so callers hear at once that the store is down
+        // and retry on their side, and the first request after Redis returns reconnects.
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_connection_timeout(Some(Duration::from_secs(5)));
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(250));
         let address = client.get_connection_info().addr().to_string();
         let conn = client
             .get_connection_manager_with_config(config)
