@@ -30,6 +30,9 @@ pub enum UpscaleError {
     /// The requested output scale is not usable.
     #[error("output scale {0} is out of range: it must be above 0 and at most 16")]
     OutScale(f64),
+    /// The caller's stop check said the work is no longer wanted.
+    #[error("stopped: the upscale is no longer wanted")]
+    Stopped,
 }
 
 /// A super-resolution network together with how to tile its input.
@@ -72,6 +75,18 @@ impl Upscaler {
         width: u32,
         height: u32,
     ) -> Result<Vec<f32>, UpscaleError> {
+        self.run_tile_unless(pixels, width, height, &|| false)
+    }
+
+    /// [`Upscaler::run_tile`], asking `stop` between the network's blocks:
+    /// [`UpscaleError::Stopped`] once it says to stop.
+    pub fn run_tile_unless(
+        &self,
+        pixels: &[f32],
+        width: u32,
+        height: u32,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>, UpscaleError> {
         let expected = width as usize * height as usize * 3;
         if pixels.len() != expected {
             return Err(UpscaleError::TileSize {
@@ -88,15 +103,19 @@ impl Upscaler {
                 .permute([0, 3, 1, 2])
                 .to_device(self.device);
             let s = self.model.scale();
-            self.model
-                .forward(&pad_to_multiple(&input, self.model.input_multiple()))
-                .narrow(2, 0, h * s)
-                .narrow(3, 0, w * s)
-                .permute([0, 2, 3, 1])
-                .to_device(Device::Cpu)
-                .to_kind(Kind::Float)
-                .contiguous()
-        });
+            let padded = pad_to_multiple(&input, self.model.input_multiple());
+            let upscaled = self.model.forward_unless(&padded, stop)?;
+            Some(
+                upscaled
+                    .narrow(2, 0, h * s)
+                    .narrow(3, 0, w * s)
+                    .permute([0, 2, 3, 1])
+                    .to_device(Device::Cpu)
+                    .to_kind(Kind::Float)
+                    .contiguous(),
+            )
+        })
+        .ok_or(UpscaleError::Stopped)?;
         Ok(Vec::<f32>::try_from(output.flatten(0, -1)).expect("float tensor converts to Vec<f32>"))
     }
 
@@ -104,8 +123,19 @@ impl Upscaler {
     /// too (as Real-ESRGAN does: replicated into three channels, averaged back), interleaved
     /// with [`PictureKind::channels`] values per pixel, `scale` times larger, unclamped.
     pub fn upscale_region(&self, picture: &Picture, r: Rect) -> Result<Vec<f32>, UpscaleError> {
+        self.upscale_region_unless(picture, r, &|| false)
+    }
+
+    /// [`Upscaler::upscale_region`], asking `stop` between the network's blocks (of the
+    /// colour pass and of the opacity pass): [`UpscaleError::Stopped`] once it says to stop.
+    pub fn upscale_region_unless(
+        &self,
+        picture: &Picture,
+        r: Rect,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>, UpscaleError> {
         let rgb = crop_rgb(&picture.rgb, picture.width, r);
-        let colour = self.run_tile(&rgb, r.width, r.height)?;
+        let colour = self.run_tile_unless(&rgb, r.width, r.height, stop)?;
         let Some(alpha) = &picture.alpha else {
             return Ok(colour);
         };
@@ -113,7 +143,7 @@ impl Upscaler {
             .iter()
             .flat_map(|&a| [a; 3])
             .collect();
-        let opacity = self.run_tile(&opacity, r.width, r.height)?;
+        let opacity = self.run_tile_unless(&opacity, r.width, r.height, stop)?;
         Ok(colour
             .chunks_exact(3)
             .zip(opacity.chunks_exact(3))

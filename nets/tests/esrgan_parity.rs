@@ -151,3 +151,38 @@ fn nested_and_legacy_checkpoints_convert_and_load() {
         );
     }
 }
+
+/// The pass a farm tile runs, which asks between blocks whether the work is still wanted:
+/// never stopped it equals the plain pass bit for bit, having asked once per block; told to
+/// stop, it stops before the next block and gives nothing.
+#[test]
+fn a_pass_asked_to_stop_stops_between_blocks_and_otherwise_changes_nothing() {
+    use std::cell::Cell;
+    for file in ["rrdb_x4_basicsr.safetensors", "srvgg_x4.safetensors"] {
+        let model = SrModel::load(&esrgan_fixture(file), Device::Cpu).unwrap();
+        let input = Tensor::rand([1, 3, 12, 12], (tch::Kind::Float, Device::Cpu));
+        let plain = model.forward(&input);
+        let asked = Cell::new(0);
+        let whole = model
+            .forward_unless(&input, &|| {
+                asked.set(asked.get() + 1);
+                false
+            })
+            .expect("never told to stop");
+        assert!(whole.equal(&plain), "{file}");
+        assert!(asked.get() > 1, "{file}: asked {} times", asked.get());
+
+        let blocks = asked.get();
+        asked.set(0);
+        let stopped = model.forward_unless(&input, &|| {
+            asked.set(asked.get() + 1);
+            true
+        });
+        assert!(stopped.is_none(), "{file}");
+        assert!(
+            asked.get() == 1 && blocks > 1,
+            "{file}: stopped after asking {} of {blocks} times",
+            asked.get()
+        );
+    }
+}

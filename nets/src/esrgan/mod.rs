@@ -157,10 +157,17 @@ impl SrModel {
     /// Upscales `x`: N x 3 x H x W RGB in [0, 1] (moved to the model's device if elsewhere).
     /// Returns N x 3 x sH x sW on the model's device, not clamped. Runs without autograd.
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_unless(x, &|| false)
+            .expect("a pass that is never stopped ends")
+    }
+
+    /// [`SrModel::forward`], asking `stop` between the network's blocks: `None` once it says
+    /// to stop (a farm tile whose lease is gone), instead of finishing work nobody wants.
+    pub fn forward_unless(&self, x: &Tensor, stop: &dyn Fn() -> bool) -> Option<Tensor> {
         let x = x.to_device(self.vars.device());
         tch::no_grad(|| match &self.network {
-            Network::Rrdb(net) => net.forward(&x),
-            Network::Srvgg(net) => net.forward(&x),
+            Network::Rrdb(net) => net.forward_unless(&x, stop),
+            Network::Srvgg(net) => net.forward_unless(&x, stop),
         })
     }
 }

@@ -223,6 +223,13 @@ impl RrdbNet {
 
     /// N x C x H x W to N x C x sH x sW (H and W multiples of the unshuffle factor).
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_unless(x, &|| false)
+            .expect("a pass that is never stopped ends")
+    }
+
+    /// [`RrdbNet::forward`], asking `stop` before each RRDB block (23 in x4plus): `None` once it
+    /// says to stop, so work nobody wants any more frees the device within a block.
+    pub fn forward_unless(&self, x: &Tensor, stop: &dyn Fn() -> bool) -> Option<Tensor> {
         let unshuffle = self.config.unshuffle_factor();
         let input = if unshuffle == 1 {
             x.shallow_clone()
@@ -230,15 +237,20 @@ impl RrdbNet {
             x.pixel_unshuffle(unshuffle)
         };
         let feat = self.conv_first.forward(&input);
-        let trunk = self
-            .body
-            .iter()
-            .fold(feat.shallow_clone(), |h, block| block.forward(&h));
+        let mut trunk = feat.shallow_clone();
+        for block in &self.body {
+            if stop() {
+                return None;
+            }
+            trunk = block.forward(&trunk);
+        }
         let feat = feat + self.conv_body.forward(&trunk);
         let feat = leaky_relu_02(&self.conv_up1.forward(&upsample_nearest(&feat, 2)));
         let feat = leaky_relu_02(&self.conv_up2.forward(&upsample_nearest(&feat, 2)));
-        self.conv_last
-            .forward(&leaky_relu_02(&self.conv_hr.forward(&feat)))
+        Some(
+            self.conv_last
+                .forward(&leaky_relu_02(&self.conv_hr.forward(&feat))),
+        )
     }
 }
 

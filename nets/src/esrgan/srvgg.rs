@@ -163,14 +163,23 @@ impl SrvggNet {
 
     /// N x 3 x H x W to N x 3 x uH x uW.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let features = self
-            .body
-            .iter()
-            .fold(x.shallow_clone(), |h, layer| match layer {
-                BodyLayer::Conv(conv) => conv.forward(&h),
-                BodyLayer::Prelu(slopes) => h.prelu(slopes),
-            });
-        features.pixel_shuffle(self.config.upscale) + upsample_nearest(x, self.config.upscale)
+        self.forward_unless(x, &|| false)
+            .expect("a pass that is never stopped ends")
+    }
+
+    /// [`SrvggNet::forward`], asking `stop` before each layer: `None` once it says to stop.
+    pub fn forward_unless(&self, x: &Tensor, stop: &dyn Fn() -> bool) -> Option<Tensor> {
+        let mut features = x.shallow_clone();
+        for layer in &self.body {
+            if stop() {
+                return None;
+            }
+            features = match layer {
+                BodyLayer::Conv(conv) => conv.forward(&features),
+                BodyLayer::Prelu(slopes) => features.prelu(slopes),
+            };
+        }
+        Some(features.pixel_shuffle(self.config.upscale) + upsample_nearest(x, self.config.upscale))
     }
 }
 

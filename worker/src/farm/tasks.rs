@@ -18,7 +18,9 @@ use tessera_nets::generate::init::LatentInit;
 use tessera_nets::generate::{drive_until, Driven, Halt, Progress, Run, Settings};
 use tessera_nets::imageio::{encode_png, from_dynamic, Picture, PictureKind};
 use tessera_nets::models::ModelDir;
-use tessera_nets::upscale::{crop, read_tile_png, round_as_tile_file, tile_png, Upscaler};
+use tessera_nets::upscale::{
+    crop, read_tile_png, round_as_tile_file, tile_png, UpscaleError, Upscaler,
+};
 use tessera_nets::vqgan::VqModel;
 
 /// Models by name, loaded on first use. One task runs at a time, so the session hands the
@@ -101,8 +103,8 @@ fn dropped(abort: &AtomicBool) -> bool {
 /// picture (the upscaled tile less its context, which only the network needed) as a 16-bit PNG
 /// that records the source's kind; a picture of one tile has no stitch, so its tile returns
 /// the final picture, in the source's kind. Between its stages (decoding the source, loading
-/// the model, the network, encoding) it stops, [`Outcome::Abandoned`], once `abort` is set;
-/// the network's pass itself runs to its end (the networks crate takes no cancellation).
+/// the model, the network, encoding) and between the network's blocks it stops,
+/// [`Outcome::Abandoned`], once `abort` is set.
 pub fn upscale_tile(
     cache: &mut ModelCache,
     spec: &v1::UpscaleTileSpec,
@@ -133,11 +135,11 @@ pub fn upscale_tile(
     }
     let scale = upscaler.scale();
     let span = tracing::info_span!("tile upscale", model = %spec.model, width = rect.width, height = rect.height).entered();
-    let pixels = upscaler.upscale_region(&picture, rect)?;
+    let pixels = match upscaler.upscale_region_unless(&picture, rect, &|| dropped(abort)) {
+        Err(UpscaleError::Stopped) => return Ok(Outcome::Abandoned),
+        pixels => pixels?,
+    };
     drop(span);
-    if dropped(abort) {
-        return Ok(Outcome::Abandoned);
-    }
     let output = spec
         .output
         .context("the tile task has no output rectangle")?;
