@@ -205,18 +205,8 @@ impl Jobs for JobsApi {
         for t in &mut plan.tasks {
             t.trace.clone_from(&trace);
         }
-        let job = NewJob {
-            id: id.clone(),
-            name: request.name,
-            priority: request.priority,
-            upscale_only: plan.upscale_only,
-            settings: plan.settings,
-            expected: plan.expected,
-            units: plan.units,
-            tasks: plan.tasks,
-            tenant: caller.owner().to_string(),
-            quota,
-        };
+        let tenant = caller.owner().to_string();
+        let job = NewJob::planned(&id, request.name, request.priority, plan, tenant, quota);
         c.backend.create_job(&job, now_ms()).await?;
         c.metrics.job_planned(&job.expected);
         tracing::info!(job = %id, tenant = %job.tenant, results = job.units.len(), "job submitted");

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::{check_shown_text, MAX_NAME_CHARS};
 use tessera_core::plan::plan_followups;
-use tessera_core::task::{job_of_task, ArtifactRef, Capabilities, FinishedTask};
+use tessera_core::task::{job_of_task, ArtifactRef, Capabilities};
 use tessera_proto::v1;
 use tessera_proto::v1::workers_server::Workers;
 use tonic::{Request, Response, Status, Streaming};
@@ -349,14 +349,7 @@ impl Workers for WorkersApi {
         // answered by the state store (duplicate, stale or cancelled) without changes.
         let followups = if holds(&task, r.attempt, &r.worker_id) {
             self.check_own_artifact(&task, r.attempt, &output).await?;
-            let finished = FinishedTask {
-                id: &task.id,
-                job: &task.job,
-                unit: task.unit,
-                spec: &task.spec,
-                trace: &task.trace,
-            };
-            plan_followups(&finished, &output)
+            plan_followups(&task.finished(), &output)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?
         } else {
             Vec::new()

@@ -22,8 +22,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::Settings;
-use tessera_core::plan::Unit;
-use tessera_core::task::{ArtifactRef, Capabilities, KindCounts, NewTask, TaskKind, TaskSpec};
+use tessera_core::plan::{JobPlan, Unit};
+use tessera_core::task::{
+    ArtifactRef, Capabilities, FinishedTask, KindCounts, NewTask, TaskKind, TaskSpec,
+};
 use tokio::sync::Notify;
 
 /// How failures are treated: the bounds that stop a poison task and a bad worker.
@@ -212,6 +214,32 @@ pub struct NewJob {
     pub quota: Quota,
 }
 
+impl NewJob {
+    /// Job `id` as `plan` plans it: the one way the coordinator and its tests turn a plan into
+    /// what the state store keeps.
+    pub fn planned(
+        id: &str,
+        name: String,
+        priority: i32,
+        plan: JobPlan,
+        tenant: String,
+        quota: Quota,
+    ) -> NewJob {
+        NewJob {
+            id: id.to_string(),
+            name,
+            priority,
+            upscale_only: plan.upscale_only,
+            settings: plan.settings,
+            expected: plan.expected,
+            units: plan.units,
+            tasks: plan.tasks,
+            tenant,
+            quota,
+        }
+    }
+}
+
 /// A tenant's admission limits; `None` is unlimited.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
@@ -392,6 +420,17 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// This task as the planner sees a finished one, to plan what its output brings next.
+    pub fn finished(&self) -> FinishedTask<'_> {
+        FinishedTask {
+            id: &self.id,
+            job: &self.job,
+            unit: self.unit,
+            spec: &self.spec,
+            trace: &self.trace,
+        }
+    }
+
     /// The file of this task with artifact key `key` that a worker downloads to run it: a
     /// consumed output, an upscale tile's source picture, or the checkpoint to resume from.
     pub fn input(&self, key: &str) -> Option<&ArtifactRef> {

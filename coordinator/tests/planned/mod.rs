@@ -6,7 +6,7 @@ use tessera_core::job::{
     JobRequest, JobSource, Limits, ModelCatalog, PromptEntry, Settings, SettingsPatch,
 };
 use tessera_core::plan::{plan_followups, plan_job};
-use tessera_core::task::{ArtifactRef, FinishedTask, NewTask};
+use tessera_core::task::{ArtifactRef, NewTask};
 
 /// Settings of small jobs: 64 px renders of 20 steps, upscaled 4x in 4 tiles of 32 px when
 /// `upscale` is set, on `device` when given.
@@ -54,18 +54,14 @@ pub fn new_job(id: &str, request: JobRequest, tenant: &str, quota: Quota) -> New
         &Limits::default(),
     )
     .unwrap();
-    NewJob {
-        id: id.into(),
-        name: request.name,
-        priority: request.priority,
-        upscale_only: plan.upscale_only,
-        settings: plan.settings,
-        expected: plan.expected,
-        units: plan.units,
-        tasks: plan.tasks,
-        tenant: tenant.into(),
+    NewJob::planned(
+        id,
+        request.name,
+        request.priority,
+        plan,
+        tenant.into(),
         quota,
-    }
+    )
 }
 
 /// The picture a task is asked for, stored as `name` under its attempt's key prefix (the
@@ -83,12 +79,5 @@ pub fn output_for(task: &TaskRecord, name: &str) -> ArtifactRef {
 
 /// The tasks the coordinator plans when `task` completes with `output`.
 pub fn followups(task: &TaskRecord, output: &ArtifactRef) -> Vec<NewTask> {
-    let finished = FinishedTask {
-        id: &task.id,
-        job: &task.job,
-        unit: task.unit,
-        spec: &task.spec,
-        trace: &task.trace,
-    };
-    plan_followups(&finished, output).unwrap()
+    plan_followups(&task.finished(), output).unwrap()
 }
