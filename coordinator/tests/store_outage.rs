@@ -83,13 +83,7 @@ async fn a_redis_outage_longer_than_the_lease_expires_no_lease() {
     assert_eq!(worker.finish(&task).await, v1::CompletionVerdict::Accepted);
 
     let mut client = jobs(&service).await;
-    let info = client
-        .get_task(v1::GetTaskRequest {
-            task_id: task.task_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let info = tessera_tests::jobs::task(&mut client, &task.task_id).await;
     assert_eq!((info.attempt, info.expiries), (1, 0), "{info:?}");
     let scrape = Scrape::get(service.metrics.unwrap()).unwrap();
     assert_eq!(scrape.value("tessera_lease_expiries_total", &[]), Some(0.0));

@@ -22,6 +22,14 @@ pub async fn status(client: &mut JobsClient<Channel>, job: &str) -> v1::JobStatu
     client.get_job(request).await.unwrap().into_inner()
 }
 
+/// A task's details: state, attempts, expiries, errors.
+pub async fn task(client: &mut JobsClient<Channel>, task: &str) -> v1::TaskInfo {
+    let request = v1::GetTaskRequest {
+        task_id: task.into(),
+    };
+    client.get_task(request).await.unwrap().into_inner()
+}
+
 /// The job's first 1000 results, in order.
 pub async fn results(client: &mut JobsClient<Channel>, job: &str) -> Vec<v1::ResultInfo> {
     let request = v1::ListResultsRequest {
