@@ -8,8 +8,6 @@
 //! [`Setting`] here (and in [`ALL`]), its fields in those structs (the drift test names each one
 //! that is missing), its proto field, and the code that uses it.
 
-use std::fmt;
-
 use crate::loop_options::{
     self, Augment, CutMethod, InitNoise, OptimiserKind, Precision, DEFAULT_AUGMENTS,
     DEFAULT_NOISE_FAC,
@@ -260,12 +258,6 @@ impl<T: SettingValue + Sync> Describe for Setting<T> {
     }
     fn surfaces(&self) -> Surfaces {
         self.surfaces
-    }
-}
-
-impl fmt::Debug for dyn Describe {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

@@ -25,14 +25,22 @@ async fn an_idle_worker_is_alive_long_after_it_registered() {
     let models = models();
     let _worker = Workers::start(1, models.path(), &service);
     let mut client = JobsClient::connect(service.url()).await.unwrap();
-    while listed(&mut client).await.is_empty() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Idle for twice the time a silent worker stays alive, with no task to lease or report.
-    tokio::time::sleep(Duration::from_millis(6 * LEASE_MS)).await;
-
-    let workers = listed(&mut client).await;
-    assert!(workers.iter().all(|w| w.alive), "{workers:?}");
+    // Wait until the coordinator has heard from the idle worker later than a silent worker
+    // stays alive after registering: only its requests for work can have told it (there is no
+    // task to lease or report). Without that, the wait never ends and the test fails.
+    let heard_late = |w: &v1::WorkerInfo| w.last_seen_ms > w.registered_at_ms + 3 * LEASE_MS;
+    let idle = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match listed(&mut client).await.pop() {
+                Some(worker) if heard_late(&worker) => return worker,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await
+    .expect("the idle worker's requests for work keep it heard from");
+    assert!(idle.alive, "{idle:?}");
+    assert!(idle.current_task.is_empty(), "{idle:?}");
     let scrape = Scrape::get(service.metrics.unwrap()).unwrap();
     assert_eq!(
         scrape.value("tessera_workers", &[("device", "cpu")]),
