@@ -44,8 +44,32 @@ pub struct Config {
 
     /// Keep state in Redis at this URL (e.g. redis://127.0.0.1:6379/0); several coordinators
     /// may share it.
-    #[arg(long, env = "TESSERA_REDIS", conflicts_with = "embedded")]
+    #[arg(long, env = "TESSERA_REDIS", conflicts_with_all = ["embedded", "redis_sentinel"])]
     pub redis: Option<String>,
+
+    /// Keep state in the Redis primary that these Sentinels (host:port, comma-separated) name
+    /// for --redis-master-name, and follow it when they promote a replica: Redis with failover.
+    #[arg(
+        long,
+        env = "TESSERA_REDIS_SENTINEL",
+        value_delimiter = ',',
+        conflicts_with = "embedded",
+        requires = "redis_master_name"
+    )]
+    pub redis_sentinel: Vec<String>,
+
+    /// The master name the Sentinels watch (their `sentinel monitor NAME ...`).
+    #[arg(long, env = "TESSERA_REDIS_MASTER_NAME", requires = "redis_sentinel")]
+    pub redis_master_name: Option<String>,
+
+    /// With --redis-sentinel: the database number on the primary.
+    #[arg(
+        long,
+        env = "TESSERA_REDIS_DB",
+        default_value_t = 0,
+        requires = "redis_sentinel"
+    )]
+    pub redis_db: i64,
 
     /// PEM CA certificate to trust for a rediss:// (TLS) Redis URL (default: the system's roots).
     #[arg(long, env = "TESSERA_REDIS_CA", requires = "redis")]
@@ -170,6 +194,12 @@ fn parse_upscale_model(text: &str) -> Result<UpscaleModel, String> {
 }
 
 impl Config {
+    /// Whether the state lives in Redis (at a URL or behind Sentinels), which a starting
+    /// coordinator waits for.
+    pub fn uses_redis(&self) -> bool {
+        self.redis.is_some() || !self.redis_sentinel.is_empty()
+    }
+
     /// The failure policy.
     pub fn policy(&self) -> Policy {
         Policy {
@@ -239,6 +269,17 @@ mod tests {
             .to_string();
         assert!(err.contains("is not NAME:SCALE"), "{err}");
         assert!(Config::try_parse_from(["c", "--embedded", "--redis", "redis://x"]).is_err());
+        let sentinel = [
+            "c",
+            "--redis-sentinel",
+            "a:26379,b:26379",
+            "--redis-master-name",
+            "m",
+        ];
+        let config = Config::try_parse_from(sentinel).unwrap();
+        assert_eq!(config.redis_sentinel, ["a:26379", "b:26379"]);
+        assert!(config.uses_redis());
+        assert!(Config::try_parse_from(["c", "--redis-sentinel", "a:26379"]).is_err());
     }
 
     #[test]

@@ -52,6 +52,19 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBacken
                     .with_context(connecting)?,
             })
         }
+        (None, _) if !config.redis_sentinel.is_empty() => {
+            let master = config.redis_master_name.as_deref().unwrap_or_default();
+            Arc::new(
+                RedisBackend::connect_sentinel(
+                    &config.redis_sentinel,
+                    master,
+                    config.redis_db,
+                    &config.redis_prefix,
+                )
+                .await
+                .with_context(|| format!("asking Sentinel for the Redis primary of {master}"))?,
+            )
+        }
         (None, true) => match &config.state_dir {
             Some(dir) => Arc::new(
                 EmbeddedBackend::open(
@@ -63,7 +76,7 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBacken
             None => Arc::new(EmbeddedBackend::in_memory()),
         },
         (None, false) => {
-            bail!("say where state lives: --redis URL (a farm) or --embedded (one machine)")
+            bail!("say where state lives: --redis URL or --redis-sentinel (a farm), or --embedded (one machine)")
         }
     })
 }
@@ -86,7 +99,7 @@ async fn open_backend_waiting(
                 Ok(()) => return Ok(backend),
                 Err(e) => anyhow::Error::new(e).context("the state store does not answer"),
             },
-            Err(e) if config.redis.is_none() => return Err(e),
+            Err(e) if !config.uses_redis() => return Err(e),
             Err(e) => e,
         };
         tracing::warn!("{failure:#}; retrying in {:.1} s", pause.as_secs_f64());

@@ -16,6 +16,7 @@ pub mod embedded;
 mod keys;
 mod model;
 pub mod redis;
+mod redis_link;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -12,7 +12,8 @@ use super::{
     ResultRecord, ResultState, StateBackend, StateCounts, StateError, StateResult, TaskRecord,
     TaskState, WorkerRecord,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use super::redis_link::Link;
+use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, Client, Script, TlsCertificates, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -68,10 +69,10 @@ impl Scripts {
 
 /// The Redis state store.
 pub struct RedisBackend {
-    /// `host:port`, for errors.
+    /// `host:port` (or the master name and its Sentinels), for errors.
     address: String,
-    client: Client,
-    conn: ConnectionManager,
+    /// The server the state lives on, followed through Sentinel failovers.
+    link: Link,
     prefix: String,
     scripts: Scripts,
     work: Arc<Notify>,
@@ -117,25 +118,45 @@ impl RedisBackend {
         Self::with_client(client, prefix).await
     }
 
+    /// Connects to the primary that the Sentinels at `sentinels` (`host:port` each) name for
+    /// `master` (database `db`), and follows it when Sentinel promotes a replica.
+    pub async fn connect_sentinel(
+        sentinels: &[String],
+        master: &str,
+        db: i64,
+        prefix: &str,
+    ) -> StateResult<Self> {
+        let address = format!("master {master} via Sentinel {}", sentinels.join(","));
+        let link = Link::sentinel(sentinels, master, db, Self::manager_config())
+            .await
+            .map_err(unavailable(&address))?;
+        Ok(Self::with_link(link, address, prefix))
+    }
+
     async fn with_client(client: Client, prefix: &str) -> StateResult<Self> {
+        let address = client.get_connection_info().addr().to_string();
+        let link = Link::fixed(client, Self::manager_config())
+            .await
+            .map_err(unavailable(&address))?;
+        Ok(Self::with_link(link, address, prefix))
+    }
+
+    fn manager_config() -> ConnectionManagerConfig {
         // Submitting a large job is one script over many tasks; give it time. A Redis that is
         // down fails a request after two quick reconnection attempts (the client's default
         // backs off for about eight seconds), so callers hear at once that the store is down
         // and retry on their side, and the first request after Redis returns reconnects.
-        let config = ConnectionManagerConfig::new()
+        ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(250));
-        let address = client.get_connection_info().addr().to_string();
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(unavailable(&address))?;
+            .set_max_delay(Duration::from_millis(250))
+    }
+
+    fn with_link(link: Link, address: String, prefix: &str) -> Self {
         let backend = RedisBackend {
             address,
-            client,
-            conn,
+            link,
             prefix: prefix.to_string(),
             scripts: Scripts::new(),
             work: Arc::new(Notify::new()),
@@ -143,19 +164,19 @@ impl RedisBackend {
             stop: CancellationToken::new(),
         };
         backend.listen_for_work();
-        Ok(backend)
+        backend
     }
 
     /// Forwards the wake-up channel to [`StateBackend::work_signal`], reconnecting as needed.
     fn listen_for_work(&self) {
-        let client = self.client.clone();
+        let link = self.link.clone();
         let channel = keys::WAKE.of(&self.prefix, &[]);
         let work = self.work.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let listen = async {
-                    let mut pubsub = client.get_async_pubsub().await?;
+                    let mut pubsub = link.client().get_async_pubsub().await?;
                     pubsub.subscribe(&channel).await?;
                     // Tasks queued while we were not subscribed are found by the next poll.
                     work.notify_waiters();
@@ -195,7 +216,7 @@ impl RedisBackend {
         for a in args {
             invocation.arg(a);
         }
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         invocation
             .invoke_async(&mut conn)
             .await
@@ -221,7 +242,8 @@ impl RedisBackend {
                 let config = AsyncConnectionConfig::new()
                     .set_response_timeout(None)
                     .set_connection_timeout(Some(Duration::from_secs(5)));
-                self.client
+                self.link
+                    .client()
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
                     .map_err(unavailable(&self.address))
@@ -247,7 +269,7 @@ impl RedisBackend {
             .arg(start);
         let reply: Option<StreamReadReply> = match block {
             None => {
-                let mut conn = self.conn.clone();
+                let mut conn = self.link.conn();
                 cmd.query_async(&mut conn)
                     .await
                     .map_err(unavailable(&self.address))?
@@ -720,7 +742,7 @@ impl StateBackend for RedisBackend {
         offset: usize,
         limit: usize,
     ) -> StateResult<(Vec<JobRecord>, u64)> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let key = match tenant {
             Some(tenant) => keys::TENANT_JOBS.of(&self.prefix, &[tenant]),
             None => keys::JOBS.of(&self.prefix, &[]),
@@ -799,7 +821,7 @@ impl StateBackend for RedisBackend {
     }
 
     async fn register_worker(&self, worker: &WorkerRecord) -> StateResult<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         redis::pipe()
             .atomic()
             .cmd("HSET")
@@ -825,7 +847,7 @@ impl StateBackend for RedisBackend {
     }
 
     async fn worker(&self, id: &str) -> StateResult<Option<WorkerRecord>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let fields: Vec<String> = redis::cmd("HGETALL")
             .arg(keys::WORKER.of(&self.prefix, &[id]))
             .query_async(&mut conn)
@@ -840,7 +862,7 @@ impl StateBackend for RedisBackend {
     }
 
     async fn workers(&self) -> StateResult<Vec<WorkerRecord>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         let mut ids: Vec<String> = redis::cmd("SMEMBERS")
             .arg(keys::WORKERS.of(&self.prefix, &[]))
             .query_async(&mut conn)
@@ -1077,7 +1099,7 @@ impl StateBackend for RedisBackend {
     }
 
     async fn ping(&self) -> StateResult<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.conn();
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await

@@ -1,0 +1,223 @@
+//! Where the Redis state store sends its commands: one server named by a URL, or the primary
+//! that Redis Sentinel names for a master name. A connection manager reconnects only to the
+//! address it was made for, which after a Sentinel failover is the dead (or demoted) primary;
+//! so with Sentinel every failed command asks Sentinel again, and when it names another
+//! primary the link moves there, and the next command goes to the new primary. Commands are
+//! never replayed here: the caller hears the failure (as it would during any outage) and
+//! retries, which the state machine's attempt numbers make safe.
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// Longest a question to the Sentinels (and the connection to the primary they name) may take,
+/// so a coordinator cut off from them fails its command instead of waiting on them.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Who names the Redis server to talk to.
+enum Source {
+    /// A fixed server.
+    Fixed,
+    /// The primary Sentinel names for `master`.
+    Sentinel {
+        sentinel: tokio::sync::Mutex<Sentinel>,
+        master: String,
+        node: SentinelNodeConnectionInfo,
+    },
+}
+
+/// The server commands go to now.
+#[derive(Clone)]
+struct Current {
+    client: Client,
+    conn: ConnectionManager,
+}
+
+struct Inner {
+    source: Source,
+    config: ConnectionManagerConfig,
+    current: RwLock<Current>,
+}
+
+/// A shared link to the Redis server the state lives on, following Sentinel failovers.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+impl Link {
+    /// Connects to the server `client` names, for good.
+    pub async fn fixed(client: Client, config: ConnectionManagerConfig) -> RedisResult<Link> {
+        Link::open(Source::Fixed, client, config).await
+    }
+
+    /// Connects to the primary that the Sentinels at `sentinels` (`host:port` each) name for
+    /// `master`, using database `db`, and follows it through failovers.
+    pub async fn sentinel(
+        sentinels: &[String],
+        master: &str,
+        db: i64,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<Link> {
+        let urls: Vec<String> = sentinels.iter().map(|s| format!("redis://{s}")).collect();
+        let node = SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
+        let mut sentinel = Sentinel::build(urls)?;
+        let client = ask_sentinel(&mut sentinel, master, &node).await?;
+        let source = Source::Sentinel {
+            sentinel: tokio::sync::Mutex::new(sentinel),
+            master: master.to_string(),
+            node,
+        };
+        Link::open(source, client, config).await
+    }
+
+    async fn open(
+        source: Source,
+        client: Client,
+        config: ConnectionManagerConfig,
+    ) -> RedisResult<Link> {
+        let conn = client
+            .get_connection_manager_with_config(config.clone())
+            .await?;
+        let inner = Inner {
+            source,
+            config,
+            current: RwLock::new(Current { client, conn }),
+        };
+        Ok(Link {
+            inner: Arc::new(inner),
+        })
+    }
+
+    fn current(&self) -> Current {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A client of the server commands go to now, for connections of their own (pub/sub,
+    /// blocking reads).
+    pub fn client(&self) -> Client {
+        self.current().client
+    }
+
+    /// A connection to the server commands go to now, which moves the link to the new primary
+    /// when a command fails after a failover.
+    pub fn conn(&self) -> LinkConnection {
+        LinkConnection {
+            link: self.clone(),
+            conn: self.current().conn,
+        }
+    }
+
+    /// After a failed command: asks Sentinel which server is the primary, and moves there if
+    /// it is another one. One question at a time; a failure that finds one under way leaves
+    /// it to that one.
+    async fn follow_failover(&self) {
+        let Source::Sentinel {
+            sentinel,
+            master,
+            node,
+        } = &self.inner.source
+        else {
+            return;
+        };
+        let Ok(mut sentinel) = sentinel.try_lock() else {
+            return;
+        };
+        let moved = tokio::time::timeout(SENTINEL_TIMEOUT, async {
+            let client = ask_sentinel(&mut sentinel, master, node).await?;
+            if client.get_connection_info().addr() == self.client().get_connection_info().addr() {
+                return Ok(None);
+            }
+            let conn = client
+                .get_connection_manager_with_config(self.inner.config.clone())
+                .await?;
+            Ok::<_, redis::RedisError>(Some(Current { client, conn }))
+        })
+        .await;
+        match moved {
+            Ok(Ok(Some(current))) => {
+                tracing::warn!(
+                    master = master.as_str(),
+                    primary = %current.client.get_connection_info().addr(),
+                    "Sentinel names a new Redis primary; following it"
+                );
+                *self
+                    .inner
+                    .current
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner()) = current;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::debug!("asking Sentinel for the primary of {master}: {e}"),
+            Err(_) => tracing::debug!("Sentinel did not name the primary of {master} in time"),
+        }
+    }
+}
+
+/// A client of the primary the Sentinels name for `master` (checked to be a primary).
+async fn ask_sentinel(
+    sentinel: &mut Sentinel,
+    master: &str,
+    node: &SentinelNodeConnectionInfo,
+) -> RedisResult<Client> {
+    match tokio::time::timeout(
+        SENTINEL_TIMEOUT,
+        sentinel.async_master_for(master, Some(node)),
+    )
+    .await
+    {
+        Ok(reply) => reply,
+        Err(_) => Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "no Sentinel answered in time",
+        ))),
+    }
+}
+
+/// One command's connection: the current server's connection manager, which tells its link
+/// when a command fails.
+pub struct LinkConnection {
+    link: Link,
+    conn: ConnectionManager,
+}
+
+impl LinkConnection {
+    async fn checked<T>(link: &Link, result: RedisResult<T>) -> RedisResult<T> {
+        if result.is_err() {
+            link.follow_failover().await;
+        }
+        result
+    }
+}
+
+impl ConnectionLike for LinkConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_command(cmd).await;
+            LinkConnection::checked(&self.link, result).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let result = self.conn.req_packed_commands(pipeline, offset, count).await;
+            LinkConnection::checked(&self.link, result).await
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
