@@ -79,6 +79,7 @@ impl Link {
         client: Client,
         config: ConnectionManagerConfig,
     ) -> RedisResult<Link> {
+        ensure_tls_provider();
         let conn = client
             .get_connection_manager_with_config(config.clone())
             .await?;
@@ -159,6 +160,14 @@ impl Link {
             Err(_) => tracing::debug!("Sentinel did not name the primary of {master} in time"),
         }
     }
+}
+
+/// The redis crate's TLS (rustls, for `rediss://`) uses the process-wide crypto provider,
+/// which rustls cannot pick by itself when the build holds two (ring, which tonic uses, and
+/// aws-lc, which the S3 client brings): without one, the first TLS connection panics. Installs
+/// ring's unless a provider is installed already.
+fn ensure_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A client of the primary the Sentinels name for `master` (checked to be a primary).
