@@ -30,7 +30,7 @@ fn apply(augment: Augment, x: &Tensor, stream: &mut Stream) -> Tensor {
     match augment {
         Augment::Affine => {
             let mats = per_sample(n, stream, |s| {
-                affine_matrix(&AffineParams::sample(s, w, h), w, h)
+                affine_matrix(&AffineParams::sample(s, h), w, h)
             });
             warp(x, &mats)
         }
@@ -97,6 +97,11 @@ fn on_applied<T: Copy>(
 }
 
 /// kornia's RandomAffine(degrees=15, translate=0.1, shear=5) parameters, in degrees and pixels.
+///
+/// kornia reads a scalar `translate` as the range `[0 − t, 0 + t]` clamped to its bounds
+/// `[0, 1]`, that is `(0, 0.1)`, and takes the pair as the largest (horizontal, vertical)
+/// fractions: `generate.py`'s cutouts move vertically by up to a tenth of their height and never
+/// horizontally, and so do ours.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AffineParams {
     /// Rotation, degrees (kornia's sign: positive turns clockwise as displayed).
@@ -110,13 +115,10 @@ pub struct AffineParams {
 }
 
 impl AffineParams {
-    fn sample(s: &mut Stream, w: i64, h: i64) -> AffineParams {
+    fn sample(s: &mut Stream, h: i64) -> AffineParams {
         AffineParams {
             angle: s.uniform_in(-15.0, 15.0),
-            translate: (
-                s.uniform_in(-0.1, 0.1) * w as f64,
-                s.uniform_in(-0.1, 0.1) * h as f64,
-            ),
+            translate: (0.0, s.uniform_in(-0.1, 0.1) * h as f64),
             shear_x: s.uniform_in(-5.0, 5.0),
             shear_y: 0.0,
         }

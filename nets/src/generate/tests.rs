@@ -166,7 +166,7 @@ fn the_tv_weight_smooths_the_picture_and_reports_its_term() {
 #[test]
 fn each_story_phase_lowers_its_loss_while_it_is_in_force() {
     let models = tiny_models();
-    let mut s = settings("a red apple ^ deep blue ocean ^ green grass", "", "", 9);
+    let mut s = settings("a red apple ^ deep blue ocean ^ green grass", "", "", 10);
     s.change_prompt_every = 10;
     s.iterations = 30;
     let mut run = Run::start(std::slice::from_ref(&s), &models.0, &models.1).unwrap();
