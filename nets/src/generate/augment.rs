@@ -18,42 +18,91 @@ const P: f64 = 0.7;
 /// A 3x3 homogeneous transform of pixel coordinates `(x, y, 1)`.
 pub type Mat3 = [[f64; 3]; 3];
 
-/// Applies `augments` in order to cutouts `[N, 3, R, R]`, drawing parameters from `stream`.
-pub fn augment(batch: &Tensor, augments: &[Augment], stream: &mut Stream) -> Tensor {
-    augments
-        .iter()
-        .fold(batch.shallow_clone(), |x, &a| apply(a, &x, stream))
+/// One augmentation's random parameters for a batch of cutouts, as drawn: `None` for a cutout
+/// the augmentation skips (its coin came up tails). Kept apart from applying them, so the loop
+/// can hand what it drew to a [`super::record::DrawRecorder`] (parity tests replay the draws in
+/// the PyTorch reference).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AugmentDraw {
+    /// Affine parameters of each cutout.
+    Affine(Vec<Option<AffineParams>>),
+    /// Where each cutout's four corners (top-left, top-right, bottom-right, bottom-left) go.
+    Perspective(Vec<Option<[(f64, f64); 4]>>),
+    /// Colour factors of each cutout and the order of the four adjustments (one for the batch).
+    Jitter {
+        /// Per-cutout factors.
+        factors: Vec<Option<JitterFactors>>,
+        /// Indices into (brightness, contrast, saturation, hue).
+        order: Vec<usize>,
+    },
+    /// The rectangle erased from every cutout, if the batch's coin came up.
+    Erasing(Option<Rect>),
 }
 
-fn apply(augment: Augment, x: &Tensor, stream: &mut Stream) -> Tensor {
-    let [n, _, h, w] = dims(x);
+/// Applies `augments` in order to cutouts `[N, 3, R, R]`, drawing parameters from `stream`.
+pub fn augment(batch: &Tensor, augments: &[Augment], stream: &mut Stream) -> Tensor {
+    let [n, _, h, w] = dims(batch);
+    apply_draws(batch, &draw_augments(augments, n, w, h, stream))
+}
+
+/// The parameters of `augments`, in order, for `n` cutouts of `w` x `h`: what [`augment`] draws.
+pub fn draw_augments(
+    augments: &[Augment],
+    n: i64,
+    w: i64,
+    h: i64,
+    stream: &mut Stream,
+) -> Vec<AugmentDraw> {
+    augments
+        .iter()
+        .map(|&a| draw_augment(a, n, w, h, stream))
+        .collect()
+}
+
+fn draw_augment(augment: Augment, n: i64, w: i64, h: i64, stream: &mut Stream) -> AugmentDraw {
     match augment {
         Augment::Affine => {
-            let mats = per_sample(n, stream, |s| {
-                affine_matrix(&AffineParams::sample(s, h), w, h)
-            });
-            warp(x, &mats)
+            AugmentDraw::Affine(per_sample(n, stream, |s| AffineParams::sample(s, h)))
         }
         Augment::Perspective => {
-            let mats = per_sample(n, stream, |s| {
-                let corners = corners(w, h);
-                perspective_matrix(&corners, &perspective_end_points(s, w, h))
-            });
+            AugmentDraw::Perspective(per_sample(n, stream, |s| perspective_end_points(s, w, h)))
+        }
+        Augment::Jitter => AugmentDraw::Jitter {
+            factors: per_sample(n, stream, JitterFactors::sample),
+            order: stream.permutation(4),
+        },
+        Augment::Erasing => {
+            AugmentDraw::Erasing(stream.chance(P).then(|| erasing_rect(stream, w, h)))
+        }
+    }
+}
+
+/// Applies drawn augmentations in order to cutouts `[N, 3, R, R]`.
+pub fn apply_draws(batch: &Tensor, draws: &[AugmentDraw]) -> Tensor {
+    draws
+        .iter()
+        .fold(batch.shallow_clone(), |x, d| apply(d, &x))
+}
+
+fn apply(draw: &AugmentDraw, x: &Tensor) -> Tensor {
+    let [_, _, h, w] = dims(x);
+    match draw {
+        AugmentDraw::Affine(params) => {
+            let mats: Vec<Option<Mat3>> = params
+                .iter()
+                .map(|p| p.map(|p| affine_matrix(&p, w, h)))
+                .collect();
             warp(x, &mats)
         }
-        Augment::Jitter => {
-            let factors = per_sample(n, stream, JitterFactors::sample);
-            let order = stream.permutation(4);
-            jitter(x, &factors, &order)
+        AugmentDraw::Perspective(ends) => {
+            let mats: Vec<Option<Mat3>> = ends
+                .iter()
+                .map(|e| e.map(|e| perspective_matrix(&corners(w, h), &e)))
+                .collect();
+            warp(x, &mats)
         }
-        Augment::Erasing => {
-            let rect = if stream.chance(P) {
-                Some(erasing_rect(stream, w, h))
-            } else {
-                None
-            };
-            erase(x, rect)
-        }
+        AugmentDraw::Jitter { factors, order } => jitter(x, factors, order),
+        AugmentDraw::Erasing(rect) => erase(x, *rect),
     }
 }
 

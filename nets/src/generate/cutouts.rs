@@ -7,7 +7,7 @@
 //!   each Lanczos-prefiltered and bicubically resized to CLIP's resolution, no augmentation;
 //!   the caller applies `clamp_with_grad` to them.
 
-use super::augment::{augment, Augment};
+use super::augment::{apply_draws, draw_augments, Augment, AugmentDraw};
 use super::rng::Stream;
 use std::f64::consts::PI;
 use tch::Tensor;
@@ -30,6 +30,33 @@ pub struct Cutter<'a> {
     pub noise_fac: f64,
 }
 
+/// One square crop of the `original` method, in pixels of the picture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crop {
+    /// Side of the square.
+    pub size: i64,
+    /// Left column.
+    pub x: i64,
+    /// Top row.
+    pub y: i64,
+}
+
+/// The random draws of one set of cutouts, kept apart from making them so the loop can show a
+/// [`super::record::DrawRecorder`] what it drew (parity tests replay them in the reference).
+#[derive(Debug)]
+pub enum CutDraws {
+    /// `latest`: the augmentations' parameters and the noise.
+    Latest {
+        /// Each augmentation's parameters, in order.
+        augments: Vec<AugmentDraw>,
+        /// Each cutout's noise level and the standard normal noise `[cutn, 3, R, R]`, unless
+        /// `noise_fac` is 0.
+        noise: Option<(Vec<f64>, Tensor)>,
+    },
+    /// `original`: the crops.
+    Original(Vec<Crop>),
+}
+
 impl Cutter<'_> {
     /// Cutouts `[cutn, 3, R, R]` of `image` `[1, 3, H, W]`; `stream` gives the geometry and
     /// augmentation parameters, `normal(shape)` the noise.
@@ -39,51 +66,84 @@ impl Cutter<'_> {
         stream: &mut Stream,
         normal: impl FnOnce(&[i64]) -> Tensor,
     ) -> Tensor {
+        let (side_y, side_x) = (image.size()[2], image.size()[3]);
+        self.apply(image, &self.draw(side_x, side_y, stream, normal))
+    }
+
+    /// What [`Cutter::cut`] draws for a picture of `side_x` x `side_y`.
+    pub fn draw(
+        &self,
+        side_x: i64,
+        side_y: i64,
+        stream: &mut Stream,
+        normal: impl FnOnce(&[i64]) -> Tensor,
+    ) -> CutDraws {
         match self.method {
-            CutMethod::Latest => self.pooled(image, stream, normal),
-            CutMethod::Original => self.crops(image, stream),
+            CutMethod::Latest => {
+                let (n, r) = (self.cutn, self.cut_size);
+                let augments = draw_augments(self.augments, n, r, r, stream);
+                let noise = (self.noise_fac != 0.0).then(|| {
+                    let facs = (0..n)
+                        .map(|_| stream.uniform_in(0.0, self.noise_fac))
+                        .collect();
+                    (facs, normal(&[n, 3, r, r]))
+                });
+                CutDraws::Latest { augments, noise }
+            }
+            CutMethod::Original => CutDraws::Original(self.draw_crops(side_x, side_y, stream)),
+        }
+    }
+
+    fn draw_crops(&self, side_x: i64, side_y: i64, stream: &mut Stream) -> Vec<Crop> {
+        let max_size = side_x.min(side_y);
+        let min_size = max_size.min(self.cut_size);
+        (0..self.cutn)
+            .map(|_| {
+                let fraction = stream.uniform().powf(self.cut_pow);
+                let size = (fraction * (max_size - min_size) as f64 + min_size as f64) as i64;
+                let x = stream.below((side_x - size + 1) as u64) as i64;
+                let y = stream.below((side_y - size + 1) as u64) as i64;
+                Crop { size, x, y }
+            })
+            .collect()
+    }
+
+    /// Cutouts `[cutn, 3, R, R]` of `image` `[1, 3, H, W]` under `draws` (made by
+    /// [`Cutter::draw`] for this cutter and picture size).
+    pub fn apply(&self, image: &Tensor, draws: &CutDraws) -> Tensor {
+        match draws {
+            CutDraws::Latest { augments, noise } => self.pooled(image, augments, noise.as_ref()),
+            CutDraws::Original(crops) => {
+                let cutouts: Vec<Tensor> = crops
+                    .iter()
+                    .map(|c| {
+                        let crop = image.narrow(2, c.y, c.size).narrow(3, c.x, c.size);
+                        resample(&crop, self.cut_size, self.cut_size)
+                    })
+                    .collect();
+                Tensor::cat(&cutouts, 0)
+            }
         }
     }
 
     fn pooled(
         &self,
         image: &Tensor,
-        stream: &mut Stream,
-        normal: impl FnOnce(&[i64]) -> Tensor,
+        augments: &[AugmentDraw],
+        noise: Option<&(Vec<f64>, Tensor)>,
     ) -> Tensor {
         let size = [self.cut_size, self.cut_size];
         let pooled = (image.adaptive_avg_pool2d(size) + image.adaptive_max_pool2d(size).0) / 2.0;
-        let batch = pooled.repeat([self.cutn, 1, 1, 1]);
-        let batch = augment(&batch, self.augments, stream);
-        if self.noise_fac == 0.0 {
+        let batch = apply_draws(&pooled.repeat([self.cutn, 1, 1, 1]), augments);
+        let Some((facs, normal)) = noise else {
             return batch;
-        }
-        let facs: Vec<f32> = (0..self.cutn)
-            .map(|_| stream.uniform_in(0.0, self.noise_fac) as f32)
-            .collect();
+        };
+        let facs: Vec<f32> = facs.iter().map(|&f| f as f32).collect();
         let facs = Tensor::from_slice(&facs)
             .view([-1, 1, 1, 1])
             .to_device(batch.device())
             .to_kind(batch.kind());
-        let noise = normal(&batch.size()).to_kind(batch.kind());
-        batch + facs * noise
-    }
-
-    fn crops(&self, image: &Tensor, stream: &mut Stream) -> Tensor {
-        let (side_y, side_x) = (image.size()[2], image.size()[3]);
-        let max_size = side_x.min(side_y);
-        let min_size = max_size.min(self.cut_size);
-        let cutouts: Vec<Tensor> = (0..self.cutn)
-            .map(|_| {
-                let fraction = stream.uniform().powf(self.cut_pow);
-                let size = (fraction * (max_size - min_size) as f64 + min_size as f64) as i64;
-                let offset_x = stream.below((side_x - size + 1) as u64) as i64;
-                let offset_y = stream.below((side_y - size + 1) as u64) as i64;
-                let crop = image.narrow(2, offset_y, size).narrow(3, offset_x, size);
-                resample(&crop, self.cut_size, self.cut_size)
-            })
-            .collect();
-        Tensor::cat(&cutouts, 0)
+        &batch + facs * normal.to_kind(batch.kind())
     }
 }
 

@@ -154,21 +154,55 @@ impl Geometry {
     }
 }
 
-/// The starting latent `[1, C, tokens_y, tokens_x]` (float32, on the codebook's device).
-pub fn initial_latent<C: LatentCodec + ?Sized>(
+/// What a starting latent is made from: codebook tokens, or a picture to encode (drawn at
+/// random or read from the init image). Kept apart from the latent so the loop can show a
+/// [`super::record::DrawRecorder`] what it drew (parity tests replay it in the reference).
+#[derive(Clone, Debug, PartialEq)]
+pub enum InitDraw {
+    /// Codebook indices, row by row over the latent grid.
+    Tokens(Vec<i64>),
+    /// The picture, at the size it was drawn or read (resized to the latent grid's when used).
+    Picture(RgbImage),
+    /// A random gradient, drawn at the requested size.
+    Gradient(Gradient),
+}
+
+/// Draws (or reads) what the starting latent of `init` is made from, for a render of `size`.
+pub fn draw_init(
     init: &LatentInit,
-    codec: &C,
-    codebook: &Tensor,
+    n_embed: i64,
     geometry: Geometry,
     size: (u32, u32),
     rng: &RunRng,
-) -> Result<Tensor, ImageError> {
+) -> Result<InitDraw, ImageError> {
     let mut stream = rng.stream(0, Purpose::Init);
     let picture = match init {
-        LatentInit::RandomTokens => return Ok(random_tokens(codebook, geometry, &mut stream)),
+        LatentInit::RandomTokens => {
+            let ids = (0..geometry.tokens_x * geometry.tokens_y)
+                .map(|_| stream.below(n_embed as u64) as i64)
+                .collect();
+            return Ok(InitDraw::Tokens(ids));
+        }
         LatentInit::Image { path } => load_rgb(path, "init image")?,
         LatentInit::Pixels => random_pixels(size, &mut stream),
-        LatentInit::Gradient => random_gradient(size, &mut stream),
+        LatentInit::Gradient => return Ok(InitDraw::Gradient(Gradient::draw(size, &mut stream))),
+    };
+    Ok(InitDraw::Picture(picture))
+}
+
+/// The starting latent `[1, C, tokens_y, tokens_x]` (float32, on the codebook's device) made
+/// from `draw`: the tokens' codebook entries, or the picture resized to the grid, encoded and
+/// quantised.
+pub fn initial_latent<C: LatentCodec + ?Sized>(
+    draw: &InitDraw,
+    codec: &C,
+    codebook: &Tensor,
+    geometry: Geometry,
+) -> Result<Tensor, ImageError> {
+    let picture = match draw {
+        InitDraw::Tokens(ids) => return Ok(token_latent(codebook, geometry, ids)),
+        InitDraw::Picture(picture) => picture.clone(),
+        InitDraw::Gradient(gradient) => gradient.picture(),
     };
     let picture = resize_exact(&picture, geometry.side_x, geometry.side_y);
     let pixels = image_to_tensor(&picture, codebook.device()) * 2.0 - 1.0;
@@ -183,12 +217,8 @@ pub fn initial_latent<C: LatentCodec + ?Sized>(
     }))
 }
 
-fn random_tokens(codebook: &Tensor, g: Geometry, stream: &mut Stream) -> Tensor {
-    let n_embed = codebook.size()[0] as u64;
-    let ids: Vec<i64> = (0..g.tokens_x * g.tokens_y)
-        .map(|_| stream.below(n_embed) as i64)
-        .collect();
-    let ids = Tensor::from_slice(&ids).to_device(codebook.device());
+fn token_latent(codebook: &Tensor, g: Geometry, ids: &[i64]) -> Tensor {
+    let ids = Tensor::from_slice(ids).to_device(codebook.device());
     codebook
         .index_select(0, &ids)
         .view([1, g.tokens_y, g.tokens_x, -1])
@@ -202,26 +232,55 @@ fn random_pixels((w, h): (u32, u32), stream: &mut Stream) -> RgbImage {
     })
 }
 
-/// `generate.py`'s `random_gradient_image`: red ramps left to right from 0, green top to bottom
-/// from 0, blue top to bottom from a random start, each to a random end.
-fn random_gradient((w, h): (u32, u32), stream: &mut Stream) -> RgbImage {
-    let mut randint = |low: u64, high: u64| (low + stream.below(high - low)) as f64;
-    let blue_start = randint(0, 255);
-    let ends = [randint(1, 255), randint(2, 255), randint(3, 128)];
-    let ramp = |start: f64, stop: f64, steps: u32, i: u32| {
-        if steps <= 1 {
-            start
-        } else {
-            start + (stop - start) * f64::from(i) / f64::from(steps - 1)
+/// The random colours of `generate.py`'s `random_gradient_image`: red ramps left to right from
+/// 0, green top to bottom from 0, blue top to bottom from a random start, each to a random end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gradient {
+    /// Width of the picture (the requested width).
+    pub width: u32,
+    /// Height of the picture (the requested height).
+    pub height: u32,
+    /// Where blue starts (top row).
+    pub blue_start: u8,
+    /// Where red (right column), green and blue (bottom row) end.
+    pub ends: [u8; 3],
+}
+
+impl Gradient {
+    fn draw((width, height): (u32, u32), stream: &mut Stream) -> Gradient {
+        let mut randint = |low: u64, high: u64| (low + stream.below(high - low)) as u8;
+        Gradient {
+            width,
+            height,
+            blue_start: randint(0, 255),
+            ends: [randint(1, 255), randint(2, 255), randint(3, 128)],
         }
-    };
-    RgbImage::from_fn(w, h, |x, y| {
-        image::Rgb([
-            ramp(0.0, ends[0], w, x) as u8,
-            ramp(0.0, ends[1], h, y) as u8,
-            ramp(blue_start, ends[2], h, y) as u8,
-        ])
-    })
+    }
+
+    /// The picture: numpy's `linspace` ramps truncated to 8 bits, as `generate.py` makes it.
+    pub fn picture(&self) -> RgbImage {
+        let (w, h) = (self.width, self.height);
+        let [red, green, blue] = self.ends.map(f64::from);
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                linspace(0.0, red, w, x) as u8,
+                linspace(0.0, green, h, y) as u8,
+                linspace(f64::from(self.blue_start), blue, h, y) as u8,
+            ])
+        })
+    }
+}
+
+/// Element `i` of numpy's `linspace(start, stop, num)`: `i · ((stop − start) / (num − 1)) +
+/// start`, the last exactly `stop`. The rounding matters: the ramps are truncated to integers.
+fn linspace(start: f64, stop: f64, num: u32, i: u32) -> f64 {
+    if num <= 1 {
+        start
+    } else if i == num - 1 {
+        stop
+    } else {
+        f64::from(i) * ((stop - start) / f64::from(num - 1)) + start
+    }
 }
 
 #[cfg(test)]
@@ -267,7 +326,7 @@ mod tests {
     #[test]
     fn gradient_ramps_along_its_axes() {
         let mut s = RunRng::new(3).stream(0, Purpose::Init);
-        let g = random_gradient((16, 8), &mut s);
+        let g = Gradient::draw((16, 8), &mut s).picture();
         assert_eq!(g.get_pixel(0, 0)[0], 0);
         assert!(g.get_pixel(15, 0)[0] >= 1);
         assert_eq!(g.get_pixel(0, 3)[0], g.get_pixel(0, 7)[0]);

@@ -23,6 +23,7 @@ pub mod init;
 pub mod loss;
 pub mod optim;
 pub mod png;
+pub mod record;
 pub mod rng;
 pub mod run;
 pub mod settings;

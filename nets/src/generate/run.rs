@@ -8,10 +8,11 @@
 //! 1.3e-6 after 10 iterations; see `tests.rs`), so a batched render matches its lone render to
 //! float tolerance, not bit for bit. A resumed batch matches the uninterrupted batch bit for bit.
 
-use super::cutouts::{CutMethod, Cutter};
-use super::init::{initial_latent, tensor_to_image, Geometry, ImageError};
+use super::cutouts::{CutDraws, CutMethod, Cutter};
+use super::init::{draw_init, initial_latent, tensor_to_image, Geometry, ImageError};
 use super::loss::{init_loss, prompt_loss, total_variation};
 use super::optim::Optimiser;
+use super::record::{Draw, DrawRecorder};
 use super::rng::{Purpose, RunRng};
 use super::settings::{Precision, Settings, SettingsError};
 use super::state::{self, StateError};
@@ -166,6 +167,8 @@ pub struct Run<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> {
     elapsed_before: Duration,
     started: Instant,
     last_losses: Vec<Vec<(String, f64)>>,
+    /// Sees every draw, in parity tests; `None` in production.
+    recorder: Option<&'m mut dyn DrawRecorder>,
 }
 
 impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
@@ -175,13 +178,30 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         perceptor: &'m P,
         codec: &'m C,
     ) -> Result<Self, GenerateError> {
+        Run::start_recording(settings, perceptor, codec, None)
+    }
+
+    /// [`Run::start`], showing `recorder` every random draw of the run as it is made (parity
+    /// tests replay them in the reference loop; see `record`).
+    pub fn start_recording(
+        settings: &[Settings],
+        perceptor: &'m P,
+        codec: &'m C,
+        recorder: Option<&'m mut dyn DrawRecorder>,
+    ) -> Result<Self, GenerateError> {
         let first = check_batch(settings)?;
         let mut run = Run::empty(first, perceptor, codec)?;
+        run.recorder = recorder;
         let cut_size = perceptor.input_resolution();
+        let n_embed = run.codebook.size()[0];
         for (index, s) in settings.iter().enumerate() {
             let rng = RunRng::new(s.seed);
             let size = (s.width, s.height);
-            let z = initial_latent(&s.init, codec, &run.codebook, run.geometry, size, &rng)
+            let z = draw_init(&s.init, n_embed, run.geometry, size, &rng)
+                .and_then(|draw| {
+                    run.record(index, Draw::Init(&draw));
+                    initial_latent(&draw, codec, &run.codebook, run.geometry)
+                })
                 .map_err(|source| GenerateError::Init { index, source })?;
             let cutter = cutter(s, cut_size);
             let targets = build_targets(
@@ -191,6 +211,11 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
                 run.geometry,
                 &rng,
                 run.device(),
+                &mut |k, draws| {
+                    if let Some(r) = run.recorder.as_deref_mut() {
+                        r.record(index, Draw::ImagePrompt { index: k, draws });
+                    }
+                },
             )
             .map_err(|source| GenerateError::Targets { index, source })?;
             let optimiser = Optimiser::new(s.optimiser, s.learning_rate, &z);
@@ -247,7 +272,15 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
             elapsed_before: Duration::ZERO,
             started: Instant::now(),
             last_losses: Vec::new(),
+            recorder: None,
         })
+    }
+
+    /// Shows the recorder, if any, a draw of render `render`.
+    fn record(&mut self, render: usize, draw: Draw<'_>) {
+        if let Some(r) = self.recorder.as_deref_mut() {
+            r.record(render, draw);
+        }
     }
 
     fn device(&self) -> Device {
@@ -410,11 +443,12 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
     /// The loss terms of the current pictures under the cutouts, augmentations and noise of
     /// iteration `i`, without a step: fixed cutouts make losses comparable across iterations.
     pub fn evaluate(&self, i: u32) -> Vec<Vec<(String, f64)>> {
-        tch::no_grad(|| loss_values(&self.forward(i).terms))
+        tch::no_grad(|| loss_values(&self.forward(i, &self.draws(i)).terms))
     }
 
-    /// Decode, cut out, embed and score every render at iteration `i`, keeping the graph.
-    fn forward(&self, i: u32) -> Forward {
+    /// Decode, cut out (under `draws`, one per render) and score every render at iteration
+    /// `i`, keeping the graph.
+    fn forward(&self, i: u32, draws: &[CutDraws]) -> Forward {
         let z: Vec<&Tensor> = self.elements.iter().map(|e| &e.z).collect();
         let z = Tensor::cat(&z, 0);
         let (image, stage_inputs) = if self.shared().recompute_decoder {
@@ -423,7 +457,7 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         } else {
             (ClampBoundary::new(self.synthesise(&z)), Vec::new())
         };
-        let cutouts = self.cutouts(image.leaf(), i);
+        let cutouts = self.cutouts(image.leaf(), draws);
         let clamped_cutouts = match self.shared().cut_method {
             CutMethod::Original => Some(ClampBoundary::new(cutouts.shallow_clone())),
             CutMethod::Latest => None,
@@ -457,13 +491,23 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         for e in &mut self.elements {
             e.z.zero_grad();
         }
+        let draws = self.draws(i);
+        for (render, draws) in draws.iter().enumerate() {
+            self.record(
+                render,
+                Draw::Cutouts {
+                    iteration: i,
+                    draws,
+                },
+            );
+        }
         let Forward {
             z,
             image,
             stage_inputs,
             clamped_cutouts,
             terms,
-        } = self.forward(i);
+        } = self.forward(i, &draws);
         let total = terms
             .iter()
             .flatten()
@@ -512,24 +556,39 @@ impl<'m, P: Perceptor + ?Sized, C: LatentCodec + ?Sized> Run<'m, P, C> {
         })
     }
 
-    /// Every render's cutouts of its picture in `image` `[B, 3, H, W]`, concatenated.
-    fn cutouts(&self, image: &Tensor, i: u32) -> Tensor {
+    /// What every render draws for its cutouts at iteration `i`.
+    fn draws(&self, i: u32) -> Vec<CutDraws> {
         let device = self.device();
         let cut_size = self.perceptor.input_resolution();
-        let cuts: Vec<Tensor> = self
-            .elements
+        let g = self.geometry;
+        self.elements
             .iter()
-            .enumerate()
-            .map(|(b, e)| {
+            .map(|e| {
                 let mut stream = e.rng.stream(u64::from(i), Purpose::Cutouts);
-                cutter(&e.settings, cut_size).cut(
-                    &image.narrow(0, b as i64, 1),
+                cutter(&e.settings, cut_size).draw(
+                    i64::from(g.side_x),
+                    i64::from(g.side_y),
                     &mut stream,
                     |shape| {
                         e.rng
                             .randn(u64::from(i), Purpose::CutoutNoise, shape, device)
                     },
                 )
+            })
+            .collect()
+    }
+
+    /// Every render's cutouts of its picture in `image` `[B, 3, H, W]` under its `draws`,
+    /// concatenated.
+    fn cutouts(&self, image: &Tensor, draws: &[CutDraws]) -> Tensor {
+        let cut_size = self.perceptor.input_resolution();
+        let cuts: Vec<Tensor> = self
+            .elements
+            .iter()
+            .zip(draws)
+            .enumerate()
+            .map(|(b, (e, draws))| {
+                cutter(&e.settings, cut_size).apply(&image.narrow(0, b as i64, 1), draws)
             })
             .collect();
         Tensor::cat(&cuts, 0)

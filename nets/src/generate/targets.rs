@@ -2,7 +2,7 @@
 //! through CLIP's text encoder, image prompts through the same cutouts and image encoder as the
 //! picture, noise prompts as normal draws from their seeds.
 
-use super::cutouts::{CutMethod, Cutter};
+use super::cutouts::{CutDraws, CutMethod, Cutter};
 use super::init::{image_to_tensor, load_rgb, resize_to_area, Geometry, ImageError};
 use super::loss::Target;
 use super::rng::{seeded_randn, Purpose, RunRng};
@@ -46,7 +46,8 @@ impl Targets {
     }
 }
 
-/// Embeds every prompt of `spec` for a render with random source `rng`.
+/// Embeds every prompt of `spec` for a render with random source `rng`, showing `record` the
+/// draws of each image prompt's cutouts (by index).
 pub fn build_targets<P: Perceptor + ?Sized>(
     spec: &PromptSpec,
     perceptor: &P,
@@ -54,6 +55,7 @@ pub fn build_targets<P: Perceptor + ?Sized>(
     geometry: Geometry,
     rng: &RunRng,
     device: Device,
+    record: &mut dyn FnMut(u32, &CutDraws),
 ) -> Result<Targets, TargetError> {
     tch::no_grad(|| {
         let phases = spec
@@ -65,7 +67,16 @@ pub fn build_targets<P: Perceptor + ?Sized>(
             .images
             .iter()
             .enumerate()
-            .map(|(k, p)| image_target(k as u32, p, perceptor, cutter, geometry, rng, device))
+            .map(|(k, p)| {
+                let source = ImageSource {
+                    index: k as u32,
+                    cutter,
+                    geometry,
+                    rng,
+                    device,
+                };
+                image_target(p, perceptor, &source, record)
+            })
             .collect::<Result<Vec<Target>, TargetError>>()?;
         fixed.extend(spec.noise.iter().map(|n| Target {
             label: format!("noise:{}", n.seed),
@@ -95,22 +106,38 @@ fn text_target<P: Perceptor + ?Sized>(
     })
 }
 
-fn image_target<P: Perceptor + ?Sized>(
+/// Where an image prompt's cutouts come from: its index among the render's image prompts, the
+/// render's cutter and geometry, and its random source.
+struct ImageSource<'a> {
     index: u32,
+    cutter: &'a Cutter<'a>,
+    geometry: Geometry,
+    rng: &'a RunRng,
+    device: Device,
+}
+
+fn image_target<P: Perceptor + ?Sized>(
     prompt: &WeightedPrompt,
     perceptor: &P,
-    cutter: &Cutter,
-    geometry: Geometry,
-    rng: &RunRng,
-    device: Device,
+    source: &ImageSource,
+    record: &mut dyn FnMut(u32, &CutDraws),
 ) -> Result<Target, TargetError> {
+    let ImageSource {
+        index,
+        cutter,
+        geometry,
+        rng,
+        device,
+    } = *source;
     let picture = load_rgb(prompt.target.as_ref(), "image prompt")?;
     let picture = resize_to_area(&picture, geometry.side_x, geometry.side_y);
     let pixels = image_to_tensor(&picture, device);
     let mut stream = rng.stream(0, Purpose::ImagePrompt(index));
-    let cutouts = cutter.cut(&pixels, &mut stream, |shape| {
+    let draws = cutter.draw(pixels.size()[3], pixels.size()[2], &mut stream, |shape| {
         rng.randn(0, Purpose::ImagePromptNoise(index), shape, device)
     });
+    record(index, &draws);
+    let cutouts = cutter.apply(&pixels, &draws);
     let cutouts = match cutter.method {
         CutMethod::Original => cutouts.clamp(0.0, 1.0),
         CutMethod::Latest => cutouts,
