@@ -20,12 +20,15 @@ const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
 enum Source {
     /// A fixed server.
     Fixed,
-    /// The primary Sentinel names for `master`.
-    Sentinel {
-        sentinel: tokio::sync::Mutex<Sentinel>,
-        master: String,
-        node: SentinelNodeConnectionInfo,
-    },
+    /// The primary Sentinel names.
+    Sentinel(Box<Watched>),
+}
+
+/// A master name and the Sentinels that watch it.
+struct Watched {
+    sentinel: tokio::sync::Mutex<Sentinel>,
+    master: String,
+    node: SentinelNodeConnectionInfo,
 }
 
 /// The server commands go to now.
@@ -66,11 +69,11 @@ impl Link {
             .set_redis_connection_info(redis::RedisConnectionInfo::default().set_db(db));
         let mut sentinel = Sentinel::build(urls)?;
         let client = ask_sentinel(&mut sentinel, master, &node).await?;
-        let source = Source::Sentinel {
+        let source = Source::Sentinel(Box::new(Watched {
             sentinel: tokio::sync::Mutex::new(sentinel),
             master: master.to_string(),
             node,
-        };
+        }));
         Link::open(source, client, config).await
     }
 
@@ -120,14 +123,14 @@ impl Link {
     /// it is another one. One question at a time; a failure that finds one under way leaves
     /// it to that one.
     async fn follow_failover(&self) {
-        let Source::Sentinel {
+        let Source::Sentinel(watched) = &self.inner.source else {
+            return;
+        };
+        let Watched {
             sentinel,
             master,
             node,
-        } = &self.inner.source
-        else {
-            return;
-        };
+        } = watched.as_ref();
         let Ok(mut sentinel) = sentinel.try_lock() else {
             return;
         };
