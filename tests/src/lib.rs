@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
+pub mod follow;
+pub mod hosts;
 pub mod jobs;
+pub mod netns;
 pub mod otlp;
 pub mod protocol;
 pub mod scrape;
