@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use tessera_core::job::MAX_SEEDS_PER_PROMPT;
+use tessera_core::sweep::Sweep;
 use tessera_telemetry::LogFormat;
 
 use crate::setting_flags::SettingFlags;
@@ -58,6 +59,13 @@ pub enum Command {
     Jobs,
     /// Cancel a job; results finished before stay available.
     Cancel(JobArg),
+    /// Give a job another priority (larger runs first); its queued tasks move at once.
+    Priority(PriorityArgs),
+    /// Pause a job: its queued tasks wait, its running renders checkpoint and go back to the
+    /// queue (shorter tasks finish), until `tessera resume`.
+    Pause(JobArg),
+    /// Resume a paused job: its renders go on from their checkpoints.
+    Resume(JobArg),
     /// List the workers the farm knows.
     Workers,
     /// Download a job's finished pictures and a manifest.json into a directory (resumable).
@@ -83,6 +91,9 @@ impl Command {
             Command::Status(_) => "status",
             Command::Jobs => "jobs",
             Command::Cancel(_) => "cancel",
+            Command::Priority(_) => "priority",
+            Command::Pause(_) => "pause",
+            Command::Resume(_) => "resume",
             Command::Workers => "workers",
             Command::Fetch(_) => "fetch",
             Command::Upscale(_) => "upscale",
@@ -113,11 +124,30 @@ pub struct JobArg {
     pub job: String,
 }
 
+/// A job and its new priority.
+#[derive(Args, Debug)]
+pub struct PriorityArgs {
+    /// The job's id, as `submit` printed it.
+    pub job: String,
+    /// Its new priority (-1000..=1000; larger runs first).
+    #[arg(allow_negative_numbers = true, value_parser = priority)]
+    pub priority: i32,
+}
+
+/// A priority as typed, refused outside the farm's range with the range named.
+pub fn priority(text: &str) -> Result<i32, String> {
+    let value: i32 = text
+        .parse()
+        .map_err(|_| format!("the priority must be a whole number, not '{text}'"))?;
+    tessera_core::job::check_priority(value).map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
 /// Settings and placement shared by every kind of submission.
 #[derive(Args, Debug, Default)]
 pub struct JobOptions {
     /// Larger runs first; jobs of equal priority share the farm.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true, value_parser = priority)]
     pub priority: i32,
     /// A label for listings (default: the file's name).
     #[arg(long)]
@@ -128,6 +158,14 @@ pub struct JobOptions {
     /// Follow the job until it ends, as `tessera watch` does.
     #[arg(long)]
     pub watch: bool,
+    /// Queue the job even when no registered worker could run it (too large, too many
+    /// iterations, a model none has): it waits for capacity instead of being refused.
+    #[arg(long)]
+    pub queue_anyway: bool,
+    /// POST a signed JSON event here on each finished result and at the job's end (http or
+    /// https, where the farm's --webhook-allow list permits; default: the tenant's own).
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
 }
 
 /// `tessera submit`.
@@ -142,6 +180,10 @@ pub struct SubmitArgs {
     /// Placement, labels and following.
     #[command(flatten)]
     pub job: JobOptions,
+    /// Submit nothing: print the tasks the job would make and an estimate of its worker time
+    /// and wall time on the farm as it is now, from the farm's measured rates.
+    #[arg(long, conflicts_with = "watch")]
+    pub dry_run: bool,
 }
 
 /// How every prompt of a file is rendered, unless its JSONL line says otherwise.
@@ -160,9 +202,21 @@ pub struct RenderOptions {
     /// Upscale model, or `none` to keep the generated picture.
     #[arg(long, value_name = "MODEL|none")]
     pub upscale: Option<String>,
+    /// Render every prompt and seed at each of these values of a render setting (repeat for
+    /// several settings: every combination is rendered), e.g. `--sweep lr=0.05,0.1 --sweep
+    /// cutn=32,64`; each result is labelled with its values (`lr0.1_cutn64`) in the manifest
+    /// and in its file name. Keys are job setting names (or `lr`); a sweep value wins over a
+    /// JSONL line's own.
+    #[arg(long, value_name = "KEY=V1,V2,...", value_parser = parse_sweep)]
+    pub sweep: Vec<Sweep>,
     /// Every other render setting, one flag each.
     #[command(flatten)]
     pub settings: SettingFlags,
+}
+
+/// A `--sweep`, checked against the settings table as the coordinator will check it.
+fn parse_sweep(text: &str) -> Result<Sweep, String> {
+    Sweep::parse(text).map_err(|e| e.to_string())
 }
 
 /// `tessera fetch`.

@@ -123,6 +123,14 @@ impl Farm {
         }
     }
 
+    /// Plans and prices a job without submitting it.
+    pub async fn estimate(&mut self, spec: v1::JobSpec) -> anyhow::Result<v1::JobEstimate> {
+        match self.client.estimate_job(spec).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.refused(status)),
+        }
+    }
+
     /// Stores a picture for an upscale-only job under `name` (letters, digits, '.', '-', '_').
     pub async fn upload_input(
         &mut self,
@@ -173,6 +181,40 @@ impl Farm {
     pub async fn cancel(&mut self, job: &str) -> anyhow::Result<v1::JobStatus> {
         let request = v1::CancelJobRequest { job_id: job.into() };
         match self.client.cancel_job(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.refused(status)),
+        }
+    }
+
+    /// Gives a job another priority and returns its state afterwards.
+    pub async fn set_priority(
+        &mut self,
+        job: &str,
+        priority: i32,
+    ) -> anyhow::Result<v1::JobStatus> {
+        let request = v1::SetPriorityRequest {
+            job_id: job.into(),
+            priority,
+        };
+        match self.client.set_priority(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.refused(status)),
+        }
+    }
+
+    /// Pauses a job and returns its state afterwards.
+    pub async fn pause(&mut self, job: &str) -> anyhow::Result<v1::JobStatus> {
+        let request = v1::PauseJobRequest { job_id: job.into() };
+        match self.client.pause_job(request).await {
+            Ok(reply) => Ok(reply.into_inner()),
+            Err(status) => Err(self.refused(status)),
+        }
+    }
+
+    /// Resumes a paused job and returns its state afterwards.
+    pub async fn resume(&mut self, job: &str) -> anyhow::Result<v1::JobStatus> {
+        let request = v1::ResumeJobRequest { job_id: job.into() };
+        match self.client.resume_job(request).await {
             Ok(reply) => Ok(reply.into_inner()),
             Err(status) => Err(self.refused(status)),
         }

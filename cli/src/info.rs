@@ -1,4 +1,5 @@
-//! `tessera status`, `jobs`, `cancel` and `workers`: one call each, printed as a table or JSON.
+//! `tessera status`, `jobs`, `cancel`, `priority`, `pause`, `resume` and `workers`: one call
+//! each, printed as a table or JSON.
 
 use tessera_proto::v1;
 
@@ -12,14 +13,9 @@ pub async fn status(farm: &mut Farm, job: &str, json: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// Cancels a job and prints its state afterwards.
-pub async fn cancel(farm: &mut Farm, job: &str, json: bool) -> anyhow::Result<()> {
-    let status = farm.cancel(job).await?;
-    show_job(&status, json);
-    Ok(())
-}
-
-fn show_job(job: &v1::JobStatus, json: bool) {
+/// Prints a job's state, as `status` does: after a change (cancel, priority, pause, resume),
+/// it shows what the change did.
+pub fn show_job(job: &v1::JobStatus, json: bool) {
     if json {
         print_json(&job_json(job));
         return;
@@ -30,7 +26,7 @@ fn show_job(job: &v1::JobStatus, json: bool) {
     let rows = [
         ("job", job.job_id.clone()),
         ("name", job.name.clone()),
-        ("state", job_state(job.state()).to_string()),
+        ("state", shown_state(job)),
         (
             "results",
             format!(
@@ -61,6 +57,44 @@ fn show_job(job: &v1::JobStatus, json: bool) {
     }
     if !job.waiting_for.is_empty() {
         println!("{:<10}{}", "waiting", shown(&job.waiting_for));
+    }
+    if let Some(hook) = &job.webhook {
+        println!("{:<10}{}", "webhook", shown(&webhook_line(hook)));
+        if !hook.last_error.is_empty() {
+            println!("{:<10}{}", "  error", shown(&hook.last_error));
+        }
+    }
+}
+
+/// The status row of a job's webhook: where, what was delivered, what failed, what waits.
+fn webhook_line(hook: &v1::WebhookStatus) -> String {
+    let mut line = format!(
+        "{}: {} delivered, {} failed attempt(s), {} dropped",
+        hook.url, hook.delivered, hook.failures, hook.dropped
+    );
+    if hook.pending {
+        line.push_str(", events pending");
+        if hook.next_attempt_ms > 0 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let wait = duration(hook.next_attempt_ms.saturating_sub(now));
+            line.push_str(&format!(" (next attempt in {wait})"));
+        }
+    }
+    line
+}
+
+/// A job's state as the status table shows it: a paused job is still running, but waits.
+fn shown_state(job: &v1::JobStatus) -> String {
+    let state = job_state(job.state());
+    if job.paused && job.state() == v1::JobState::Running {
+        format!(
+            "{state} (paused: `tessera resume {}` continues it)",
+            job.job_id
+        )
+    } else {
+        state.to_string()
     }
 }
 
@@ -134,6 +168,25 @@ pub async fn jobs(farm: &mut Farm, json: bool) -> anyhow::Result<()> {
 }
 
 /// Lists the workers.
+/// The largest work a worker takes, e.g. "496 px side, 300 iterations" ("any" when unlimited).
+fn limits(caps: &v1::Capabilities) -> String {
+    let limits: Vec<String> = [
+        (u64::from(caps.max_side), "px side"),
+        (u64::from(caps.max_iterations), "iterations"),
+        (caps.max_pixels, "pixels"),
+    ]
+    .into_iter()
+    .filter(|(limit, _)| *limit > 0)
+    .map(|(limit, what)| format!("{limit} {what}"))
+    .collect();
+    if limits.is_empty() {
+        "any".into()
+    } else {
+        limits.join(", ")
+    }
+}
+
+/// Prints the workers the farm knows: what each offers and takes, and what it is doing.
 pub async fn workers(farm: &mut Farm, json: bool) -> anyhow::Result<()> {
     let workers = farm.workers().await?;
     if json {
@@ -153,7 +206,8 @@ pub async fn workers(farm: &mut Farm, json: bool) -> anyhow::Result<()> {
             vec![
                 w.worker_id.clone(),
                 w.name.clone(),
-                caps.device,
+                caps.device.clone(),
+                limits(&caps),
                 if w.alive { "yes" } else { "no" }.into(),
                 task,
                 w.tasks_done.to_string(),
@@ -161,7 +215,9 @@ pub async fn workers(farm: &mut Farm, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    let headers = ["WORKER", "NAME", "DEVICE", "ALIVE", "TASK", "DONE", "SEEN"];
+    let headers = [
+        "WORKER", "NAME", "DEVICE", "TAKES", "ALIVE", "TASK", "DONE", "SEEN",
+    ];
     println!("{}", table(&headers, &rows));
     Ok(())
 }

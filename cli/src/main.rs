@@ -119,9 +119,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Submit(args) => {
             // Read the file before connecting, so a typo is reported as such.
             let spec = submit::spec(&args.prompts, &args.render, &args.job)?;
-            let job = submit::submit(&mut Farm::connect(&address).await?, spec, json).await?;
-            if args.job.watch {
-                watch::watch(&address, &job, json).await?;
+            let mut farm = Farm::connect(&address).await?;
+            if args.dry_run {
+                submit::dry_run(&mut farm, spec, json).await?;
+            } else {
+                let job = submit::submit(&mut farm, spec, json).await?;
+                if args.job.watch {
+                    watch::watch(&address, &job, json).await?;
+                }
             }
         }
         Command::Watch(job) => watch::watch(&address, &job.job, json).await?,
@@ -130,7 +135,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Jobs => info::jobs(&mut Farm::connect(&address).await?, json).await?,
         Command::Cancel(job) => {
-            info::cancel(&mut Farm::connect(&address).await?, &job.job, json).await?
+            let status = Farm::connect(&address).await?.cancel(&job.job).await?;
+            info::show_job(&status, json)
+        }
+        Command::Priority(args) => {
+            let mut farm = Farm::connect(&address).await?;
+            info::show_job(&farm.set_priority(&args.job, args.priority).await?, json)
+        }
+        Command::Pause(job) => {
+            let status = Farm::connect(&address).await?.pause(&job.job).await?;
+            info::show_job(&status, json)
+        }
+        Command::Resume(job) => {
+            let status = Farm::connect(&address).await?.resume(&job.job).await?;
+            info::show_job(&status, json)
         }
         Command::Workers => info::workers(&mut Farm::connect(&address).await?, json).await?,
         Command::Fetch(args) => {

@@ -81,6 +81,16 @@ pub fn job_json(job: &v1::JobStatus) -> Value {
         "waiting_for": job.waiting_for,
         "attempts": job.attempts,
         "retries": job.retries,
+        "paused": job.paused,
+        "webhook": job.webhook.as_ref().map(|w| json!({
+            "url": w.url,
+            "delivered": w.delivered,
+            "failures": w.failures,
+            "dropped": w.dropped,
+            "last_error": w.last_error,
+            "pending": w.pending,
+            "next_attempt_ms": w.next_attempt_ms,
+        })),
     })
 }
 
@@ -96,6 +106,8 @@ pub fn worker_json(worker: &v1::WorkerInfo) -> Value {
         "models": caps.models,
         "device": caps.device,
         "max_pixels": caps.max_pixels,
+        "max_side": caps.max_side,
+        "max_iterations": caps.max_iterations,
         "registered_at_ms": worker.registered_at_ms,
         "last_seen_ms": worker.last_seen_ms,
         "alive": worker.alive,

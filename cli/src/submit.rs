@@ -7,12 +7,13 @@ use std::path::Path;
 
 use anyhow::Context;
 use tessera_core::job::parse_size;
+use tessera_core::sweep::check_keys;
 use tessera_proto::v1;
 use tessera_proto::v1::job_spec::Source;
 
 use crate::args::{JobOptions, RenderOptions};
 use crate::farm::Farm;
-use crate::output::{job_state, print_json, shown};
+use crate::output::{duration, job_state, print_json, shown};
 
 /// Builds the job of the prompt file at `path` rendered as `args` says, placed as `job` says.
 pub fn spec(path: &Path, args: &RenderOptions, job: &JobOptions) -> anyhow::Result<v1::JobSpec> {
@@ -40,7 +41,17 @@ pub fn spec(path: &Path, args: &RenderOptions, job: &JobOptions) -> anyhow::Resu
         tile: job.tile,
         ..v1::Settings::from(args.settings.patch.clone())
     };
-    Ok(job_spec(job, path, settings, seeds, source))
+    check_keys(&args.sweep).map_err(|e| anyhow::anyhow!("--sweep: {e}"))?;
+    let mut spec = job_spec(job, path, settings, seeds, source);
+    spec.sweeps = args
+        .sweep
+        .iter()
+        .map(|s| v1::Sweep {
+            key: s.key.clone(),
+            values: s.values.clone(),
+        })
+        .collect();
+    Ok(spec)
 }
 
 /// The largest prompt file sent: half the largest message a coordinator takes, which leaves
@@ -96,6 +107,9 @@ pub fn job_spec(
         settings: Some(settings),
         seeds,
         source: Some(source),
+        webhook: options.webhook.clone().unwrap_or_default(),
+        queue_anyway: options.queue_anyway,
+        ..v1::JobSpec::default()
     }
 }
 
@@ -121,4 +135,49 @@ pub async fn submit(farm: &mut Farm, spec: v1::JobSpec, json: bool) -> anyhow::R
         }
     }
     Ok(reply.job_id)
+}
+
+/// `submit --dry-run`: asks the coordinator to plan and price `spec` without storing it, and
+/// prints what it would make and take.
+pub async fn dry_run(farm: &mut Farm, spec: v1::JobSpec, json: bool) -> anyhow::Result<()> {
+    let e = farm.estimate(spec).await?;
+    if json {
+        print_json(&serde_json::json!({
+            "results": e.results,
+            "tasks": {
+                "generate": e.generate_tasks,
+                "upscale_tile": e.upscale_tile_tasks,
+                "stitch": e.stitch_tasks,
+            },
+            "worker_ms": e.worker_ms,
+            "wall_ms": e.wall_ms,
+            "workers": e.workers,
+            "ahead_ms": e.ahead_ms,
+            "unmeasured": e.unmeasured,
+        }));
+        return Ok(());
+    }
+    println!(
+        "would make {} result(s) from {} generate, {} upscale_tile and {} stitch task(s)",
+        e.results, e.generate_tasks, e.upscale_tile_tasks, e.stitch_tasks
+    );
+    match (e.worker_ms, e.wall_ms) {
+        (Some(work), Some(wall)) => println!(
+            "estimate: {} of worker time; {} until done on {} worker(s){}",
+            duration(work),
+            duration(wall),
+            e.workers,
+            if e.ahead_ms > 0 {
+                format!(", after {} of work ahead of it", duration(e.ahead_ms))
+            } else {
+                String::new()
+            }
+        ),
+        _ => println!(
+            "no estimate: the farm has not finished work of this kind yet ({}); it measures \
+             its rates from finished tasks",
+            shown(&e.unmeasured.join(", "))
+        ),
+    }
+    Ok(())
 }

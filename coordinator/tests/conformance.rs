@@ -10,11 +10,13 @@ use tempfile::TempDir;
 use tessera_coordinator::state::embedded::EmbeddedBackend;
 use tessera_coordinator::state::redis::RedisBackend;
 use tessera_coordinator::state::{
-    CancelOutcome, CompleteOutcome, EventKind, FailVerdict, FarmStats, HeartbeatOutcome, JobState,
-    LeaseRef, NewJob, Policy, Progress, Quota, ResultState, StateBackend, TaskRecord, TaskState,
-    WorkerRecord,
+    CancelOutcome, CompleteOutcome, ControlOutcome, EventKind, FailVerdict, FarmStats,
+    HeartbeatOutcome, JobState, LeaseRef, NewJob, Policy, Progress, Quota, Rate, RateSample, Rates,
+    ResultState, StateBackend, TaskRecord, TaskState, WorkerRecord,
 };
+use tessera_coordinator::state::{WebhookClaim, WebhookStatus, WebhookStep};
 use tessera_core::job::JobRequest;
+use tessera_core::rates::RATE_WINDOW;
 use tessera_core::task::{ArtifactRef, Capabilities, TaskKind};
 use tessera_tests::RedisServer;
 
@@ -205,7 +207,7 @@ fn everything() -> Capabilities {
         kinds: vec![TaskKind::Generate, TaskKind::UpscaleTile, TaskKind::Stitch],
         models: planned::all_models(),
         device: "cpu".into(),
-        max_pixels: 0,
+        ..Capabilities::default()
     }
     .normalised()
     .unwrap()
@@ -220,6 +222,7 @@ fn job(id: &str, prompts: usize, priority: i32, upscale: bool) -> NewJob {
         settings: planned::small_settings(upscale, None),
         seeds: vec![7],
         source: planned::prompts(prompts),
+        sweeps: Vec::new(),
     };
     planned::new_job(id, request, "", Quota::default())
 }
@@ -270,6 +273,11 @@ conformance!(
     a_poison_task_bans_nobody_and_the_rest_of_its_job_completes,
     a_corrupt_input_is_made_again_by_the_task_that_made_it,
     a_corrupt_checkpoint_is_dropped_and_a_corrupt_upload_fails,
+    a_new_priority_moves_queued_tasks_at_once,
+    a_paused_job_is_not_leased_and_its_renders_come_back_checkpointed,
+    ended_jobs_refuse_changes,
+    rates_time_each_worker_s_tasks_back_to_back_and_forget_slowly,
+    the_webhook_outbox_holds_each_event_until_it_is_delivered,
 );
 
 async fn stats_count_queues_and_states_over_every_job(mut s: Store) {
@@ -398,6 +406,89 @@ async fn a_job_is_stored_whole_or_not_at_all(s: Store) {
     assert!(s.backend.results("missing", 0, 1).await.unwrap().is_none());
 }
 
+async fn a_new_priority_moves_queued_tasks_at_once(mut s: Store) {
+    s.submit(&job("first", 2, 0, false)).await;
+    s.tick(1);
+    s.submit(&job("second", 2, 0, false)).await;
+    let applied = s.backend.set_priority("second", 9, &s.policy, s.now);
+    assert_eq!(applied.await.unwrap(), ControlOutcome::Applied);
+    let first = s.backend.job("first").await.unwrap().unwrap();
+    assert_eq!(first.queue_position, 2, "second's two tasks now come first");
+    let order: Vec<String> = s.drain("w").await.into_iter().map(|t| t.job).collect();
+    assert_eq!(order, ["second", "second", "first", "first"]);
+    let second = s.backend.job("second").await.unwrap().unwrap();
+    assert_eq!(second.priority, 9);
+}
+
+async fn a_paused_job_is_not_leased_and_its_renders_come_back_checkpointed(s: Store) {
+    s.submit(&job("j", 2, 0, false)).await;
+    s.submit(&job("other", 1, 0, false)).await;
+    let running = s.lease("w").await.unwrap();
+    assert_eq!(running.job, "j");
+    let paused = s.backend.pause("j", &s.policy, s.now).await.unwrap();
+    assert_eq!(paused, ControlOutcome::Applied);
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert!(record.paused);
+    assert_eq!(record.state, JobState::Running);
+
+    // Its queued render waits; the other job's is leased.
+    let other = s.lease("w2").await.unwrap();
+    assert_eq!(other.job, "other");
+    assert!(
+        s.lease("w3").await.is_none(),
+        "nothing of a paused job is offered"
+    );
+    let stats = s.backend.stats().await.unwrap();
+    assert!(
+        stats.queued.is_empty(),
+        "a paused job's queue is not offered: {stats:?}"
+    );
+
+    // The running render is told at its heartbeat, checkpoints and gives the task back.
+    let (checkpoint, progress) = checkpointed_at_10();
+    let beat = s.heartbeat(&running, &progress).await;
+    assert!(matches!(beat, HeartbeatOutcome::Paused { .. }), "{beat:?}");
+    let released = s.backend.release(lease_of(&running), &s.policy, s.now);
+    assert!(released.await.unwrap());
+    let again = s.backend.release(lease_of(&running), &s.policy, s.now);
+    assert!(!again.await.unwrap(), "a released attempt holds nothing");
+    let task = s.task(&running.id).await;
+    assert_eq!(
+        (task.state, task.expiries, task.failures),
+        (TaskState::Queued, 0, 0)
+    );
+    assert!(task.errors.is_empty());
+    assert!(s.lease("w3").await.is_none());
+    let record = s.backend.job("j").await.unwrap().unwrap();
+    assert_eq!((record.counts.queued, record.retries), (2, 0));
+
+    let resumed = s.backend.resume("j", &s.policy, s.now).await.unwrap();
+    assert_eq!(resumed, ControlOutcome::Applied);
+    assert!(!s.backend.job("j").await.unwrap().unwrap().paused);
+    let resumed = s.lease("w").await.unwrap();
+    assert_eq!(
+        (resumed.id.as_str(), resumed.attempt),
+        (running.id.as_str(), 2)
+    );
+    assert_eq!(resumed.checkpoint, Some(checkpoint));
+    assert_eq!(resumed.checkpoint_iteration, 10);
+}
+
+async fn ended_jobs_refuse_changes(s: Store) {
+    s.submit(&job("j", 1, 0, false)).await;
+    s.backend.cancel("j", &s.policy, s.now).await.unwrap();
+    let ended = ControlOutcome::AlreadyEnded(JobState::Cancelled);
+    assert_eq!(s.backend.pause("j", &s.policy, s.now).await.unwrap(), ended);
+    assert_eq!(
+        s.backend.resume("j", &s.policy, s.now).await.unwrap(),
+        ended
+    );
+    let priority = s.backend.set_priority("j", 3, &s.policy, s.now);
+    assert_eq!(priority.await.unwrap(), ended);
+    let missing = s.backend.pause("nope", &s.policy, s.now).await.unwrap();
+    assert_eq!(missing, ControlOutcome::NotFound);
+}
+
 async fn higher_priority_goes_first(mut s: Store) {
     s.submit(&job("low", 3, 0, false)).await;
     s.tick(1);
@@ -430,7 +521,7 @@ async fn a_small_job_is_not_starved_by_a_big_one(mut s: Store) {
     assert_eq!(s.job_state("small").await, JobState::Succeeded);
 }
 
-async fn workers_get_only_what_they_can_do(s: Store) {
+async fn workers_get_only_what_they_can_do(mut s: Store) {
     s.submit(&job("j", 1, 0, true)).await;
     let upscaler = Capabilities {
         kinds: vec![TaskKind::UpscaleTile, TaskKind::Stitch],
@@ -447,6 +538,26 @@ async fn workers_get_only_what_they_can_do(s: Store) {
         ..everything()
     };
     assert!(s.lease_with("p", &small).await.is_none());
+    let narrow = Capabilities {
+        max_side: SIDE - 16,
+        ..everything()
+    };
+    assert!(s.lease_with("n", &narrow).await.is_none());
+    let short = Capabilities {
+        max_iterations: 19,
+        ..everything()
+    };
+    assert!(s.lease_with("s", &short).await.is_none());
+    let enough = Capabilities {
+        max_side: SIDE,
+        max_iterations: 20,
+        max_pixels: u64::from(SIDE * SIDE),
+        ..everything()
+    };
+    let render = s.lease_with("e", &enough).await.unwrap();
+    let now = s.tick(LEASE_MS + 1);
+    s.backend.expire(&s.policy, now, 10).await.unwrap();
+    assert_eq!(render.kind, TaskKind::Generate);
     let generate = s.lease("g").await.unwrap();
     s.complete(&generate).await;
     let tile = s.lease_with("u", &upscaler).await.unwrap();
@@ -724,6 +835,66 @@ async fn the_state_survives_a_restart(mut s: Store) {
     assert_eq!(s.complete(&running).await, CompleteOutcome::Accepted);
     s.drain("w").await;
     assert_eq!(s.job_state("j").await, JobState::Succeeded);
+}
+
+/// The farm's rates: a worker's first finished task only starts its clock; a task leased
+/// ahead is timed from the end of the one before it; classes are kept apart; a class's sums
+/// are halved at the window; the rates survive a restart.
+async fn rates_time_each_worker_s_tasks_back_to_back_and_forget_slowly(mut s: Store) {
+    let sample = |worker: &str, class: &str, amount: u64, started_ms: u64| RateSample {
+        worker: worker.into(),
+        class: class.into(),
+        amount,
+        started_ms,
+    };
+    let b = s.backend.clone();
+    assert!(b.rates().await.unwrap().is_empty());
+    b.record_rate(&sample("w1", "generate 64x64", 10, 1_000), 2_000)
+        .await
+        .unwrap();
+    assert!(
+        b.rates().await.unwrap().is_empty(),
+        "model loading is no sample"
+    );
+    // Leased at 1,500 (ahead), but w1 finished its previous task at 2,000.
+    b.record_rate(&sample("w1", "generate 64x64", 10, 1_500), 2_600)
+        .await
+        .unwrap();
+    // Leased at 5,000, after w1 had been idle.
+    b.record_rate(&sample("w1", "stitch", 4096, 5_000), 5_030)
+        .await
+        .unwrap();
+    b.record_rate(&sample("w2", "stitch", 4096, 0), 9_000)
+        .await
+        .unwrap();
+    let rates = b.rates().await.unwrap();
+    let rate = |ms, amount, samples| Rate {
+        ms,
+        amount,
+        samples,
+    };
+    assert_eq!(rates["generate 64x64"], rate(600, 10, 1));
+    assert_eq!(rates["stitch"], rate(30, 4096, 1));
+    assert_eq!(rates.len(), 2);
+    let mut now = 10_000;
+    for _ in 1..RATE_WINDOW {
+        b.record_rate(&sample("w1", "stitch", 4097, now), now + 11)
+            .await
+            .unwrap();
+        now += 11;
+    }
+    let halved = b.rates().await.unwrap()["stitch"];
+    let n = RATE_WINDOW - 1;
+    assert_eq!(
+        halved,
+        rate((30 + 11 * n) / 2, (4096 + 4097 * n) / 2, RATE_WINDOW / 2)
+    );
+    let before: Rates = b.rates().await.unwrap();
+    drop(b);
+    if s._redis.is_some() || s._dir.is_some() {
+        s.restart().await;
+        assert_eq!(s.backend.rates().await.unwrap(), before);
+    }
 }
 
 /// Two coordinators on one Redis, leasing at the same time: no task is handed out twice.
@@ -1106,4 +1277,151 @@ async fn a_second_store_on_one_directory_is_refused_naming_the_first_which_keeps
         .unwrap();
     drop(first);
     assert_eq!(job_ids_in(dir.path()).await, ["after"]);
+}
+
+/// The webhook outbox (issue 22): a job with a webhook enters it at its first result, is
+/// claimed by one deliverer at a time, keeps each event until it is delivered or given up,
+/// waits out a failed attempt's backoff, survives a restart, and leaves once its last event is
+/// delivered; a report from a delivery whose cursor has moved changes nothing.
+async fn the_webhook_outbox_holds_each_event_until_it_is_delivered(mut s: Store) {
+    const URL: &str = "https://hooks.example.com/tessera";
+    const CLAIM_MS: u64 = 5_000;
+    let hooked = NewJob {
+        webhook: URL.into(),
+        ..job("hk", 2, 0, false)
+    };
+    s.submit(&hooked).await;
+    s.submit(&job("plain", 1, 0, false)).await;
+    let status =
+        |b: Arc<dyn StateBackend>| async move { b.job("hk").await.unwrap().unwrap().webhook };
+    let fresh = WebhookStatus {
+        url: URL.into(),
+        ..WebhookStatus::default()
+    };
+    assert_eq!(status(s.backend.clone()).await, fresh);
+    assert_eq!(
+        s.backend.job("plain").await.unwrap().unwrap().webhook,
+        WebhookStatus::default()
+    );
+    assert!(s.claim(CLAIM_MS).await.is_empty(), "nothing to deliver yet");
+
+    s.drain("w").await;
+    let events = s
+        .backend
+        .events("hk", "", 100, Duration::ZERO)
+        .await
+        .unwrap();
+    let hooks: Vec<String> = events
+        .iter()
+        .filter(|e| e.kind.is_webhook_event())
+        .map(|e| e.cursor.clone())
+        .collect();
+    assert_eq!(hooks.len(), 3, "two results and the job's end: {events:?}");
+    assert!(matches!(
+        events.last().unwrap().kind,
+        EventKind::JobDone { .. }
+    ));
+    s.tick(1);
+    let first = WebhookClaim {
+        job: "hk".into(),
+        tenant: String::new(),
+        url: URL.into(),
+        cursor: String::new(),
+        tries: 0,
+        failing_since_ms: 0,
+    };
+    assert_eq!(
+        s.claim(CLAIM_MS).await,
+        [first.clone()],
+        "only the job with a webhook"
+    );
+    assert!(
+        s.claim(CLAIM_MS).await.is_empty(),
+        "claimed for {CLAIM_MS} ms"
+    );
+
+    // A failed attempt waits out its backoff, a stale report is refused.
+    let failed_at = s.now;
+    let b = s.backend.clone();
+    assert!(b
+        .webhook_failed("hk", "", "the receiver answered 500", s.now + 1_000, s.now)
+        .await
+        .unwrap());
+    assert!(!b
+        .webhook_failed("hk", &hooks[0], "late", s.now, s.now)
+        .await
+        .unwrap());
+    let waiting = status(b.clone()).await;
+    assert_eq!(
+        (
+            waiting.failures,
+            waiting.pending,
+            waiting.next_ms,
+            waiting.last_error.as_str()
+        ),
+        (1, true, s.now + 1_000, "the receiver answered 500")
+    );
+    s.tick(999);
+    assert!(s.claim(CLAIM_MS).await.is_empty(), "backing off");
+    s.tick(1);
+    drop(b); // a journaled directory has one owner at a time
+    if s._dir.is_some() || s._redis.is_some() {
+        s.restart().await;
+    }
+    let retried = WebhookClaim {
+        tries: 1,
+        failing_since_ms: failed_at,
+        ..first.clone()
+    };
+    assert_eq!(s.claim(CLAIM_MS).await, [retried]);
+
+    // Delivered: the next event is due at once; given up: counted and passed; the last one
+    // delivered empties the outbox.
+    let b = s.backend.clone();
+    let delivered = WebhookStep::Delivered;
+    assert!(b
+        .webhook_advance("hk", "", &hooks[0], &delivered, s.now)
+        .await
+        .unwrap());
+    let next = WebhookClaim {
+        cursor: hooks[0].clone(),
+        ..first.clone()
+    };
+    assert_eq!(s.claim(CLAIM_MS).await, [next]);
+    let dropped = WebhookStep::Dropped("the receiver answered 410 Gone".into());
+    assert!(b
+        .webhook_advance("hk", &hooks[0], &hooks[1], &dropped, s.now)
+        .await
+        .unwrap());
+    assert_eq!(s.claim(CLAIM_MS).await.len(), 1);
+    assert!(b
+        .webhook_advance("hk", &hooks[1], &hooks[2], &delivered, s.now)
+        .await
+        .unwrap());
+    assert!(!b
+        .webhook_advance("hk", &hooks[1], &hooks[2], &delivered, s.now)
+        .await
+        .unwrap());
+    let done = WebhookStatus {
+        delivered: 2,
+        failures: 2,
+        dropped: 1,
+        last_error: "the receiver answered 410 Gone".into(),
+        ..fresh
+    };
+    assert_eq!(status(b).await, done);
+    s.tick(CLAIM_MS * 10);
+    assert!(
+        s.claim(CLAIM_MS).await.is_empty(),
+        "every event is delivered or given up"
+    );
+}
+
+impl Store {
+    async fn claim(&self, claim_ms: u64) -> Vec<WebhookClaim> {
+        self.backend
+            .webhook_claim(self.now, 10, claim_ms)
+            .await
+            .unwrap()
+    }
 }

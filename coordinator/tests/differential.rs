@@ -1,10 +1,11 @@
 //! The differential test of the two state machines: random sequences of operations (submit,
-//! register, lease, heartbeat, complete, fail, redo an input, expire, cancel, deregister, and
-//! the clock moving) are applied to the embedded backend, whose `Model` is the reference, and to
-//! Redis, whose Lua scripts run on a real `redis-server` started by the harness. Every answer is
+//! register, lease, heartbeat, complete, fail, redo an input, expire, cancel, deregister, a
+//! rate sample, a webhook delivery, and the clock moving) are applied to the embedded backend,
+//! whose `Model` is the reference, and to Redis, whose Lua scripts run on a real
+//! `redis-server` started by the harness. Every answer is
 //! compared, and after every step so is everything that can be read back: jobs (whole lists,
-//! pages and per tenant), results, every task, workers, farm stats and every job's events
-//! (whole, and resumed from a cursor).
+//! pages and per tenant), results, every task, workers, farm stats, the farm's rates and every
+//! job's events (whole, and resumed from a cursor).
 //!
 //! Time is a simulated clock passed to every transition, so leases expire when the test moves
 //! the clock past them and nothing races a real one. Each seed draws its own policy, worker
@@ -27,11 +28,12 @@ use rand::{Rng, SeedableRng};
 use tessera_coordinator::state::embedded::EmbeddedBackend;
 use tessera_coordinator::state::redis::RedisBackend;
 use tessera_coordinator::state::{
-    Event, JobState, LeaseRef, NewJob, Policy, Progress, Quota, StateBackend, StateError,
-    TaskRecord, TaskState, WorkerRecord,
+    Event, JobState, LeaseRef, NewJob, Policy, Progress, Quota, RateSample, StateBackend,
+    StateError, TaskRecord, TaskState, WebhookStep, WorkerRecord,
 };
 use tessera_coordinator::store::producer_of;
 use tessera_core::job::{InputImage, JobRequest, JobSource};
+use tessera_core::sweep::Sweep;
 use tessera_core::task::{ArtifactRef, Capabilities, TaskKind, TaskSpec};
 use tessera_tests::RedisServer;
 
@@ -159,7 +161,7 @@ async fn redis_state_stored_before_the_key_vocabulary_still_loads_and_runs() {
                 kinds: TaskKind::ALL.to_vec(),
                 models: planned::all_models(),
                 device: device.into(),
-                max_pixels: 0,
+                ..Capabilities::default()
             }
             .normalised()
             .unwrap()
@@ -204,6 +206,8 @@ struct JobShape {
     device: Option<&'static str>,
     tenant: &'static str,
     quota: Quota,
+    /// Whether it has a webhook, so its results and end go through the outbox.
+    webhook: bool,
 }
 
 impl JobShape {
@@ -233,8 +237,17 @@ impl JobShape {
             settings: planned::small_settings(upscale, self.device),
             seeds: vec![7],
             source,
+            // Two-prompt jobs sweep a setting, so results carry sweep values.
+            sweeps: (self.prompts == 2 && !self.images)
+                .then(|| Sweep::parse("cutn=8,16").unwrap())
+                .into_iter()
+                .collect(),
         };
-        planned::new_job(&self.id, request, self.tenant, self.quota)
+        let mut job = planned::new_job(&self.id, request, self.tenant, self.quota);
+        if self.webhook {
+            job.webhook = format!("https://hooks.example.com/{}", self.id);
+        }
+        job
     }
 }
 
@@ -273,6 +286,34 @@ enum Op {
         limit: usize,
     },
     Cancel(String),
+    SetPriority {
+        job: String,
+        priority: i32,
+    },
+    Pause(String),
+    Resume(String),
+    Release(Held),
+    RecordRate(RateSample),
+    /// Claims the jobs whose webhook events are due, and reports on the first one.
+    Webhook {
+        claim_ms: u64,
+        report: HookReport,
+    },
+}
+
+/// What a webhook delivery reports after its claim.
+#[derive(Clone, Copy, Debug)]
+enum HookReport {
+    /// Nothing: it dies, and its claim must run out.
+    Nothing,
+    /// The receiver accepted the next webhook event (or none was left: passed over).
+    Delivered,
+    /// The attempt failed; retried this many ms later.
+    Failed(u64),
+    /// The event is given up.
+    Dropped,
+    /// A delivery whose cursor has moved since reports, and is refused.
+    Stale,
 }
 
 /// A lease a report names: one handed out, possibly claimed by the wrong worker.
@@ -350,15 +391,17 @@ impl Scenario {
             Op::Submit(shape) => {
                 jobs.insert(shape.id.clone());
             }
-            Op::Cancel(job) => {
+            Op::Cancel(job) | Op::Pause(job) | Op::Resume(job) | Op::SetPriority { job, .. } => {
                 jobs.insert(job.clone());
             }
             Op::Heartbeat { lease, .. }
+            | Op::Release(lease)
             | Op::Complete { lease, .. }
             | Op::Fail { lease, .. }
             | Op::RedoInput { lease, .. } => {
                 jobs.insert(self.leases[lease.index].job.clone());
             }
+            Op::RecordRate(_) | Op::Webhook { .. } => {}
             Op::Lease { .. } | Op::Expire { .. } | Op::Deregister(_) | Op::Register(_) => {
                 // The answer names the tasks leased or queued again, each id led by its job's.
                 for job in &self.jobs {
@@ -396,15 +439,19 @@ impl Scenario {
                     limit: *[0, 1, 2, 100].choose(&mut self.rng).unwrap(),
                 }
             }
-            (20..=22, _) => {
-                let job = self
-                    .jobs
-                    .choose(&mut self.rng)
-                    .cloned()
-                    .unwrap_or_else(|| "nope".into());
-                Op::Cancel(job)
+            (20..=21, _) => Op::Cancel(self.some_job()),
+            (22..=23, _) => {
+                let job = self.some_job();
+                match self.rng.gen_range(0..3) {
+                    0 => Op::Pause(job),
+                    1 => Op::Resume(job),
+                    _ => Op::SetPriority {
+                        job,
+                        priority: self.rng.gen_range(-1..=2),
+                    },
+                }
             }
-            (23..=25, _) => {
+            (24..=25, _) => {
                 // Across a clock minute, for the submission quotas.
                 self.now += self.rng.gen_range(20_000..=70_000);
                 Op::Expire { limit: 0 }
@@ -426,6 +473,18 @@ impl Scenario {
                     .to_string(),
                 retryable: self.rng.gen_bool(0.8),
             },
+            (78..=80, Some(lease)) => Op::Release(lease),
+            (81..=84, _) => Op::RecordRate(self.rate_sample()),
+            (85..=89, _) => Op::Webhook {
+                claim_ms: *[0, 2_000, 30_000].choose(&mut self.rng).unwrap(),
+                report: match self.rng.gen_range(0..10) {
+                    0 => HookReport::Nothing,
+                    1..=5 => HookReport::Delivered,
+                    6..=7 => HookReport::Failed(self.rng.gen_range(0..=5_000)),
+                    8 => HookReport::Dropped,
+                    _ => HookReport::Stale,
+                },
+            },
             (70..=77, Some(lease)) => {
                 let (key, producer) = self.corrupt_input(lease.index);
                 Op::RedoInput {
@@ -439,6 +498,28 @@ impl Scenario {
                 lease_ms: *[1_000, 5_000, 10_000].choose(&mut self.rng).unwrap(),
             },
         }
+    }
+
+    /// A finished task's rate sample: a few classes, leases begun before or after the
+    /// worker's previous sample, now and then amounts that halve a class's sums sooner.
+    fn rate_sample(&mut self) -> RateSample {
+        RateSample {
+            worker: worker_id(self.rng.gen_range(0..WORKERS)),
+            class: ["generate 64x64", "upscale_tile m", "stitch"]
+                .choose(&mut self.rng)
+                .unwrap()
+                .to_string(),
+            amount: self.rng.gen_range(1..=70_000),
+            started_ms: self.now.saturating_sub(self.rng.gen_range(0..=4_000)),
+        }
+    }
+
+    /// A job submitted before (or one that does not exist, while none was).
+    fn some_job(&mut self) -> String {
+        self.jobs
+            .choose(&mut self.rng)
+            .cloned()
+            .unwrap_or_else(|| "nope".into())
     }
 
     /// Indexes of the leases that still hold their task (by the embedded backend).
@@ -493,6 +574,7 @@ impl Scenario {
                 .unwrap(),
             tenant: TENANTS.choose(rng).unwrap(),
             quota,
+            webhook: rng.gen_bool(0.5),
         };
         if !self.jobs.contains(&shape.id) {
             self.jobs.push(shape.id.clone());
@@ -665,6 +747,37 @@ impl Scenario {
                     answers.push(show(b.cancel(job, &p, now).await));
                 }
             }
+            Op::SetPriority { job, priority } => {
+                for b in backends {
+                    answers.push(show(b.set_priority(job, *priority, &p, now).await));
+                }
+            }
+            Op::Pause(job) => {
+                for b in backends {
+                    answers.push(show(b.pause(job, &p, now).await));
+                }
+            }
+            Op::Resume(job) => {
+                for b in backends {
+                    answers.push(show(b.resume(job, &p, now).await));
+                }
+            }
+            Op::Release(lease) => {
+                let l = self.lease_ref(*lease);
+                for b in backends {
+                    answers.push(show(b.release(l, &p, now).await));
+                }
+            }
+            Op::RecordRate(sample) => {
+                for b in backends {
+                    answers.push(show(b.record_rate(sample, now).await));
+                }
+            }
+            Op::Webhook { claim_ms, report } => {
+                for b in backends {
+                    answers.push(webhook_delivery(b, now, *claim_ms, *report).await);
+                }
+            }
         }
         let redis = answers.pop().unwrap();
         (answers.pop().unwrap(), redis)
@@ -727,6 +840,9 @@ fn capabilities(rng: &mut StdRng) -> Capabilities {
             .unwrap()
             .to_string(),
         max_pixels: *[0, 0, 5_000, 70_000].choose(rng).unwrap(),
+        // Renders are 64x64 of 20 iterations: some workers are too small or too short.
+        max_side: *[0, 0, 48, 64].choose(rng).unwrap(),
+        max_iterations: *[0, 0, 10, 20].choose(rng).unwrap(),
     }
     .normalised()
     .unwrap()
@@ -761,6 +877,9 @@ struct View {
     stats: Vec<String>,
     events: Vec<String>,
     resumed: Vec<String>,
+    /// The farm's rates, one line per class (none in state stored before them).
+    #[serde(default)]
+    rates: Vec<String>,
 }
 
 impl View {
@@ -782,6 +901,10 @@ impl View {
             stats: vec![show(b.stats().await)],
             events: Vec::new(),
             resumed: Vec::new(),
+            rates: match b.rates().await {
+                Ok(rates) => rates.iter().map(|(c, r)| format!("{c}: {r:?}")).collect(),
+                Err(e) => vec![format!("error: {e}")],
+            },
         };
         for tenant in TENANTS.iter().filter(|_| probe.everything) {
             view.per_tenant
@@ -830,6 +953,7 @@ impl View {
             ("stats", &self.stats, &redis.stats),
             ("events", &self.events, &redis.events),
             ("resumed events", &self.resumed, &redis.resumed),
+            ("rates", &self.rates, &redis.rates),
         ];
         for (name, model, redis) in fields {
             if model == redis {
@@ -910,4 +1034,66 @@ fn check_cursors(job: &str, events: &[Event]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A webhook delivery on one backend: claims the due jobs, then reports on the first as
+/// `report` says. Cursors are each backend's own tokens, so the answer names each by its
+/// place in the job's events.
+async fn webhook_delivery(
+    b: &dyn StateBackend,
+    now: u64,
+    claim_ms: u64,
+    report: HookReport,
+) -> String {
+    let claims = match b.webhook_claim(now, 3, claim_ms).await {
+        Ok(claims) => claims,
+        Err(e) => return format!("error: {e}"),
+    };
+    let mut answer = Vec::new();
+    for claim in &claims {
+        let events = b.events(&claim.job, "", 100_000, Duration::ZERO).await;
+        let events = events.unwrap_or_default();
+        let place = events.iter().position(|e| e.cursor == claim.cursor);
+        answer.push(format!(
+            "{} of '{}' to {} after event {place:?}, {} tries since {}",
+            claim.job, claim.tenant, claim.url, claim.tries, claim.failing_since_ms
+        ));
+        if answer.len() > 1 {
+            continue;
+        }
+        let rest = &events[place.map_or(0, |i| i + 1)..];
+        let hook = rest.iter().find(|e| e.kind.is_webhook_event());
+        let to = hook
+            .or(rest.last())
+            .map_or(claim.cursor.as_str(), |e| &e.cursor);
+        let passed = |step: WebhookStep| {
+            if hook.is_some() {
+                step
+            } else {
+                WebhookStep::Skipped
+            }
+        };
+        let (job, from) = (claim.job.as_str(), claim.cursor.as_str());
+        let reported = match report {
+            HookReport::Nothing => continue,
+            HookReport::Delivered => {
+                let step = passed(WebhookStep::Delivered);
+                b.webhook_advance(job, from, to, &step, now).await
+            }
+            HookReport::Dropped => {
+                let step = passed(WebhookStep::Dropped("answered 410".into()));
+                b.webhook_advance(job, from, to, &step, now).await
+            }
+            HookReport::Failed(after) => {
+                b.webhook_failed(job, from, "answered 500", now + after, now)
+                    .await
+            }
+            HookReport::Stale => {
+                let step = WebhookStep::Delivered;
+                b.webhook_advance(job, "stale", to, &step, now).await
+            }
+        };
+        answer.push(show(reported));
+    }
+    answer.join("; ")
 }

@@ -246,6 +246,8 @@ impl Settings {
             models: sorted_models([&self.clip_model, &self.vqgan_model]),
             device: self.device.clone(),
             pixels: u64::from(self.width) * u64::from(self.height),
+            side: self.width.max(self.height),
+            iterations: self.iterations,
         }
     }
 }
@@ -586,6 +588,23 @@ pub enum JobSource {
     Images(Vec<InputImage>),
 }
 
+/// The priorities a job may have, at submission and after (`tessera priority`): room for any
+/// scheme of levels, while a slip of the keyboard (an extra digit) is refused instead of putting
+/// one job above every other for good.
+pub const PRIORITIES: std::ops::RangeInclusive<i32> = -1000..=1000;
+
+/// Refuses a priority outside [`PRIORITIES`], naming the range.
+pub fn check_priority(priority: i32) -> Result<(), JobError> {
+    if PRIORITIES.contains(&priority) {
+        return Ok(());
+    }
+    Err(JobError::out_of_range(
+        "priority",
+        priority,
+        format!("{}..={}", PRIORITIES.start(), PRIORITIES.end()),
+    ))
+}
+
 /// A job as submitted.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobRequest {
@@ -599,6 +618,9 @@ pub struct JobRequest {
     pub seeds: Vec<u64>,
     /// Prompts or pictures.
     pub source: JobSource,
+    /// Settings rendered at several values: every prompt and seed at each combination.
+    #[serde(default)]
+    pub sweeps: Vec<crate::sweep::Sweep>,
 }
 
 /// Parses a prompt file in the text form: one prompt per line; blank lines and lines starting
@@ -903,6 +925,9 @@ pub enum JobError {
         /// Size asked for.
         expected: (u32, u32),
     },
+    /// A sweep that cannot be made.
+    #[error("{0}")]
+    Sweep(#[from] crate::sweep::SweepError),
     /// A problem at a place in the batch.
     #[error("{place}: {source}")]
     At {

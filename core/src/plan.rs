@@ -11,6 +11,7 @@ use crate::job::{
     PromptEntry, Settings, Upscale, MAX_NAME_CHARS, NO_UPSCALE,
 };
 use crate::prompt::PromptSpec;
+use crate::sweep::{self, Sweep, SweepValue};
 use crate::task::{ArtifactRef, FinishedTask, ImagePlan, KindCounts, NewTask, TaskKind, TaskSpec};
 use crate::tiles::TilePlan;
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,10 @@ pub struct Unit {
     pub input_name: Option<String>,
     /// Every setting this result is made with.
     pub settings: Settings,
+    /// Its values of the job's sweeps, in the sweeps' order (empty without sweeps): what its
+    /// label ([`crate::sweep::label`]) in listings and file names is made of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<SweepValue>,
 }
 
 /// A validated job: its results, the tasks to store now, and how many tasks it will have in
@@ -57,6 +62,7 @@ pub fn plan_job(
     limits: &Limits,
 ) -> Result<JobPlan, JobError> {
     check_shown_text("job name", &request.name, MAX_NAME_CHARS)?;
+    crate::job::check_priority(request.priority)?;
     let render_limits = match &request.source {
         // An upscale-only job renders nothing: its pictures are held to `max_input_pixels`,
         // not the render size its settings carry to the side limit.
@@ -77,7 +83,18 @@ pub fn plan_job(
     check_seeds(&job_seeds, limits)?;
     match &request.source {
         JobSource::Prompts(prompts) => {
-            plan_prompts(job_id, prompts, &job_seeds, settings, catalog, limits)
+            let batch = Batch {
+                seeds: &job_seeds,
+                sweeps: &request.sweeps,
+                settings: &settings,
+                catalog,
+                limits,
+            };
+            let units = batch.units(prompts)?;
+            plan_prompts(job_id, units, settings)
+        }
+        JobSource::Images(_) if !request.sweeps.is_empty() => {
+            Err(sweep::SweepError::UpscaleOnly.into())
         }
         JobSource::Images(images) => plan_images(job_id, images, settings, limits),
     }
@@ -105,43 +122,67 @@ fn check_seeds(seeds: &[u64], limits: &Limits) -> Result<(), JobError> {
     }
 }
 
-fn plan_prompts(
-    job_id: &str,
-    prompts: &[PromptEntry],
-    job_seeds: &[u64],
-    settings: Settings,
-    catalog: &ModelCatalog,
-    limits: &Limits,
-) -> Result<JobPlan, JobError> {
-    check_batch_size(prompts.len(), "prompts", limits)?;
-    let mut units = Vec::new();
-    for (p, entry) in prompts.iter().enumerate() {
-        let place = if entry.line > 0 {
-            format!("line {}", entry.line)
-        } else {
-            format!("prompt {}", p + 1)
-        };
-        let resolved = check_prompt(entry, &settings, catalog, limits).map_err(|e| e.at(&place))?;
-        let seeds = entry.seeds.as_deref().unwrap_or(job_seeds);
-        check_seeds(seeds, limits).map_err(|e| e.at(&place))?;
-        if units.len() + seeds.len() > limits.max_results {
-            return Err(JobError::TooMany {
-                what: "results (prompts x seeds)",
-                count: units.len() + seeds.len(),
-                max: limits.max_results,
-            });
+/// What every prompt of a batch is rendered with: the job's seeds, sweeps and settings.
+struct Batch<'a> {
+    seeds: &'a [u64],
+    sweeps: &'a [Sweep],
+    settings: &'a Settings,
+    catalog: &'a ModelCatalog,
+    limits: &'a Limits,
+}
+
+impl Batch<'_> {
+    /// The results of `prompts`: each prompt at each combination of the sweeps' values (which
+    /// win over a prompt line's own, so a label always says what the result was made with),
+    /// with each of its seeds.
+    fn units(&self, prompts: &[PromptEntry]) -> Result<Vec<Unit>, JobError> {
+        check_batch_size(prompts.len(), "prompts", self.limits)?;
+        let combinations = sweep::combinations(self.sweeps, self.limits.max_results)?;
+        let patches = combinations
+            .iter()
+            .map(|values| sweep::patch(values))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut units = Vec::new();
+        for (p, entry) in prompts.iter().enumerate() {
+            let place = if entry.line > 0 {
+                format!("line {}", entry.line)
+            } else {
+                format!("prompt {}", p + 1)
+            };
+            let resolved = check_prompt(entry, self.settings, self.catalog, self.limits)
+                .map_err(|e| e.at(&place))?;
+            let seeds = entry.seeds.as_deref().unwrap_or(self.seeds);
+            check_seeds(seeds, self.limits).map_err(|e| e.at(&place))?;
+            let count = units.len() + seeds.len() * combinations.len();
+            if count > self.limits.max_results {
+                return Err(JobError::TooMany {
+                    what: "results (prompts x sweeps x seeds)",
+                    count,
+                    max: self.limits.max_results,
+                });
+            }
+            for (values, patch) in combinations.iter().zip(&patches) {
+                let settings = resolved
+                    .apply(patch, self.catalog, self.limits)
+                    .map_err(|e| e.at(&format!("{place}, sweep {}", sweep::label(values))))?;
+                for &seed in seeds {
+                    units.push(Unit {
+                        index: units.len() as u32,
+                        prompt_index: Some(p as u32),
+                        prompt: Some(entry.text.clone()),
+                        seed: Some(seed),
+                        input_name: None,
+                        settings: settings.clone(),
+                        sweep: values.clone(),
+                    });
+                }
+            }
         }
-        for &seed in seeds {
-            units.push(Unit {
-                index: units.len() as u32,
-                prompt_index: Some(p as u32),
-                prompt: Some(entry.text.clone()),
-                seed: Some(seed),
-                input_name: None,
-                settings: resolved.clone(),
-            });
-        }
+        Ok(units)
     }
+}
+
+fn plan_prompts(job_id: &str, units: Vec<Unit>, settings: Settings) -> Result<JobPlan, JobError> {
     let mut expected = KindCounts::default();
     let mut tasks = Vec::with_capacity(units.len());
     for unit in &units {
@@ -266,6 +307,7 @@ fn plan_images(
             seed: None,
             input_name: Some(image.name.clone()),
             settings: settings.clone(),
+            sweep: Vec::new(),
         });
     }
     Ok(plan)

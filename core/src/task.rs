@@ -184,6 +184,8 @@ impl TaskSpec {
                     models: sorted_models([model]),
                     device: device.clone(),
                     pixels: largest * u64::from(plan.scale).pow(2),
+                    side: 0,
+                    iterations: 0,
                 }
             }
             TaskSpec::Stitch { plan, .. } => Requirements {
@@ -191,6 +193,8 @@ impl TaskSpec {
                 models: Vec::new(),
                 device: String::new(),
                 pixels: u64::from(plan.width * plan.scale) * u64::from(plan.height * plan.scale),
+                side: 0,
+                iterations: 0,
             },
         })
     }
@@ -250,51 +254,70 @@ pub struct Requirements {
     pub device: String,
     /// Largest picture the task handles, in pixels.
     pub pixels: u64,
+    /// Longest side of the picture a render optimises, in pixels (0 for other kinds: an
+    /// upscale's memory goes by its pixels alone).
+    pub side: u32,
+    /// Optimiser iterations it runs (renders; 0 for other kinds).
+    pub iterations: u32,
 }
 
 impl Requirements {
-    /// The queue name: `kind|pixels|device|model,model`. The Redis scheduler parses this same
-    /// form in Lua, so it must stay in step with `coordinator/src/state/lua/lease.lua`.
+    /// The queue name: `kind|pixels|device|model,model|side|iterations`. The Redis scheduler
+    /// parses this same form in Lua, so it must stay in step with
+    /// `coordinator/src/state/lua/lease.lua`. Queues stored before sides and iterations were
+    /// part of it have the first four parts only, read as no side and no iterations.
     pub fn class_key(&self) -> String {
         format!(
-            "{}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{}",
             self.kind,
             self.pixels,
             self.device,
-            self.models.join(",")
+            self.models.join(","),
+            self.side,
+            self.iterations
         )
     }
 
     /// The requirements a [`Requirements::class_key`] stands for.
     pub fn from_class_key(key: &str) -> Option<Requirements> {
-        let mut parts = key.splitn(4, '|');
-        let kind = TaskKind::parse(parts.next()?)?;
-        let pixels = parts.next()?.parse().ok()?;
-        let device = parts.next()?.to_string();
-        let models = parts
-            .next()?
+        let parts: Vec<&str> = key.split('|').collect();
+        let (side, iterations) = match parts.len() {
+            4 => (0, 0),
+            6 => (parts[4].parse().ok()?, parts[5].parse().ok()?),
+            _ => return None,
+        };
+        let models = parts[3]
             .split(',')
             .filter(|m| !m.is_empty())
             .map(str::to_string)
             .collect();
         Some(Requirements {
-            kind,
+            kind: TaskKind::parse(parts[0])?,
             models,
-            device,
-            pixels,
+            device: parts[2].to_string(),
+            pixels: parts[1].parse().ok()?,
+            side,
+            iterations,
         })
     }
 
     /// Whether a worker with `caps` can take a task with these requirements.
     pub fn satisfied_by(&self, caps: &Capabilities) -> bool {
         caps.kinds.contains(&self.kind)
-            && (caps.max_pixels == 0 || self.pixels <= caps.max_pixels)
+            && within(self.pixels, caps.max_pixels)
+            && within(u64::from(self.side), u64::from(caps.max_side))
+            && within(u64::from(self.iterations), u64::from(caps.max_iterations))
             && device_matches(&self.device, &caps.device)
             && self
                 .models
                 .iter()
                 .all(|m| caps.models.iter().any(|c| c == m))
     }
+}
+
+/// Whether `needed` fits under a worker's `limit` (0: no limit).
+fn within(needed: u64, limit: u64) -> bool {
+    limit == 0 || needed <= limit
 }
 
 fn device_matches(wanted: &str, offered: &str) -> bool {
@@ -317,6 +340,12 @@ pub struct Capabilities {
     pub device: String,
     /// Largest picture in pixels; 0 for no limit.
     pub max_pixels: u64,
+    /// Longest side of a picture it renders; 0 for no limit.
+    #[serde(default)]
+    pub max_side: u32,
+    /// Most optimiser iterations a render of it may run; 0 for no limit.
+    #[serde(default)]
+    pub max_iterations: u32,
 }
 
 impl Capabilities {

@@ -224,6 +224,8 @@ impl From<Capabilities> for v1::Capabilities {
             models: c.models,
             device: c.device,
             max_pixels: c.max_pixels,
+            max_side: c.max_side,
+            max_iterations: c.max_iterations,
         }
     }
 }
@@ -236,6 +238,8 @@ impl From<v1::Capabilities> for Capabilities {
             models: c.models,
             device: c.device,
             max_pixels: c.max_pixels,
+            max_side: c.max_side,
+            max_iterations: c.max_iterations,
         }
     }
 }
@@ -402,6 +406,8 @@ mod tests {
             models: vec!["m".into()],
             device: "cpu".into(),
             max_pixels: 9,
+            max_side: 3,
+            max_iterations: 7,
         };
         let mut wire = v1::Capabilities::from(caps.clone());
         wire.kinds.push(99);

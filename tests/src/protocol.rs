@@ -84,7 +84,6 @@ impl ProtocolWorker {
         name: &str,
         models: &[&str],
     ) -> ProtocolWorker {
-        let mut client = workers_client(url, access).await;
         let capabilities = v1::Capabilities {
             kinds: vec![
                 v1::TaskKind::Generate as i32,
@@ -93,8 +92,19 @@ impl ProtocolWorker {
             ],
             models: models.iter().map(|m| m.to_string()).collect(),
             device: "cpu".into(),
-            max_pixels: 0,
+            ..v1::Capabilities::default()
         };
+        Self::register_offering(url, access, name, capabilities).await
+    }
+
+    /// Registers a worker offering `capabilities` (limits of its own, say).
+    pub async fn register_offering(
+        url: &str,
+        access: &Access,
+        name: &str,
+        capabilities: v1::Capabilities,
+    ) -> ProtocolWorker {
+        let mut client = workers_client(url, access).await;
         let reply = client
             .register(v1::RegisterRequest {
                 name: name.into(),

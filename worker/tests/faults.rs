@@ -697,6 +697,13 @@ impl WorkersService for Refusing {
         Ok(Response::new(v1::FailTaskReply::default()))
     }
 
+    async fn release_task(
+        &self,
+        _: Request<v1::ReleaseTaskRequest>,
+    ) -> Answer<v1::ReleaseTaskReply> {
+        Err(Status::unimplemented("this coordinator pauses no job"))
+    }
+
     async fn upload_artifact(
         &self,
         request: Request<tonic::Streaming<v1::UploadChunk>>,

@@ -2,7 +2,7 @@
 
 use crate::state::{
     Event, EventKind, JobRecord, JobState, ResultRecord, ResultState, StateCounts, TaskRecord,
-    TaskState, WorkerRecord,
+    TaskState, WebhookStatus, WorkerRecord,
 };
 use tessera_proto::convert::task_spec;
 use tessera_proto::v1;
@@ -61,7 +61,22 @@ pub fn job_status(job: &JobRecord) -> v1::JobStatus {
         waiting_for: String::new(),
         attempts: job.attempts,
         retries: job.retries,
+        paused: job.paused,
+        webhook: webhook_status(&job.webhook),
     }
+}
+
+/// A job's webhook status; `None` without a webhook.
+fn webhook_status(w: &WebhookStatus) -> Option<v1::WebhookStatus> {
+    (!w.url.is_empty()).then(|| v1::WebhookStatus {
+        url: w.url.clone(),
+        delivered: w.delivered,
+        failures: w.failures,
+        dropped: w.dropped,
+        last_error: w.last_error.clone(),
+        pending: w.pending,
+        next_attempt_ms: w.next_ms,
+    })
 }
 
 /// A result with what it was made from.
@@ -82,6 +97,16 @@ pub fn result_info(r: &ResultRecord) -> v1::ResultInfo {
         settings: Some((&r.unit.settings).into()),
         output: r.output.clone().map(Into::into),
         error: r.error.clone().unwrap_or_default(),
+        sweep: r
+            .unit
+            .sweep
+            .iter()
+            .map(|v| v1::SweepValue {
+                key: v.key.clone(),
+                value: v.value.clone(),
+            })
+            .collect(),
+        label: tessera_core::sweep::label(&r.unit.sweep),
     }
 }
 

@@ -1,12 +1,16 @@
 //! The `Jobs` service: what users call.
 
+use super::capacity::refusal;
 use super::convert::{job_event, job_status, result_info, task_info, worker_info};
+use super::estimate::estimate_job;
 use super::waiting::waiting_for;
 use super::{
     async_stream, new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream,
 };
 use crate::auth::{Principal, Role};
-use crate::state::{CancelOutcome, EventKind, JobRecord, NewJob, Quota, ResultState};
+use crate::state::{
+    CancelOutcome, ControlOutcome, EventKind, JobRecord, JobState, NewJob, Quota, ResultState,
+};
 use crate::store::{check_name, check_upload, describe, preview_key, upload_key, upload_usable_by};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +18,8 @@ use tessera_core::job::{
     parse_prompts_json, parse_prompts_jsonl, parse_prompts_text, InputImage, JobError, JobRequest,
     JobSource, Limits, PromptEntry,
 };
-use tessera_core::plan::plan_job;
+use tessera_core::plan::{plan_job, JobPlan};
+use tessera_core::sweep::Sweep;
 use tessera_core::task::job_of_task;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_server::Jobs;
@@ -75,12 +80,19 @@ impl JobsApi {
                     "the job has no prompts: give prompts, prompts_text, prompts_jsonl, prompts_json or images",
                 )),
             };
+        let sweeps = spec
+            .sweeps
+            .iter()
+            .map(|s| Sweep::new(&s.key, &s.values))
+            .collect::<Result<_, _>>()
+            .map_err(|e| invalid(e.into()))?;
         Ok(JobRequest {
             name: spec.name,
             priority: spec.priority,
             settings: spec.settings.unwrap_or_default().into(),
             seeds: spec.seeds,
             source,
+            sweeps,
         })
     }
 
@@ -126,11 +138,71 @@ impl JobsApi {
     async fn status(&self, caller: &Principal, id: &str) -> Result<v1::JobStatus, Status> {
         let record = self.record(caller, id).await?;
         let mut status = job_status(&record);
+        if status.eta_ms.is_none() && record.state == JobState::Running {
+            let rates = self.c.backend.rates().await?;
+            status.eta_ms = record.eta_with(Some(&rates));
+        }
         if record.counts.queued > 0 {
             let workers = self.c.backend.workers().await?;
             status.waiting_for = waiting_for(&record, &workers, now_ms(), 3 * self.c.lease_ms);
         }
         Ok(status)
+    }
+
+    /// Applies a change to a running job the caller may see (`change` runs it on the state
+    /// store), answering the job's status after it; an ended job is left as it is and refused
+    /// with FAILED_PRECONDITION naming its state.
+    async fn control<F, Fut>(
+        &self,
+        caller: &Principal,
+        id: &str,
+        what: &str,
+        change: F,
+    ) -> Result<Response<v1::JobStatus>, Status>
+    where
+        F: FnOnce(Arc<Coordinator>, String) -> Fut,
+        Fut: std::future::Future<Output = crate::state::StateResult<ControlOutcome>>,
+    {
+        Span::current().record("job", id);
+        self.record(caller, id).await?;
+        match change(self.c.clone(), id.to_string()).await? {
+            ControlOutcome::NotFound => Err(Status::not_found(format!("no job {id}"))),
+            ControlOutcome::AlreadyEnded(state) => Err(Status::failed_precondition(format!(
+                "job {id} has ended ({}): there is nothing left to {what}",
+                state.as_str()
+            ))),
+            ControlOutcome::Applied => {
+                tracing::info!(job = %id, "job {what}d");
+                Ok(Response::new(self.status(caller, id).await?))
+            }
+        }
+    }
+
+    /// The job of `spec`, validated and planned as job `id` of `caller`, with the caller's
+    /// tenant quota: what SubmitJob stores and EstimateJob prices.
+    async fn plan(
+        &self,
+        caller: &Principal,
+        spec: v1::JobSpec,
+        id: &str,
+    ) -> Result<(JobRequest, JobPlan, Quota), Status> {
+        let request = self.request(spec, caller.owner()).await?;
+        let (limits, quota) = self.limits_of(caller);
+        let plan = plan_job(id, &request, &self.c.defaults, &self.c.catalog, &limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((request, plan, quota))
+    }
+
+    /// Refuses a job no registered worker could ever run, saying why and how to queue it
+    /// anyway.
+    async fn check_capacity(&self, job: &NewJob) -> Result<(), Status> {
+        let workers = self.c.backend.workers().await?;
+        match refusal(job, &workers) {
+            None => Ok(()),
+            Some(reason) => Err(Status::failed_precondition(format!(
+                "{reason}; submit with --queue-anyway to queue it until such a worker joins"
+            ))),
+        }
     }
 
     /// The limits of the caller's jobs and its tenant's admission quota.
@@ -194,19 +266,26 @@ impl Jobs for JobsApi {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("the request has no job spec"))?;
-        let request = self.request(spec, caller.owner()).await?;
+        let queue_anyway = spec.queue_anyway;
         let id = new_id();
         Span::current().record("job", &id);
         let c = &self.c;
-        let (limits, quota) = self.limits_of(&caller);
-        let mut plan = plan_job(&id, &request, &c.defaults, &c.catalog, &limits)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let webhook = c
+            .webhooks
+            .admit(&spec.webhook, caller.owner())
+            .await
+            .map_err(Status::invalid_argument)?;
+        let (request, mut plan, quota) = self.plan(&caller, spec, &id).await?;
         let trace = current_traceparent();
         for t in &mut plan.tasks {
             t.trace.clone_from(&trace);
         }
         let tenant = caller.owner().to_string();
-        let job = NewJob::planned(&id, request.name, request.priority, plan, tenant, quota);
+        let mut job = NewJob::planned(&id, request.name, request.priority, plan, tenant, quota);
+        job.webhook = webhook;
+        if !queue_anyway {
+            self.check_capacity(&job).await?;
+        }
         c.backend.create_job(&job, now_ms()).await?;
         c.metrics.job_planned(&job.expected);
         tracing::info!(job = %id, tenant = %job.tenant, results = job.units.len(), "job submitted");
@@ -343,6 +422,46 @@ impl Jobs for JobsApi {
         }
     }
 
+    async fn set_priority(
+        &self,
+        request: Request<v1::SetPriorityRequest>,
+    ) -> Result<Response<v1::JobStatus>, Status> {
+        let caller = Principal::of(&request)?;
+        let r = request.into_inner();
+        tessera_core::job::check_priority(r.priority)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.control(&caller, &r.job_id, "reprioritise", |c, id| async move {
+            c.backend
+                .set_priority(&id, r.priority, &c.policy, now_ms())
+                .await
+        })
+        .await
+    }
+
+    async fn pause_job(
+        &self,
+        request: Request<v1::PauseJobRequest>,
+    ) -> Result<Response<v1::JobStatus>, Status> {
+        let caller = Principal::of(&request)?;
+        let id = request.into_inner().job_id;
+        self.control(&caller, &id, "pause", |c, id| async move {
+            c.backend.pause(&id, &c.policy, now_ms()).await
+        })
+        .await
+    }
+
+    async fn resume_job(
+        &self,
+        request: Request<v1::ResumeJobRequest>,
+    ) -> Result<Response<v1::JobStatus>, Status> {
+        let caller = Principal::of(&request)?;
+        let id = request.into_inner().job_id;
+        self.control(&caller, &id, "resume", |c, id| async move {
+            c.backend.resume(&id, &c.policy, now_ms()).await
+        })
+        .await
+    }
+
     async fn list_results(
         &self,
         request: Request<v1::ListResultsRequest>,
@@ -460,5 +579,16 @@ impl Jobs for JobsApi {
                 .map(|w| worker_info(w, now, 3 * self.c.lease_ms))
                 .collect(),
         }))
+    }
+
+    async fn estimate_job(
+        &self,
+        request: Request<v1::JobSpec>,
+    ) -> Result<Response<v1::JobEstimate>, Status> {
+        let caller = Principal::of(&request)?;
+        let spec = request.into_inner();
+        let (request, plan, _) = self.plan(&caller, spec, "estimate").await?;
+        let estimate = estimate_job(&self.c, &plan, request.priority).await?;
+        Ok(Response::new(estimate))
     }
 }

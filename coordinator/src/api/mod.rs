@@ -1,7 +1,9 @@
 //! The gRPC services: [`jobs::JobsApi`] for users and [`workers::WorkersApi`] for workers,
 //! sharing one [`Coordinator`].
 
+pub mod capacity;
 pub mod convert;
+pub mod estimate;
 pub mod jobs;
 pub mod waiting;
 pub mod workers;
@@ -10,6 +12,7 @@ use crate::auth::Auth;
 use crate::metrics::Metrics;
 use crate::state::{Policy, StateBackend, StateError};
 use crate::store::{ArtifactStore, StoreError};
+use crate::webhooks::Webhooks;
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use std::sync::Arc;
@@ -47,6 +50,8 @@ pub struct Coordinator {
     pub shutdown: CancellationToken,
     /// Tokens and tenants; `None` when the coordinator is open.
     pub auth: Option<Arc<Auth>>,
+    /// Where job webhooks may point, what signs them: submissions are checked against it.
+    pub webhooks: Arc<Webhooks>,
 }
 
 /// Milliseconds since the Unix epoch: the time every transition is stamped with.

@@ -13,6 +13,12 @@ pub fn waiting_for(job: &JobRecord, workers: &[WorkerRecord], now: u64, alive_ms
     if job.state != JobState::Running || job.counts.queued == 0 {
         return String::new();
     }
+    if job.paused {
+        return format!(
+            "paused: none of its tasks is offered to workers until `tessera resume {}`",
+            job.id
+        );
+    }
     let live: Vec<&Capabilities> = workers
         .iter()
         .filter(|w| now.saturating_sub(w.last_seen_ms) <= alive_ms)
@@ -56,6 +62,8 @@ fn next_work(job: &JobRecord) -> Vec<(Requirements, Vec<String>)> {
             models: sorted_models([&upscale.model]),
             device: settings.device.clone(),
             pixels: 0,
+            side: 0,
+            iterations: 0,
         };
         needs.push((requirements, vec![upscale.model.clone()]));
     }
@@ -77,7 +85,15 @@ fn describe(needs: &Requirements, models: &[String]) -> String {
         0 => String::new(),
         n => format!(", for pictures of {n} pixels"),
     };
-    format!("{models}{device}{pixels}")
+    let side = match needs.side {
+        0 => String::new(),
+        n => format!(" with a {n}-pixel side"),
+    };
+    let iterations = match needs.iterations {
+        0 => String::new(),
+        n => format!(" and {n} iterations"),
+    };
+    format!("{models}{device}{pixels}{side}{iterations}")
 }
 
 #[cfg(test)]
@@ -110,7 +126,9 @@ mod tests {
             units_failed: 0,
             attempts: 0,
             retries: 0,
+            paused: false,
             queue_position: 0,
+            webhook: Default::default(),
         };
         job.counts.queued = queued;
         job
@@ -124,7 +142,7 @@ mod tests {
                 kinds,
                 models: sorted_models(&models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
                 device: "cpu".into(),
-                max_pixels: 0,
+                ..Capabilities::default()
             },
             version: String::new(),
             registered_ms: 0,

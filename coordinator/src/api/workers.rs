@@ -3,8 +3,8 @@
 use super::convert::leased_task;
 use super::{new_id, now_ms, read_upload, stream_artifact, Coordinator, MessageStream};
 use crate::state::{
-    CompleteOutcome, FailVerdict, HeartbeatOutcome, LeaseRef, Progress, TaskRecord, TaskState,
-    WorkerRecord,
+    CompleteOutcome, FailVerdict, HeartbeatOutcome, LeaseRef, Progress, RateSample, TaskRecord,
+    TaskState, WorkerRecord,
 };
 use crate::store::{check_name, preview_key, producer_of, task_prefix};
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::{check_shown_text, MAX_NAME_CHARS};
 use tessera_core::plan::plan_followups;
+use tessera_core::rates::Work;
 use tessera_core::task::{job_of_task, ArtifactRef, Capabilities};
 use tessera_proto::v1;
 use tessera_proto::v1::workers_server::Workers;
@@ -28,6 +29,22 @@ pub struct WorkersApi {
 }
 
 impl WorkersApi {
+    /// Counts a first attempt's completion in the farm's rates (an attempt after a failure,
+    /// an expiry or a pause may resume from a checkpoint, and would look faster than it is).
+    async fn record_rate(&self, task: &TaskRecord, worker: &str, now: u64) -> Result<(), Status> {
+        if task.attempt != 1 {
+            return Ok(());
+        }
+        let work = Work::of(&task.spec).map_err(|e| Status::internal(e.to_string()))?;
+        let sample = RateSample {
+            worker: worker.to_string(),
+            class: work.class,
+            amount: work.amount,
+            started_ms: task.started_ms,
+        };
+        Ok(self.c.backend.record_rate(&sample, now).await?)
+    }
+
     /// The service over the shared coordinator.
     pub fn new(c: Arc<Coordinator>) -> Self {
         WorkersApi { c }
@@ -325,6 +342,7 @@ impl Workers for WorkersApi {
             HeartbeatOutcome::Continue { deadline_ms } => {
                 (v1::HeartbeatVerdict::Continue, deadline_ms)
             }
+            HeartbeatOutcome::Paused { deadline_ms } => (v1::HeartbeatVerdict::Paused, deadline_ms),
             HeartbeatOutcome::Cancelled => (v1::HeartbeatVerdict::Cancelled, 0),
             HeartbeatOutcome::Lost => (v1::HeartbeatVerdict::LeaseLost, 0),
         };
@@ -368,6 +386,7 @@ impl Workers for WorkersApi {
         if outcome == CompleteOutcome::Accepted {
             let seconds = now.saturating_sub(task.started_ms) as f64 / 1000.0;
             self.c.metrics.task_completed(task.kind, seconds);
+            self.record_rate(&task, &r.worker_id, now).await?;
             if task.is_final {
                 self.observe_job_end(&task.job).await?;
             }
@@ -420,6 +439,26 @@ impl Workers for WorkersApi {
             failures: outcome.failures,
             worker_banned: outcome.banned,
         }))
+    }
+
+    async fn release_task(
+        &self,
+        request: Request<v1::ReleaseTaskRequest>,
+    ) -> Result<Response<v1::ReleaseTaskReply>, Status> {
+        let r = request.into_inner();
+        record_lease(&r.task_id, &r.worker_id);
+        let lease = LeaseRef {
+            task: &r.task_id,
+            attempt: r.attempt,
+            worker: &r.worker_id,
+        };
+        let released = self
+            .c
+            .backend
+            .release(lease, &self.c.policy, now_ms())
+            .await?;
+        tracing::info!(task = %r.task_id, attempt = r.attempt, worker = %r.worker_id, released, "task given back (job paused)");
+        Ok(Response::new(v1::ReleaseTaskReply { released }))
     }
 
     async fn upload_artifact(

@@ -20,9 +20,10 @@
 use super::dir_lock::DirLock;
 use super::model::Model;
 use super::{
-    CancelOutcome, CompleteOutcome, CreateOutcome, Event, FailOutcome, FailVerdict, FarmStats,
-    HeartbeatOutcome, JobRecord, LeaseRef, NewJob, Policy, Progress, ResultRecord, StateBackend,
-    StateError, StateResult, TaskRecord, WorkerRecord,
+    CancelOutcome, CompleteOutcome, ControlOutcome, CreateOutcome, Event, FailOutcome, FailVerdict,
+    FarmStats, HeartbeatOutcome, JobRecord, LeaseRef, NewJob, Policy, Progress, RateSample, Rates,
+    ResultRecord, StateBackend, StateError, StateResult, TaskRecord, WebhookClaim, WebhookStep,
+    WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -104,6 +105,46 @@ enum Op {
         policy: Policy,
         now: u64,
     },
+    SetPriority {
+        job: String,
+        priority: i32,
+    },
+    Pause {
+        job: String,
+    },
+    Resume {
+        job: String,
+    },
+    Release {
+        task: String,
+        attempt: u32,
+        worker: String,
+        policy: Policy,
+        now: u64,
+    },
+    RecordRate {
+        sample: RateSample,
+        now: u64,
+    },
+    WebhookClaim {
+        now: u64,
+        limit: usize,
+        lease_ms: u64,
+    },
+    WebhookAdvance {
+        job: String,
+        from: String,
+        to: String,
+        step: WebhookStep,
+        now: u64,
+    },
+    WebhookFailed {
+        job: String,
+        from: String,
+        error: String,
+        retry_at: u64,
+        now: u64,
+    },
 }
 
 /// What an operation answered.
@@ -117,6 +158,10 @@ enum Answer {
     Fail(FailOutcome),
     Verdict(FailVerdict),
     Cancel(CancelOutcome),
+    Control(ControlOutcome),
+    Released(bool),
+    Claimed(Vec<WebhookClaim>),
+    Changed(bool),
 }
 
 impl Op {
@@ -215,6 +260,46 @@ impl Op {
             )),
             Op::Expire { policy, now, limit } => Answer::Tasks(m.expire(policy, *now, *limit)),
             Op::Cancel { job, policy, now } => Answer::Cancel(m.cancel(job, policy, *now)),
+            Op::SetPriority { job, priority } => Answer::Control(m.set_priority(job, *priority)),
+            Op::Pause { job } => Answer::Control(m.pause(job)),
+            Op::Resume { job } => Answer::Control(m.resume(job)),
+            Op::RecordRate { sample, now } => {
+                m.record_rate(sample, *now);
+                Answer::Unit
+            }
+            Op::Release {
+                task,
+                attempt,
+                worker,
+                policy,
+                now,
+            } => {
+                let lease = LeaseRef {
+                    task,
+                    attempt: *attempt,
+                    worker,
+                };
+                Answer::Released(m.release(lease, policy, *now))
+            }
+            Op::WebhookClaim {
+                now,
+                limit,
+                lease_ms,
+            } => Answer::Claimed(m.webhook_claim(*now, *limit, *lease_ms)),
+            Op::WebhookAdvance {
+                job,
+                from,
+                to,
+                step,
+                now,
+            } => Answer::Changed(m.webhook_advance(job, from, to, step, *now)),
+            Op::WebhookFailed {
+                job,
+                from,
+                error,
+                retry_at,
+                now,
+            } => Answer::Changed(m.webhook_failed(job, from, error, *retry_at, *now)),
         }
     }
 }
@@ -430,6 +515,34 @@ impl EmbeddedBackend {
             self.events.send_modify(|n| *n += 1);
         }
         Ok(applied.answer)
+    }
+}
+
+impl EmbeddedBackend {
+    /// Applies a change of a running job, journaled when it applied.
+    async fn control(&self, op: Op) -> StateResult<ControlOutcome> {
+        match self
+            .apply(op, |a| {
+                matches!(a, Answer::Control(ControlOutcome::Applied))
+            })
+            .await?
+        {
+            Answer::Control(outcome) => Ok(outcome),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+impl EmbeddedBackend {
+    /// Applies an operation answering whether it changed anything, journaled when it did.
+    async fn changed(&self, op: Op) -> StateResult<bool> {
+        match self
+            .apply(op, |a| matches!(a, Answer::Changed(true)))
+            .await?
+        {
+            Answer::Changed(changed) => Ok(changed),
+            _ => Err(unexpected()),
+        }
     }
 }
 
@@ -668,6 +781,51 @@ impl StateBackend for EmbeddedBackend {
         }
     }
 
+    async fn set_priority(
+        &self,
+        job: &str,
+        priority: i32,
+        _policy: &Policy,
+        _now: u64,
+    ) -> StateResult<ControlOutcome> {
+        let op = Op::SetPriority {
+            job: job.to_string(),
+            priority,
+        };
+        self.control(op).await
+    }
+
+    async fn pause(&self, job: &str, _policy: &Policy, _now: u64) -> StateResult<ControlOutcome> {
+        self.control(Op::Pause {
+            job: job.to_string(),
+        })
+        .await
+    }
+
+    async fn resume(&self, job: &str, _policy: &Policy, _now: u64) -> StateResult<ControlOutcome> {
+        self.control(Op::Resume {
+            job: job.to_string(),
+        })
+        .await
+    }
+
+    async fn release(&self, lease: LeaseRef<'_>, policy: &Policy, now: u64) -> StateResult<bool> {
+        let op = Op::Release {
+            task: lease.task.to_string(),
+            attempt: lease.attempt,
+            worker: lease.worker.to_string(),
+            policy: *policy,
+            now,
+        };
+        match self
+            .apply(op, |a| matches!(a, Answer::Released(true)))
+            .await?
+        {
+            Answer::Released(released) => Ok(released),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn events(
         &self,
         job: &str,
@@ -702,5 +860,71 @@ impl StateBackend for EmbeddedBackend {
 
     async fn ping(&self) -> StateResult<()> {
         Ok(())
+    }
+
+    async fn record_rate(&self, sample: &RateSample, now: u64) -> StateResult<()> {
+        let op = Op::RecordRate {
+            sample: sample.clone(),
+            now,
+        };
+        self.apply(op, always).await.map(|_| ())
+    }
+
+    async fn rates(&self) -> StateResult<Rates> {
+        Ok(self.read(|m| m.rates()).await)
+    }
+
+    async fn webhook_claim(
+        &self,
+        now: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> StateResult<Vec<WebhookClaim>> {
+        let op = Op::WebhookClaim {
+            now,
+            limit,
+            lease_ms,
+        };
+        let claimed = |a: &Answer| matches!(a, Answer::Claimed(c) if !c.is_empty());
+        match self.apply(op, claimed).await? {
+            Answer::Claimed(claims) => Ok(claims),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn webhook_advance(
+        &self,
+        job: &str,
+        from: &str,
+        to: &str,
+        step: &WebhookStep,
+        now: u64,
+    ) -> StateResult<bool> {
+        let op = Op::WebhookAdvance {
+            job: job.to_string(),
+            from: from.to_string(),
+            to: to.to_string(),
+            step: step.clone(),
+            now,
+        };
+        self.changed(op).await
+    }
+
+    async fn webhook_failed(
+        &self,
+        job: &str,
+        from: &str,
+        error: &str,
+        retry_at: u64,
+        now: u64,
+    ) -> StateResult<bool> {
+        let op = Op::WebhookFailed {
+            job: job.to_string(),
+            from: from.to_string(),
+            error: error.to_string(),
+            retry_at,
+            now,
+        };
+        self.changed(op).await
     }
 }

@@ -40,6 +40,9 @@
 //! | `banned:{job}` | set | `KEY.banned` | workers kept off a job |
 //! | `events:{job}` | stream | `KEY.events` | a job's events: the `EVENT` fields below |
 //! | `wake` | channel | `KEY.wake` | published on when tasks were queued, to wake waiting leases |
+//! | `rates` | hash | `KEY.rates` | the farm's measured speed per class of work: the `RATE` fields below |
+//! | `rate_clock` | hash | `KEY.rate_clock` | per worker id, when it last finished a task (where its next rate sample starts) |
+//! | `webhooks` | sorted set | `KEY.webhooks` | the webhook outbox: jobs with events to deliver, scored by when they are due (a claim pushes the score to the claim's end) |
 //!
 //! | Hash | Field | Lua | Holds |
 //! |---|---|---|---|
@@ -62,6 +65,17 @@
 //! | job | `units_failed` | `JOB.units_failed` | results failed |
 //! | job | `attempts` | `JOB.attempts` | leases granted to its tasks (absent in older jobs: 0) |
 //! | job | `retries` | `JOB.retries` | attempts that failed or expired and were queued again (absent in older jobs: 0) |
+//! | job | `paused` | `JOB.paused` | `1` while a user has it paused (absent or `0` otherwise) |
+//! | job | `webhook` | `JOB.webhook` | the URL its events are POSTed to (absent or "" for none) |
+//! | job | `wh_cursor` | `JOB.wh_cursor` | the last of its events delivered or passed over (absent: none) |
+//! | job | `wh_tries` | `JOB.wh_tries` | failed attempts at the event after `wh_cursor` |
+//! | job | `wh_since` | `JOB.wh_since` | when the first of those failed (0: none did) |
+//! | job | `wh_delivered` | `JOB.wh_delivered` | events its receiver accepted |
+//! | job | `wh_failures` | `JOB.wh_failures` | delivery attempts that failed |
+//! | job | `wh_dropped` | `JOB.wh_dropped` | events given up after the retry time |
+//! | job | `wh_error` | `JOB.wh_error` | why the latest failed attempt failed |
+//! | job | `wh_pending` | `JOB.wh_pending` | `1` while it is in the outbox |
+//! | job | `wh_next` | `JOB.wh_next` | when the next attempt after a failure is due (0: none waits) |
 //! | task | `id` | `TASK.id` | task id |
 //! | task | `job` | `TASK.job` | its job |
 //! | task | `kind` | `TASK.kind` | `generate`, `upscale_tile` or `stitch` |
@@ -113,6 +127,9 @@
 //! | event | `units_done` | `EVENT.units_done` | results done |
 //! | event | `units_failed` | `EVENT.units_failed` | results failed |
 //! | event | `{state}` | (task state names) | the job's tasks in each task state, in `job_done` |
+//! | rate | `ms:{class}` | `RATE.ms` | milliseconds the samples of a class of work took |
+//! | rate | `amount:{class}` | `RATE.amount` | the work they did (iterations, pixels) |
+//! | rate | `n:{class}` | `RATE.samples` | samples counted (all three halved at `RATE_WINDOW`) |
 
 /// A family of keys: a pattern below the prefix whose `{...}` parts are filled in order.
 pub(super) struct Key {
@@ -189,9 +206,12 @@ pub(super) const JOBS: Key = Key::new("jobs", "jobs");
 pub(super) const TENANT_JOBS: Key = Key::new("tenant_jobs", "tenant_jobs:{tenant}");
 pub(super) const EVENTS: Key = Key::new("events", "events:{job}");
 pub(super) const WAKE: Key = Key::new("wake", "wake");
+pub(super) const RATES: Key = Key::new("rates", "rates");
+pub(super) const RATE_CLOCK: Key = Key::new("rate_clock", "rate_clock");
+pub(super) const WEBHOOKS: Key = Key::new("webhooks", "webhooks");
 
 /// Every key family, in the order of the table above.
-const KEYS: [Key; 28] = [
+const KEYS: [Key; 31] = [
     JOB,
     TASK,
     WORKER,
@@ -220,6 +240,9 @@ const KEYS: [Key; 28] = [
     Key::new("banned", "banned:{job}"),
     EVENTS,
     WAKE,
+    RATES,
+    RATE_CLOCK,
+    WEBHOOKS,
 ];
 
 /// Names the hash fields of one record: a Rust constant per field, and the same names as a
@@ -269,6 +292,17 @@ fields!(job, "JOB" {
     UNITS_FAILED = "units_failed",
     ATTEMPTS = "attempts",
     RETRIES = "retries",
+    PAUSED = "paused",
+    WEBHOOK = "webhook",
+    WH_CURSOR = "wh_cursor",
+    WH_TRIES = "wh_tries",
+    WH_SINCE = "wh_since",
+    WH_DELIVERED = "wh_delivered",
+    WH_FAILURES = "wh_failures",
+    WH_DROPPED = "wh_dropped",
+    WH_ERROR = "wh_error",
+    WH_PENDING = "wh_pending",
+    WH_NEXT = "wh_next",
 });
 
 fields!(task, "TASK" {
@@ -330,15 +364,28 @@ fields!(event, "EVENT" {
     UNITS_FAILED = "units_failed",
 });
 
+fields!(rate, "RATE" {
+    MS = "ms:",
+    AMOUNT = "amount:",
+    SAMPLES = "n:",
+});
+
 /// The Lua that every script starts with: `P` from `KEYS[1]`, and the `KEY`, `JOB`, `TASK`,
-/// `WORKER` and `EVENT` tables of the names above, so scripts never spell a name themselves.
+/// `WORKER`, `EVENT` and `RATE` tables of the names above, so scripts never spell a name
+/// themselves.
 pub(super) fn lua_prelude() -> String {
     let mut lua = String::from("local P = KEYS[1]\nlocal KEY = {\n");
     for key in &KEYS {
         lua.push_str(&key.lua_entry());
     }
     lua.push_str("}\n");
-    for table in [job::lua(), task::lua(), worker::lua(), event::lua()] {
+    for table in [
+        job::lua(),
+        task::lua(),
+        worker::lua(),
+        event::lua(),
+        rate::lua(),
+    ] {
         lua.push_str(&table);
     }
     lua
@@ -362,6 +409,7 @@ mod tests {
             ("task", task::ALL),
             ("worker", worker::ALL),
             ("event", event::ALL),
+            ("rate", rate::ALL),
         ];
         for (hash, fields) in hashes {
             for field in fields {

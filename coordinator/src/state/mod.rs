@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tessera_core::job::Settings;
 use tessera_core::plan::{JobPlan, Unit};
+pub use tessera_core::rates::{Rate, Rates};
 use tessera_core::task::{
     ArtifactRef, Capabilities, FinishedTask, KindCounts, NewTask, TaskKind, TaskSpec,
 };
@@ -213,6 +214,10 @@ pub struct NewJob {
     /// The tenant's admission limits, checked in the same step that stores the job.
     #[serde(default)]
     pub quota: Quota,
+    /// Where its results and its end are POSTed ("" for nowhere), already checked against
+    /// the farm's allow list; stored with the job so its outbox survives restarts.
+    #[serde(default)]
+    pub webhook: String,
 }
 
 impl NewJob {
@@ -237,6 +242,7 @@ impl NewJob {
             tasks: plan.tasks,
             tenant,
             quota,
+            webhook: String::new(),
         }
     }
 }
@@ -332,8 +338,16 @@ pub struct JobRecord {
     /// job lost to faults (a task given back by a draining worker is not one).
     #[serde(default)]
     pub retries: u64,
-    /// Queued tasks of jobs with a higher priority.
+    /// Whether a user paused it: its queued tasks are not offered, and its running renders are
+    /// told to checkpoint and give their task back, until it is resumed.
+    #[serde(default)]
+    pub paused: bool,
+    /// Queued tasks of jobs with a higher priority (paused jobs' are not offered, so not
+    /// counted).
     pub queue_position: u64,
+    /// Its webhook and how the deliveries to it stand (see [`crate::webhooks`]).
+    #[serde(default)]
+    pub webhook: WebhookStatus,
 }
 
 impl JobRecord {
@@ -346,6 +360,17 @@ impl JobRecord {
     /// average duration so far, shared among the tasks running now. `None` while a kind with
     /// work left has no finished task to average, and for ended jobs.
     pub fn eta_ms(&self) -> Option<u64> {
+        self.eta_with(None)
+    }
+
+    /// [`JobRecord::eta_ms`], with the farm's measured rates standing in for the average of a
+    /// kind that has no finished task in this job yet.
+    pub fn eta_with(&self, farm: Option<&Rates>) -> Option<u64> {
+        Some(self.work_left_ms(farm)? / self.counts.running.max(1))
+    }
+
+    /// Worker-milliseconds of work the job has left (see [`JobRecord::eta_with`]).
+    pub fn work_left_ms(&self, farm: Option<&Rates>) -> Option<u64> {
         if self.state != JobState::Running {
             return None;
         }
@@ -356,12 +381,13 @@ impl JobRecord {
                 continue;
             }
             let timed = self.timed.get(kind);
-            if timed == 0 {
-                return None;
-            }
-            work += left * self.busy_ms.get(kind) / timed;
+            work += match farm {
+                _ if timed > 0 => left * self.busy_ms.get(kind) / timed,
+                Some(rates) => left * tessera_core::rates::task_ms(rates, kind, &self.settings)?,
+                None => return None,
+            };
         }
-        Some(work / self.counts.running.max(1))
+        Some(work)
     }
 }
 
@@ -485,6 +511,12 @@ pub enum HeartbeatOutcome {
     Cancelled,
     /// This attempt no longer holds the task.
     Lost,
+    /// Renewed, but the job is paused: a render checkpoints and gives the task back
+    /// ([`StateBackend::release`]); shorter work may finish.
+    Paused {
+        /// New end of the lease.
+        deadline_ms: u64,
+    },
 }
 
 /// Answer to a completion.
@@ -535,6 +567,17 @@ pub enum CancelOutcome {
     /// The job is now cancelled.
     Cancelled,
     /// The job had already ended in this state.
+    AlreadyEnded(JobState),
+    /// No such job.
+    NotFound,
+}
+
+/// Answer to a change of a running job (its priority, pausing, resuming).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlOutcome {
+    /// Applied (also when the job already was as asked).
+    Applied,
+    /// The job had already ended in this state; nothing changed.
     AlreadyEnded(JobState),
     /// No such job.
     NotFound,
@@ -706,6 +749,85 @@ pub struct FarmStats {
     pub tasks: StateCounts,
 }
 
+/// A finished task as a sample of the farm's speed ([`tessera_core::rates`]). Its time is
+/// counted from its lease or from its worker's previous finished task, whichever is later: a
+/// task leased ahead waited for the one before it, and counting that wait twice would halve
+/// the farm's apparent speed. A worker's first finished task also loaded its models and is no
+/// sample; it only starts the worker's clock. Both stores keep one clock entry per worker id
+/// that ever finished a task (a number each).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateSample {
+    /// The worker that finished it.
+    pub worker: String,
+    /// Its class of work ([`tessera_core::rates::Work::class`]).
+    pub class: String,
+    /// Its amount of that work.
+    pub amount: u64,
+    /// When its lease began.
+    pub started_ms: u64,
+}
+
+/// How a job's webhook deliveries stand, for `tessera status` (the outbox's own bookkeeping,
+/// its cursor into the job's events, is in [`WebhookClaim`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookStatus {
+    /// Where events are POSTed ("" for a job without a webhook).
+    pub url: String,
+    /// Events the receiver accepted (answered 2xx).
+    pub delivered: u64,
+    /// Attempts that failed (each retried with backoff until the farm's bound).
+    pub failures: u64,
+    /// Events given up after failing for the farm's whole retry time.
+    pub dropped: u64,
+    /// Why the latest failed attempt failed ("" before any).
+    pub last_error: String,
+    /// Whether events wait to be delivered.
+    pub pending: bool,
+    /// When the next attempt after a failure is due (0 when none waits for backoff).
+    pub next_ms: u64,
+}
+
+/// A job whose webhook has events due, claimed for delivery by one coordinator for a while
+/// ([`StateBackend::webhook_claim`]), with what the delivery needs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookClaim {
+    /// The job.
+    pub job: String,
+    /// Its tenant, whose secret signs the deliveries.
+    pub tenant: String,
+    /// Where to POST.
+    pub url: String,
+    /// The last of its events that was delivered or passed over ("" for none yet): delivery
+    /// resumes after it.
+    pub cursor: String,
+    /// Failed attempts at the event after the cursor, for the backoff.
+    pub tries: u32,
+    /// When the first of those failed (0 when none did), for the retry bound.
+    pub failing_since_ms: u64,
+}
+
+/// What became of the events a delivery attempt dealt with ([`StateBackend::webhook_advance`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WebhookStep {
+    /// None of them is a webhook event: passed over.
+    Skipped,
+    /// The receiver accepted the webhook event that ends them.
+    Delivered,
+    /// The webhook event that ends them failed for the whole retry time and is given up, for
+    /// this reason (its last attempt counts as a failure).
+    Dropped(String),
+}
+
+impl EventKind {
+    /// Whether the event is POSTed to the job's webhook: a finished result or the job's end.
+    pub fn is_webhook_event(&self) -> bool {
+        matches!(
+            self,
+            EventKind::TaskDone { is_final: true, .. } | EventKind::JobDone { .. }
+        )
+    }
+}
+
 /// A failure of the state store itself (not of a request).
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -852,6 +974,28 @@ pub trait StateBackend: Send + Sync + 'static {
     /// Cancels a job and every task of it that has not ended.
     async fn cancel(&self, job: &str, policy: &Policy, now: u64) -> StateResult<CancelOutcome>;
 
+    /// Gives `job` priority `priority`: its queued tasks move to that level at once, keeping
+    /// their fair-share position.
+    async fn set_priority(
+        &self,
+        job: &str,
+        priority: i32,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<ControlOutcome>;
+
+    /// Pauses `job`: its queued tasks are offered to no worker, and heartbeats of its running
+    /// tasks answer [`HeartbeatOutcome::Paused`], until [`StateBackend::resume`].
+    async fn pause(&self, job: &str, policy: &Policy, now: u64) -> StateResult<ControlOutcome>;
+
+    /// Resumes a paused job: its queued tasks are offered again where they were in line.
+    async fn resume(&self, job: &str, policy: &Policy, now: u64) -> StateResult<ControlOutcome>;
+
+    /// Queues again a task its holder gives back unfinished because its job was paused (after
+    /// a heartbeat with its checkpoint): neither a failure nor an expiry is counted. `false`
+    /// when the attempt no longer holds the task.
+    async fn release(&self, lease: LeaseRef<'_>, policy: &Policy, now: u64) -> StateResult<bool>;
+
     /// Up to `max` events of `job` after cursor `after` ("" from the start), waiting up to
     /// `wait` for the first one when there is none yet.
     async fn events(
@@ -871,4 +1015,44 @@ pub trait StateBackend: Send + Sync + 'static {
 
     /// Checks that the store answers.
     async fn ping(&self) -> StateResult<()>;
+
+    /// Counts a task that `sample.worker` finished at `now` in the farm's rate of its class
+    /// of work (see [`RateSample`]).
+    async fn record_rate(&self, sample: &RateSample, now: u64) -> StateResult<()>;
+
+    /// The farm's measured rates, by class of work.
+    async fn rates(&self) -> StateResult<Rates>;
+
+    /// Claims up to `limit` jobs whose webhook events are due at `now`, oldest due first, for
+    /// `lease_ms`: until then no other claim returns them, so coordinators sharing a store do
+    /// not deliver one job's events at once, and a claimer that dies only delays them.
+    async fn webhook_claim(
+        &self,
+        now: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> StateResult<Vec<WebhookClaim>>;
+
+    /// Moves `job`'s webhook cursor from `from` to event `to`, recording `step`; the job leaves
+    /// the outbox when no event follows `to`, and is due again at once otherwise. `false`
+    /// (nothing changed) when the cursor is no longer `from`: another delivery moved it.
+    async fn webhook_advance(
+        &self,
+        job: &str,
+        from: &str,
+        to: &str,
+        step: &WebhookStep,
+        now: u64,
+    ) -> StateResult<bool>;
+
+    /// Records a failed attempt at the event after `from` (`error` says why) and makes the
+    /// job due again at `retry_at`. `false` when the cursor is no longer `from`.
+    async fn webhook_failed(
+        &self,
+        job: &str,
+        from: &str,
+        error: &str,
+        retry_at: u64,
+        now: u64,
+    ) -> StateResult<bool>;
 }

@@ -7,9 +7,10 @@
 //! which is what lets the embedded backend persist a journal of operations and replay it.
 
 use super::{
-    minute_of, CancelOutcome, CompleteOutcome, CreateOutcome, Event, EventKind, FailOutcome,
-    FailVerdict, FarmStats, HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy,
-    Progress, ResultRecord, ResultState, StateCounts, TaskRecord, TaskState, WorkerRecord,
+    minute_of, CancelOutcome, CompleteOutcome, ControlOutcome, CreateOutcome, Event, EventKind,
+    FailOutcome, FailVerdict, FarmStats, HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob,
+    Policy, Progress, RateSample, Rates, ResultRecord, ResultState, StateCounts, TaskRecord,
+    TaskState, WebhookClaim, WebhookStatus, WebhookStep, WorkerRecord,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -47,6 +48,20 @@ struct Job {
     worker_failures: BTreeMap<String, u32>,
     banned: BTreeSet<String>,
     events: VecDeque<Event>,
+    /// Where its webhook deliveries are in its events.
+    #[serde(default)]
+    hook: HookCursor,
+}
+
+/// A job's place in its webhook deliveries (the `wh_` fields of the Redis job hash).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct HookCursor {
+    /// The last event delivered or passed over ("" for none).
+    cursor: String,
+    /// Failed attempts at the event after it.
+    tries: u32,
+    /// When the first of those failed (0: none did).
+    since: u64,
 }
 
 /// The whole state.
@@ -65,6 +80,16 @@ pub struct Model {
     /// Per tenant: the clock minute of its last submission and its submissions in it.
     #[serde(default)]
     submissions: BTreeMap<String, (u64, u32)>,
+    /// The farm's measured rates, by class of work (see [`Model::record_rate`]).
+    #[serde(default)]
+    rates: Rates,
+    /// Per worker: when it last finished a task, where its next sample's time starts.
+    #[serde(default)]
+    rate_clock: BTreeMap<String, u64>,
+    /// The webhook outbox: jobs with events to deliver, and when each is due (a claim moves
+    /// it to the claim's end).
+    #[serde(default)]
+    outbox: BTreeMap<String, u64>,
     /// Set by transitions that queued a task, for waking waiting lease requests.
     #[serde(skip)]
     pub queued_any: bool,
@@ -83,7 +108,7 @@ impl Model {
         record.queue_position = self
             .jobs
             .values()
-            .filter(|j| j.record.priority > record.priority)
+            .filter(|j| j.record.priority > record.priority && !j.record.paused)
             .map(|j| j.record.counts.queued)
             .sum();
         Some(record)
@@ -152,7 +177,8 @@ impl Model {
             for state in TaskState::ALL {
                 *stats.tasks.get_mut(state) += counts.get(state);
             }
-            for queue in job.queues.values() {
+            // A paused job's queue is not offered: no worker could lease it now.
+            for queue in job.queues.values().filter(|_| !job.record.paused) {
                 let Some((_, first)) = queue.first() else {
                     continue;
                 };
@@ -161,6 +187,11 @@ impl Model {
             }
         }
         stats
+    }
+
+    /// The farm's measured rates.
+    pub fn rates(&self) -> Rates {
+        self.rates.clone()
     }
 
     /// A task with everything stored about it.
@@ -234,7 +265,12 @@ impl Model {
             units_failed: 0,
             attempts: 0,
             retries: 0,
+            paused: false,
             queue_position: 0,
+            webhook: WebhookStatus {
+                url: new.webhook.clone(),
+                ..WebhookStatus::default()
+            },
         };
         self.jobs.insert(
             new.id.clone(),
@@ -250,6 +286,7 @@ impl Model {
                 worker_failures: BTreeMap::new(),
                 banned: BTreeSet::new(),
                 events: VecDeque::new(),
+                hook: HookCursor::default(),
             },
         );
         self.job_order.insert(self.job_seq, new.id.clone());
@@ -462,6 +499,7 @@ impl Model {
         }
         let (job, deadline, checkpoint_iteration) =
             (r.job.clone(), r.deadline_ms, r.checkpoint_iteration);
+        let paused = self.jobs[&job].record.paused;
         self.leases.remove(&(old, task.to_string()));
         self.leases.insert((deadline, task.to_string()));
         if let Some(w) = self.workers.get_mut(worker) {
@@ -491,6 +529,11 @@ impl Model {
                     iteration: progress.iteration,
                 },
             );
+        }
+        if paused {
+            return HeartbeatOutcome::Paused {
+                deadline_ms: deadline,
+            };
         }
         HeartbeatOutcome::Continue {
             deadline_ms: deadline,
@@ -896,20 +939,71 @@ impl Model {
                 .ended
                 .add(kind, 1);
         }
+        self.leave_rotation(id);
         let job = self.jobs.get_mut(id).expect("job exists");
         job.queues.clear();
         job.classes.clear();
-        let (prio, vt) = (job.record.priority, job.vt);
         job.record.state = JobState::Cancelled;
         job.record.finished_ms = now;
-        if let Some(set) = self.rotation.get_mut(&prio) {
-            set.remove(&(vt, id.to_string()));
-            if set.is_empty() {
-                self.rotation.remove(&prio);
-            }
-        }
         self.job_done_event(id, policy, now);
         CancelOutcome::Cancelled
+    }
+
+    /// The running job `id`, or why a change of it does not apply.
+    fn running_job(&mut self, id: &str) -> Result<&mut Job, ControlOutcome> {
+        match self.jobs.get_mut(id) {
+            None => Err(ControlOutcome::NotFound),
+            Some(job) if job.record.state != JobState::Running => {
+                Err(ControlOutcome::AlreadyEnded(job.record.state))
+            }
+            Some(job) => Ok(job),
+        }
+    }
+
+    /// Gives a running job another priority (mirrors `set_priority.lua`).
+    pub fn set_priority(&mut self, id: &str, priority: i32) -> ControlOutcome {
+        if let Err(outcome) = self.running_job(id) {
+            return outcome;
+        }
+        self.leave_rotation(id);
+        self.jobs.get_mut(id).expect("job exists").record.priority = priority;
+        self.join_rotation(id);
+        ControlOutcome::Applied
+    }
+
+    /// Pauses a running job (mirrors `pause.lua`).
+    pub fn pause(&mut self, id: &str) -> ControlOutcome {
+        if let Err(outcome) = self.running_job(id) {
+            return outcome;
+        }
+        self.leave_rotation(id);
+        self.jobs.get_mut(id).expect("job exists").record.paused = true;
+        ControlOutcome::Applied
+    }
+
+    /// Resumes a paused job (mirrors `resume.lua`).
+    pub fn resume(&mut self, id: &str) -> ControlOutcome {
+        match self.running_job(id) {
+            Ok(job) => job.record.paused = false,
+            Err(outcome) => return outcome,
+        }
+        self.join_rotation(id);
+        ControlOutcome::Applied
+    }
+
+    /// Queues again a task its holder gave back because its job was paused (mirrors
+    /// `release.lua`): like a drained worker's, it counts neither an expiry nor an error.
+    pub fn release(&mut self, lease: LeaseRef<'_>, policy: &Policy, now: u64) -> bool {
+        if self.check_held(lease).is_err() {
+            return false;
+        }
+        let tid = lease.task;
+        let deadline = self.tasks[tid].record.deadline_ms;
+        self.leases.remove(&(deadline, tid.to_string()));
+        self.release_worker(lease.worker, tid);
+        self.enqueue(tid);
+        self.requeued_event(tid, "given back: its job was paused", policy, now);
+        true
     }
 
     // ----- helpers -----------------------------------------------------------------------
@@ -999,7 +1093,36 @@ impl Model {
         *counts.get_mut(to) += 1;
     }
 
-    /// Puts a task in its job's queue and the job in the rotation of its priority.
+    /// Takes a job out of the rotation of its priority, dropping the level when it empties:
+    /// none of its tasks is offered until it joins again.
+    fn leave_rotation(&mut self, id: &str) {
+        let job = &self.jobs[id];
+        let (prio, vt) = (job.record.priority, job.vt);
+        if let Some(set) = self.rotation.get_mut(&prio) {
+            set.remove(&(vt, id.to_string()));
+            if set.is_empty() {
+                self.rotation.remove(&prio);
+            }
+        }
+    }
+
+    /// Puts a job in the rotation of its priority at its fair-share position, when it has
+    /// queued tasks and is not paused.
+    fn join_rotation(&mut self, id: &str) {
+        let job = &self.jobs[id];
+        if job.classes.is_empty() || job.record.paused {
+            return;
+        }
+        let entry = (job.vt, id.to_string());
+        self.rotation
+            .entry(job.record.priority)
+            .or_default()
+            .insert(entry);
+        self.queued_any = true;
+    }
+
+    /// Puts a task in its job's queue and the job in the rotation of its priority (unless the
+    /// job is paused).
     fn enqueue(&mut self, tid: &str) {
         self.move_task(tid, TaskState::Queued);
         let t = &self.tasks[tid];
@@ -1011,12 +1134,7 @@ impl Model {
             .or_default()
             .insert((seq, tid.to_string()));
         job.classes.insert((kind.rank(), class));
-        let entry = (job.vt, job_id);
-        self.rotation
-            .entry(job.record.priority)
-            .or_default()
-            .insert(entry);
-        self.queued_any = true;
+        self.join_rotation(&job_id);
     }
 
     fn release_worker(&mut self, worker: &str, tid: &str) {
@@ -1104,6 +1222,9 @@ impl Model {
     }
 
     fn event(&mut self, job_id: &str, now: u64, policy: &Policy, kind: EventKind) {
+        if kind.is_webhook_event() {
+            self.wake_webhook(job_id, now);
+        }
         self.event_seq += 1;
         let job = self.jobs.get_mut(job_id).expect("job exists");
         job.events.push_back(Event {
@@ -1115,5 +1236,132 @@ impl Model {
             job.events.pop_front();
         }
         self.evented = true;
+    }
+}
+
+impl Model {
+    /// Counts `sample` in its class's rate ([`RateSample`] says from when); a worker's first
+    /// finished task only starts its clock. A class that reaches
+    /// [`tessera_core::rates::RATE_WINDOW`] samples has its sums halved.
+    pub fn record_rate(&mut self, sample: &RateSample, now: u64) {
+        let Some(last) = self.rate_clock.insert(sample.worker.clone(), now) else {
+            return;
+        };
+        let rate = self.rates.entry(sample.class.clone()).or_default();
+        rate.ms += now.saturating_sub(sample.started_ms.max(last));
+        rate.amount += sample.amount;
+        rate.samples += 1;
+        if rate.samples >= tessera_core::rates::RATE_WINDOW {
+            rate.ms /= 2;
+            rate.amount /= 2;
+            rate.samples /= 2;
+        }
+    }
+}
+
+impl Model {
+    /// Puts a job with a webhook in the outbox, due now, unless it is there already (waiting
+    /// for a retry or claimed): mirrors `wake_webhook` in `common.lua`.
+    fn wake_webhook(&mut self, job_id: &str, now: u64) {
+        let job = self.jobs.get_mut(job_id).expect("job exists");
+        if job.record.webhook.url.is_empty() {
+            return;
+        }
+        job.record.webhook.pending = true;
+        self.outbox.entry(job_id.to_string()).or_insert(now);
+    }
+
+    /// Claims up to `limit` jobs due at `now` for `lease_ms` (mirrors `webhook_claim.lua`).
+    pub fn webhook_claim(&mut self, now: u64, limit: usize, lease_ms: u64) -> Vec<WebhookClaim> {
+        let mut due: Vec<(u64, String)> = self
+            .outbox
+            .iter()
+            .filter(|(_, &at)| at <= now)
+            .map(|(job, &at)| (at, job.clone()))
+            .collect();
+        due.sort();
+        due.truncate(limit);
+        due.into_iter()
+            .map(|(_, id)| {
+                self.outbox.insert(id.clone(), now + lease_ms);
+                let job = &self.jobs[&id];
+                WebhookClaim {
+                    tenant: job.record.tenant.clone(),
+                    url: job.record.webhook.url.clone(),
+                    cursor: job.hook.cursor.clone(),
+                    tries: job.hook.tries,
+                    failing_since_ms: job.hook.since,
+                    job: id,
+                }
+            })
+            .collect()
+    }
+
+    /// The job whose webhook cursor is still `from`, or `None` (mirrors `hook_at` in the
+    /// webhook scripts).
+    fn hook_at(&mut self, id: &str, from: &str) -> Option<&mut Job> {
+        self.jobs.get_mut(id).filter(|job| job.hook.cursor == from)
+    }
+
+    /// Moves a job's webhook cursor on (mirrors `webhook_advance.lua`).
+    pub fn webhook_advance(
+        &mut self,
+        id: &str,
+        from: &str,
+        to: &str,
+        step: &WebhookStep,
+        now: u64,
+    ) -> bool {
+        let Some(job) = self.hook_at(id, from) else {
+            return false;
+        };
+        job.hook = HookCursor {
+            cursor: to.to_string(),
+            ..HookCursor::default()
+        };
+        let more = job.events.back().is_some_and(|last| last.cursor != to);
+        let status = &mut job.record.webhook;
+        match step {
+            WebhookStep::Skipped => {}
+            WebhookStep::Delivered => status.delivered += 1,
+            WebhookStep::Dropped(error) => {
+                status.failures += 1;
+                status.dropped += 1;
+                status.last_error.clone_from(error);
+            }
+        }
+        status.next_ms = 0;
+        status.pending = more;
+        if more {
+            self.outbox.insert(id.to_string(), now);
+        } else {
+            self.outbox.remove(id);
+        }
+        true
+    }
+
+    /// Records a failed delivery attempt (mirrors `webhook_failed.lua`).
+    pub fn webhook_failed(
+        &mut self,
+        id: &str,
+        from: &str,
+        error: &str,
+        retry_at: u64,
+        now: u64,
+    ) -> bool {
+        let Some(job) = self.hook_at(id, from) else {
+            return false;
+        };
+        job.hook.tries += 1;
+        if job.hook.since == 0 {
+            job.hook.since = now;
+        }
+        let status = &mut job.record.webhook;
+        status.failures += 1;
+        status.last_error = error.to_string();
+        status.next_ms = retry_at;
+        status.pending = true;
+        self.outbox.insert(id.to_string(), retry_at);
+        true
     }
 }

@@ -5,20 +5,24 @@
 //! requests are woken at once wherever the task appeared. Every key and field name is in
 //! `keys.rs`, which documents them.
 
-use super::keys::{self, event, job as job_field, task as task_field, worker as worker_field};
-use super::{
-    CancelOutcome, CompleteOutcome, CreateOutcome, Event, EventKind, FailOutcome, FailVerdict,
-    FarmStats, HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy, Progress,
-    ResultRecord, ResultState, StateBackend, StateCounts, StateError, StateResult, TaskRecord,
-    TaskState, WorkerRecord,
+use super::keys::{
+    self, event, job as job_field, rate as rate_field, task as task_field, worker as worker_field,
 };
 use super::redis_link::Link;
+use super::{
+    CancelOutcome, CompleteOutcome, ControlOutcome, CreateOutcome, Event, EventKind, FailOutcome,
+    FailVerdict, FarmStats, HeartbeatOutcome, JobRecord, JobState, LeaseRef, NewJob, Policy,
+    Progress, Rate, RateSample, Rates, ResultRecord, ResultState, StateBackend, StateCounts,
+    StateError, StateResult, TaskRecord, TaskState, WebhookClaim, WebhookStatus, WebhookStep,
+    WorkerRecord,
+};
 use redis::aio::{ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::StreamReadReply;
 use redis::{AsyncConnectionConfig, Client, Script, TlsCertificates, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tessera_core::rates::RATE_WINDOW;
 use tessera_core::task::{ArtifactRef, Capabilities, KindCounts, NewTask, TaskKind};
 use tokio::sync::Notify;
 use tokio_stream::StreamExt;
@@ -39,10 +43,18 @@ struct Scripts {
     expire: Script,
     deregister_worker: Script,
     cancel: Script,
+    set_priority: Script,
+    pause: Script,
+    resume: Script,
+    release: Script,
     job: Script,
     task: Script,
     results: Script,
     stats: Script,
+    record_rate: Script,
+    webhook_claim: Script,
+    webhook_advance: Script,
+    webhook_failed: Script,
 }
 
 impl Scripts {
@@ -59,10 +71,18 @@ impl Scripts {
             expire: script(include_str!("lua/expire.lua")),
             deregister_worker: script(include_str!("lua/deregister_worker.lua")),
             cancel: script(include_str!("lua/cancel.lua")),
+            set_priority: script(include_str!("lua/set_priority.lua")),
+            pause: script(include_str!("lua/pause.lua")),
+            resume: script(include_str!("lua/resume.lua")),
+            release: script(include_str!("lua/release.lua")),
             job: script(include_str!("lua/job.lua")),
             task: script(include_str!("lua/task.lua")),
             results: script(include_str!("lua/results.lua")),
             stats: script(include_str!("lua/stats.lua")),
+            record_rate: script(include_str!("lua/record_rate.lua")),
+            webhook_claim: script(include_str!("lua/webhook_claim.lua")),
+            webhook_advance: script(include_str!("lua/webhook_advance.lua")),
+            webhook_failed: script(include_str!("lua/webhook_failed.lua")),
         }
     }
 }
@@ -223,6 +243,27 @@ impl RedisBackend {
             .map_err(unavailable(&self.address))
     }
 
+    /// Runs a script that changes a running job, reading its answer.
+    async fn control(
+        &self,
+        script: &Script,
+        args: Vec<String>,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<ControlOutcome> {
+        let reply: Vec<String> = self.run(script, now, policy.events_max, args).await?;
+        match reply.first().map(String::as_str) {
+            Some("applied") => Ok(ControlOutcome::Applied),
+            Some("missing") => Ok(ControlOutcome::NotFound),
+            Some("ended") => reply
+                .get(1)
+                .and_then(|s| JobState::parse(s))
+                .map(ControlOutcome::AlreadyEnded)
+                .ok_or_else(|| corrupt("job change reply", format!("{reply:?}"))),
+            _ => Err(corrupt("job change reply", format!("{reply:?}"))),
+        }
+    }
+
     async fn read_task(&self, id: &str) -> StateResult<Option<TaskRecord>> {
         let value: Value = self
             .run(&self.scripts.task, 0, 0, vec![id.to_string()])
@@ -338,6 +379,14 @@ fn task_args(tasks: &[NewTask], args: &mut Vec<String>) {
     }
 }
 
+/// The lease deadline in a heartbeat's reply ({verdict, deadline}).
+fn deadline(reply: &[String]) -> StateResult<u64> {
+    reply
+        .get(1)
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| corrupt("heartbeat reply", format!("{reply:?}")))
+}
+
 fn flag(b: bool) -> String {
     if b { "1" } else { "0" }.to_string()
 }
@@ -442,7 +491,46 @@ fn parse_job(id: &str, f: &Fields, queue_position: u64) -> Result<JobRecord, Str
         // Jobs stored before these counts existed have neither.
         attempts: f.num(job_field::ATTEMPTS).unwrap_or(0),
         retries: f.num(job_field::RETRIES).unwrap_or(0),
+        paused: f.str(job_field::PAUSED).is_ok_and(|p| p == "1"),
         queue_position,
+        webhook: parse_webhook(f)?,
+    })
+}
+
+/// A job's webhook status from its hash; jobs without a webhook (or from before webhooks)
+/// have none of its fields.
+fn parse_webhook(f: &Fields) -> Result<WebhookStatus, String> {
+    let count = |name: &str| match f.str(name) {
+        Ok(_) => f.num::<u64>(name),
+        Err(_) => Ok(0),
+    };
+    Ok(WebhookStatus {
+        url: f.str(job_field::WEBHOOK).unwrap_or_default().to_string(),
+        delivered: count(job_field::WH_DELIVERED)?,
+        failures: count(job_field::WH_FAILURES)?,
+        dropped: count(job_field::WH_DROPPED)?,
+        last_error: f.str(job_field::WH_ERROR).unwrap_or_default().to_string(),
+        pending: f.str(job_field::WH_PENDING).is_ok_and(|p| p == "1"),
+        next_ms: count(job_field::WH_NEXT)?,
+    })
+}
+
+/// A claimed job as `webhook_claim.lua` lists it.
+fn parse_claim(fields: Vec<String>) -> Result<WebhookClaim, String> {
+    let [job, tenant, url, cursor, tries, since]: [String; 6] = fields
+        .try_into()
+        .map_err(|f: Vec<String>| format!("a claim of {} fields, not 6", f.len()))?;
+    let number = |what: &str, text: &str| {
+        text.parse::<u64>()
+            .map_err(|e| format!("{what} '{text}' of job {job}: {e}"))
+    };
+    Ok(WebhookClaim {
+        tries: number("tries", &tries)? as u32,
+        failing_since_ms: number("failing since", &since)?,
+        job,
+        tenant,
+        url,
+        cursor,
     })
 }
 
@@ -713,6 +801,7 @@ impl StateBackend for RedisBackend {
             args.push(json(unit));
         }
         task_args(&job.tasks, &mut args);
+        args.push(job.webhook.clone());
         let created: i64 = self.run(&self.scripts.create_job, now, 0, args).await?;
         let quota = &job.quota;
         match created {
@@ -910,6 +999,8 @@ impl StateBackend for RedisBackend {
             caps.models.join(","),
             caps.device.clone(),
             caps.max_pixels.to_string(),
+            caps.max_side.to_string(),
+            caps.max_iterations.to_string(),
         ];
         let reply: Value = self
             .run(&self.scripts.lease, now, policy.events_max, args)
@@ -945,13 +1036,12 @@ impl StateBackend for RedisBackend {
             .run(&self.scripts.heartbeat, now, policy.events_max, args)
             .await?;
         match reply.first().map(String::as_str) {
-            Some("ok") => {
-                let deadline_ms = reply
-                    .get(1)
-                    .and_then(|d| d.parse().ok())
-                    .ok_or_else(|| corrupt("heartbeat reply", format!("{reply:?}")))?;
-                Ok(HeartbeatOutcome::Continue { deadline_ms })
-            }
+            Some("ok") => Ok(HeartbeatOutcome::Continue {
+                deadline_ms: deadline(&reply)?,
+            }),
+            Some("paused") => Ok(HeartbeatOutcome::Paused {
+                deadline_ms: deadline(&reply)?,
+            }),
             Some("cancelled") => Ok(HeartbeatOutcome::Cancelled),
             Some("lost") => Ok(HeartbeatOutcome::Lost),
             _ => Err(corrupt("heartbeat reply", format!("{reply:?}"))),
@@ -1074,6 +1164,40 @@ impl StateBackend for RedisBackend {
         }
     }
 
+    async fn set_priority(
+        &self,
+        job: &str,
+        priority: i32,
+        policy: &Policy,
+        now: u64,
+    ) -> StateResult<ControlOutcome> {
+        let args = vec![job.to_string(), priority.to_string()];
+        self.control(&self.scripts.set_priority, args, policy, now)
+            .await
+    }
+
+    async fn pause(&self, job: &str, policy: &Policy, now: u64) -> StateResult<ControlOutcome> {
+        self.control(&self.scripts.pause, vec![job.to_string()], policy, now)
+            .await
+    }
+
+    async fn resume(&self, job: &str, policy: &Policy, now: u64) -> StateResult<ControlOutcome> {
+        self.control(&self.scripts.resume, vec![job.to_string()], policy, now)
+            .await
+    }
+
+    async fn release(&self, lease: LeaseRef<'_>, policy: &Policy, now: u64) -> StateResult<bool> {
+        let args = vec![
+            lease.task.to_string(),
+            lease.attempt.to_string(),
+            lease.worker.to_string(),
+        ];
+        let released: i64 = self
+            .run(&self.scripts.release, now, policy.events_max, args)
+            .await?;
+        Ok(released == 1)
+    }
+
     async fn events(
         &self,
         job: &str,
@@ -1106,6 +1230,107 @@ impl StateBackend for RedisBackend {
             .map(|_| ())
             .map_err(unavailable(&self.address))
     }
+
+    async fn record_rate(&self, sample: &RateSample, now: u64) -> StateResult<()> {
+        let args = vec![
+            sample.worker.clone(),
+            sample.class.clone(),
+            sample.amount.to_string(),
+            sample.started_ms.to_string(),
+            RATE_WINDOW.to_string(),
+        ];
+        let _: String = self.run(&self.scripts.record_rate, now, 0, args).await?;
+        Ok(())
+    }
+
+    async fn webhook_claim(
+        &self,
+        now: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> StateResult<Vec<WebhookClaim>> {
+        let args = vec![limit.to_string(), lease_ms.to_string()];
+        let reply: Vec<Vec<String>> = self.run(&self.scripts.webhook_claim, now, 0, args).await?;
+        reply
+            .into_iter()
+            .map(|fields| parse_claim(fields).map_err(|d| corrupt("webhook claim", d)))
+            .collect()
+    }
+
+    async fn webhook_advance(
+        &self,
+        job: &str,
+        from: &str,
+        to: &str,
+        step: &WebhookStep,
+        now: u64,
+    ) -> StateResult<bool> {
+        let (name, error) = match step {
+            WebhookStep::Skipped => ("skipped", ""),
+            WebhookStep::Delivered => ("delivered", ""),
+            WebhookStep::Dropped(error) => ("dropped", error.as_str()),
+        };
+        let args = [job, from, to, name, error].map(str::to_string).to_vec();
+        let moved: i64 = self
+            .run(&self.scripts.webhook_advance, now, 0, args)
+            .await?;
+        Ok(moved == 1)
+    }
+
+    async fn webhook_failed(
+        &self,
+        job: &str,
+        from: &str,
+        error: &str,
+        retry_at: u64,
+        now: u64,
+    ) -> StateResult<bool> {
+        let args = vec![
+            job.to_string(),
+            from.to_string(),
+            error.to_string(),
+            retry_at.to_string(),
+        ];
+        let moved: i64 = self.run(&self.scripts.webhook_failed, now, 0, args).await?;
+        Ok(moved == 1)
+    }
+
+    async fn rates(&self) -> StateResult<Rates> {
+        let mut conn = self.link.conn();
+        let flat: Vec<String> = redis::cmd("HGETALL")
+            .arg(keys::RATES.of(&self.prefix, &[]))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable(&self.address))?;
+        parse_rates(flat).map_err(|detail| corrupt("rates", detail))
+    }
+}
+
+/// The farm's rates from the flat `rates` hash: each class's `RATE` fields.
+fn parse_rates(flat: Vec<String>) -> Result<Rates, String> {
+    let mut rates = Rates::new();
+    for pair in flat.chunks(2) {
+        let [field, value] = pair else {
+            return Err("an odd number of hash entries".into());
+        };
+        let number = || {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("field {field} is {value:?}, not a count"))
+        };
+        let (part, class): (fn(&mut Rate) -> &mut u64, _) =
+            if let Some(class) = field.strip_prefix(rate_field::MS) {
+                (|r| &mut r.ms, class)
+            } else if let Some(class) = field.strip_prefix(rate_field::AMOUNT) {
+                (|r| &mut r.amount, class)
+            } else if let Some(class) = field.strip_prefix(rate_field::SAMPLES) {
+                (|r| &mut r.samples, class)
+            } else {
+                return Err(format!("unknown field {field}"));
+            };
+        *part(rates.entry(class.to_string()).or_default()) = number()?;
+    }
+    Ok(rates)
 }
 
 #[cfg(test)]

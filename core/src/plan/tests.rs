@@ -10,6 +10,7 @@ fn request(source: JobSource) -> JobRequest {
         settings: SettingsPatch::default(),
         seeds: vec![1, 2],
         source,
+        sweeps: Vec::new(),
     }
 }
 
@@ -252,8 +253,75 @@ fn results_limit_counts_prompts_times_seeds() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "too many results (prompts x seeds): 6, the limit is 5"
+        "too many results (prompts x sweeps x seeds): 6, the limit is 5"
     );
+}
+
+#[test]
+fn sweeps_make_every_prompt_at_every_combination_labelled_and_winning_over_the_line() {
+    let mut req = request(prompts(&["a cat", "a dog"]));
+    req.sweeps = vec![
+        crate::sweep::Sweep::parse("lr=0.05,0.2").unwrap(),
+        crate::sweep::Sweep::parse("cutn=16,64").unwrap(),
+    ];
+    let JobSource::Prompts(p) = &mut req.source else {
+        unreachable!()
+    };
+    p[1].settings.cutn = Some(8);
+    p[1].settings.iterations = Some(7);
+    let plan = plan(&req).unwrap();
+    // 2 prompts x 4 combinations x 2 seeds, prompt first, then the sweeps, then the seeds.
+    assert_eq!(plan.units.len(), 16);
+    assert_eq!(plan.tasks.len(), 16);
+    let unit = &plan.units[11];
+    assert_eq!((unit.prompt_index, unit.seed), (Some(1), Some(2)));
+    assert_eq!(crate::sweep::label(&unit.sweep), "lr0.05_cutn64");
+    assert_eq!(unit.settings.learning_rate, 0.05);
+    assert_eq!(
+        unit.settings.cutn, 64,
+        "the sweep wins over the line's cutn"
+    );
+    assert_eq!(
+        unit.settings.iterations, 7,
+        "the line's other settings stay"
+    );
+    let TaskSpec::Generate { settings, .. } = &plan.tasks[11].spec else {
+        unreachable!()
+    };
+    assert_eq!(settings, &unit.settings);
+
+    // A sweep value the limits refuse names the line and the combination.
+    req.sweeps = vec![crate::sweep::Sweep::parse("iterations=10,20000").unwrap()];
+    assert_eq!(
+        plan_req_msg(&req),
+        "prompt 1, sweep iterations20000: too many iterations: 20000, the limit is 10000"
+    );
+    // The product counts against the results limit before it is made.
+    req.sweeps = vec![
+        crate::sweep::Sweep::parse("cutn=1,2,3,4,5,6,7,8,9,10").unwrap(),
+        crate::sweep::Sweep::parse("iterations=1,2,3,4,5,6,7,8,9,10").unwrap(),
+    ];
+    let few = Limits {
+        max_results: 300,
+        ..Limits::default()
+    };
+    let defaults = Settings::farm_defaults();
+    let error = plan_job("j", &req, &defaults, &ModelCatalog::default(), &few).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "too many results (prompts x sweeps x seeds): 400, the limit is 300"
+    );
+    req.sweeps
+        .push(crate::sweep::Sweep::parse("lr=1,2,3,4").unwrap());
+    let error = plan_job("j", &req, &defaults, &ModelCatalog::default(), &few).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the sweeps make 400 combinations or more; a job has at most 300 results"
+    );
+    // An upscale-only job has nothing to sweep.
+    let mut upscale = request(JobSource::Images(vec![image("a.png", 64, 64)]));
+    upscale.sweeps = vec![crate::sweep::Sweep::parse("cutn=1,2").unwrap()];
+    assert!(plan_req_msg(&upscale).contains("no render settings to sweep"));
 }
 
 #[test]
@@ -350,8 +418,22 @@ fn requirements_round_trip_through_the_queue_name_and_match_capabilities() {
     let req = plan.tasks[0].spec.requirements().unwrap();
     assert_eq!(
         req.class_key(),
-        "generate|246016||vit-b/32,vqgan-imagenet-f16-16384"
+        format!(
+            "generate|246016||vit-b/32,vqgan-imagenet-f16-16384|496|{}",
+            req.iterations
+        )
     );
+    // Queues stored before sides and iterations were in the name still read, unlimited by them.
+    let old = Requirements::from_class_key("generate|246016||vit-b/32,vqgan-imagenet-f16-16384");
+    assert_eq!(
+        old,
+        Some(Requirements {
+            side: 0,
+            iterations: 0,
+            ..req.clone()
+        })
+    );
+    assert_eq!(Requirements::from_class_key("generate|1||m|2"), None);
     assert_eq!(
         Requirements::from_class_key(&req.class_key()),
         Some(req.clone())
@@ -360,7 +442,7 @@ fn requirements_round_trip_through_the_queue_name_and_match_capabilities() {
         kinds: vec![TaskKind::Generate],
         models: vec!["ViT-B/32".into(), "vqgan_imagenet_f16_16384".into()],
         device: "cuda:0".into(),
-        max_pixels: 0,
+        ..Capabilities::default()
     }
     .normalised()
     .unwrap();
@@ -374,6 +456,10 @@ fn requirements_round_trip_through_the_queue_name_and_match_capabilities() {
     assert!(!without(&|c| c.models.pop().map(|_| ()).unwrap()));
     assert!(!without(&|c| c.max_pixels = 496 * 495));
     assert!(without(&|c| c.max_pixels = 496 * 496));
+    assert!(!without(&|c| c.max_side = 480));
+    assert!(without(&|c| c.max_side = 496));
+    assert!(!without(&|c| c.max_iterations = req.iterations - 1));
+    assert!(without(&|c| c.max_iterations = req.iterations));
     let mut on = req.clone();
     on.device = "cuda".into();
     assert!(on.satisfied_by(&caps));

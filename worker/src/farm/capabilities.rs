@@ -1,6 +1,8 @@
 //! What this worker offers the farm: every task kind, the models found in its models
 //! directory (under their own names and under the catalogue names they stand for), its device
-//! and its pixel limit. The coordinator only hands out tasks whose models are all offered.
+//! and its limits (pixels, side, iterations). The coordinator only hands out tasks whose models
+//! are all offered and that fit its limits, and refuses at submission a job no registered
+//! worker could ever run.
 
 use tessera_core::job::ModelCatalog;
 use tessera_proto::v1;
@@ -37,5 +39,67 @@ pub fn detect(models: &ModelDir, args: &FarmArgs) -> anyhow::Result<v1::Capabili
         models: names,
         device: args.device.clone(),
         max_pixels: args.max_pixels,
+        max_side: args
+            .max_side
+            .unwrap_or_else(|| side_for_memory(device_memory(&args.device))),
+        max_iterations: args.max_iterations,
     })
+}
+
+/// Device memory a VQGAN+CLIP render takes whatever its size (the networks, the optimiser,
+/// CLIP's cutouts), in bytes: with [`RENDER_BYTES_PER_PIXEL`], the line through the memory
+/// users of the reference script report (f16_16384 VQGAN, ViT-B/32, 32 cutouts, float32):
+/// 8 GB for 380x380, 10 GB for 512x512, 24 GB for 900x900.
+const RENDER_BASE_BYTES: u64 = 3_500_000_000;
+/// Device memory a render takes per pixel of its picture, in bytes (see above).
+const RENDER_BYTES_PER_PIXEL: u64 = 26_000;
+
+/// The longest side of a square render that fits in `memory` bytes, a multiple of 16 (the
+/// VQGAN's grid); 0 (no limit) when the memory is unknown.
+pub fn side_for_memory(memory: Option<u64>) -> u32 {
+    let Some(memory) = memory else { return 0 };
+    let pixels = memory.saturating_sub(RENDER_BASE_BYTES) / RENDER_BYTES_PER_PIXEL;
+    let side = (pixels as f64).sqrt() as u32 / 16 * 16;
+    side.max(16)
+}
+
+/// The memory of `device` in bytes: the machine's for `cpu` (/proc/meminfo), the GPU's for
+/// `cuda:N` (nvidia-smi); `None` when it cannot be read.
+fn device_memory(device: &str) -> Option<u64> {
+    match device.strip_prefix("cuda") {
+        None => {
+            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        }
+        Some(index) => {
+            let index = index.strip_prefix(':').unwrap_or("0");
+            let output = std::process::Command::new("nvidia-smi")
+                .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
+                .arg(format!("--id={index}"))
+                .output()
+                .ok()?;
+            let mib: u64 = String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .ok()?;
+            Some(mib * 1024 * 1024)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_for_memory;
+
+    #[test]
+    fn the_side_for_a_memory_follows_the_reference_script_s_reported_use() {
+        // The reports the line is drawn through, within a grid step or two.
+        assert_eq!(side_for_memory(Some(10_000_000_000)), 496);
+        assert_eq!(side_for_memory(Some(24_000_000_000)), 880);
+        assert_eq!(side_for_memory(Some(80_000_000_000)), 1712);
+        assert_eq!(side_for_memory(Some(1_000_000_000)), 16);
+        assert_eq!(side_for_memory(None), 0);
+    }
 }

@@ -215,6 +215,24 @@ impl Link {
         Ok(())
     }
 
+    /// Gives back, unfinished, a task whose job was paused (its checkpoint went out with the
+    /// last heartbeat), so it is queued again at once instead of when its lease runs out.
+    pub async fn release(&self, task: &v1::Task) -> Result<bool, Status> {
+        let request = v1::ReleaseTaskRequest {
+            worker_id: self.id(),
+            task_id: task.task_id.clone(),
+            attempt: task.attempt,
+        };
+        let reply = self
+            .retrying("release", || {
+                let mut client = self.client.clone();
+                let request = request.clone();
+                async move { client.release_task(request).await }
+            })
+            .await?;
+        Ok(reply.into_inner().released)
+    }
+
     /// Removes this worker from the farm; the task it holds, if any, is queued again.
     pub async fn deregister(&self) -> Result<(), Status> {
         let request = v1::DeregisterRequest {
@@ -290,20 +308,31 @@ impl Link {
     }
 
     /// Downloads one artifact whole and checks it against its length and SHA-256: a file
-    /// damaged in storage or on the way is a [`CorruptInput`] error, never used.
+    /// damaged in storage or on the way, or gone from the store (an object deleted from a
+    /// bucket), is a [`CorruptInput`] error, never used.
     pub async fn download(&self, artifact: &v1::ArtifactRef) -> anyhow::Result<Vec<u8>> {
         let request = v1::DownloadArtifactRequest {
             key: artifact.key.clone(),
             offset: 0,
         };
-        let stream = self
+        let answer = self
             .retrying("download", || {
                 let mut client = self.client.clone();
                 let request = request.clone();
                 async move { client.download_artifact(request).await }
             })
-            .await?
-            .into_inner();
+            .await;
+        let stream = match answer {
+            Ok(stream) => stream.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                return Err(CorruptInput {
+                    key: artifact.key.clone(),
+                    problem: format!("missing: {}", status.message()),
+                }
+                .into())
+            }
+            Err(status) => return Err(status.into()),
+        };
         let mut out = Vec::new();
         read_download(stream, &mut out).await?;
         check(artifact, &out)?;
@@ -353,17 +382,16 @@ pub struct Failure<'a> {
     pub corrupt_input: Option<&'a str>,
 }
 
-/// An input whose bytes are not the file the coordinator recorded: damaged in storage or on
-/// the way. Reported with the failure, so the coordinator can have the file made again.
+/// An input whose bytes are not the file the coordinator recorded (damaged in storage or on
+/// the way), or that the store no longer has. Reported with the failure, so the coordinator can
+/// have the file made again.
 #[derive(Debug, thiserror::Error)]
-#[error("input {key} is corrupt: {got} bytes with SHA-256 {got_sha256}, expected {size} bytes with SHA-256 {sha256}")]
+#[error("input {key} is {problem}")]
 pub struct CorruptInput {
     /// Its artifact key.
     pub key: String,
-    size: u64,
-    sha256: String,
-    got: usize,
-    got_sha256: String,
+    /// What is wrong with it.
+    problem: String,
 }
 
 /// Checks downloaded `data` against what the coordinator recorded of `artifact`.
@@ -373,10 +401,13 @@ fn check(artifact: &v1::ArtifactRef, data: &[u8]) -> Result<(), CorruptInput> {
     }
     Err(CorruptInput {
         key: artifact.key.clone(),
-        size: artifact.size,
-        sha256: artifact.sha256.clone(),
-        got: data.len(),
-        got_sha256: sha256_hex(data),
+        problem: format!(
+            "corrupt: {} bytes with SHA-256 {}, expected {} bytes with SHA-256 {}",
+            data.len(),
+            sha256_hex(data),
+            artifact.size,
+            artifact.sha256
+        ),
     })
 }
 

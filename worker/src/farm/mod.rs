@@ -56,6 +56,14 @@ pub struct FarmArgs {
     /// Largest picture this worker takes, in pixels (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_pixels: u64,
+    /// Longest side of a picture this worker renders (0: no limit). Unset: what the device's
+    /// memory holds for a render, by the reference script's known memory use.
+    #[arg(long, env = "TESSERA_MAX_SIDE")]
+    pub max_side: Option<u32>,
+    /// Most optimiser iterations a render may run on this worker (0: no limit), e.g. for
+    /// workers lent for a short time.
+    #[arg(long, env = "TESSERA_MAX_ITERATIONS", default_value_t = 0)]
+    pub max_iterations: u32,
     /// Append one JSON line per task to this file: how long its lease request, input
     /// downloads, work and hand-back took. `tessera-bench farm` reads these to show what the
     /// farm adds to the work.

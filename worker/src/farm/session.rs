@@ -370,8 +370,19 @@ impl Session {
                     checkpoint: Some(checkpoint),
                     ..Report::default()
                 };
-                if let Held::No(why) = self.beat(task, &mut last).await? {
-                    say_dropped(task, &why);
+                match self.beat(task, &mut last).await? {
+                    Held::No(why) => say_dropped(task, &why),
+                    // A draining worker's tasks go back when it deregisters; a task paused
+                    // with its job goes back now.
+                    _ if stop.is_cancelled() => {}
+                    _ => {
+                        if self.link.release(task).await? {
+                            eprintln!(
+                                "tessera-worker: task {} given back: its job was paused",
+                                task.task_id
+                            );
+                        }
+                    }
                 }
             }
             Err(error) => self.report_failure(task, &error).await?,
@@ -518,10 +529,16 @@ impl Session {
                     continue;
                 }
             };
-            if let Held::No(why) = held {
-                abort.store(true, Ordering::Relaxed);
-                say_dropped(task, &why);
-                return Ok(Outcome::Abandoned);
+            match held {
+                Held::Yes => {}
+                // A render stops at its next iteration and is checkpointed (then given back by
+                // `run`); shorter work finishes.
+                Held::Paused => drain.store(true, Ordering::Relaxed),
+                Held::No(why) => {
+                    abort.store(true, Ordering::Relaxed);
+                    say_dropped(task, &why);
+                    return Ok(Outcome::Abandoned);
+                }
             }
         }
     }
@@ -567,6 +584,8 @@ impl Session {
 enum Held {
     /// Its lease was renewed: the work goes on.
     Yes,
+    /// Its lease was renewed but its job is paused: a render stops and gives the task back.
+    Paused,
     /// It is not, and why: the work stops and nothing of it is handed back.
     No(String),
 }
@@ -576,6 +595,7 @@ impl Held {
     fn after(verdict: v1::HeartbeatVerdict) -> Held {
         match verdict {
             v1::HeartbeatVerdict::Continue => Held::Yes,
+            v1::HeartbeatVerdict::Paused => Held::Paused,
             v1::HeartbeatVerdict::LeaseLost => Held::No("lease lost".into()),
             v1::HeartbeatVerdict::Cancelled => Held::No("its job was cancelled".into()),
             other => Held::No(format!("the coordinator answered {other:?}")),

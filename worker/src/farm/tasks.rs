@@ -246,7 +246,8 @@ pub enum Outcome {
     Output(Vec<u8>),
     /// Nothing: the task was cancelled or its lease ended (another worker may hold it now).
     Abandoned,
-    /// A render stopped early because this worker drains: its checkpoint, for the next worker.
+    /// A render stopped early because this worker drains or its job was paused: its
+    /// checkpoint, for the next attempt.
     Paused {
         /// The render's state after `iteration` iterations.
         checkpoint: Vec<u8>,

@@ -2,7 +2,7 @@
 local function main()
   local job = ARGV[3]
   local jk = KEY.job(job)
-  local state, prio = unpack(redis.call('HMGET', jk, JOB.state, JOB.priority))
+  local state = redis.call('HGET', jk, JOB.state)
   if not state then return { 'missing' } end
   if state ~= 'running' then return { 'ended', state } end
   for _, tid in ipairs(redis.call('LRANGE', KEY.tasks(job), 0, -1)) do
@@ -17,12 +17,11 @@ local function main()
       redis.call('HINCRBY', jk, JOB.ended .. kind, 1)
     end
   end
+  leave_rotation(job)
   for _, class in ipairs(redis.call('ZRANGE', KEY.classes(job), 0, -1)) do
     redis.call('DEL', KEY.queue(job, class))
   end
   redis.call('DEL', KEY.classes(job))
-  redis.call('ZREM', KEY.rotation(prio), job)
-  if redis.call('ZCARD', KEY.rotation(prio)) == 0 then redis.call('ZREM', KEY.priorities, prio) end
   redis.call('HSET', jk, JOB.state, 'cancelled', JOB.finished_ms, int(NOW))
   job_done_event(job)
   return { 'cancelled' }

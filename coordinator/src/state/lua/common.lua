@@ -14,7 +14,28 @@ local woke = false
 
 local function int(n) return string.format('%d', n) end
 
+-- Puts a job with a webhook in the outbox (KEY.webhooks), due now, unless it is there already
+-- (waiting for a retry or claimed) (Model::wake_webhook).
+local function wake_webhook(job)
+  local jk = KEY.job(job)
+  if (redis.call('HGET', jk, JOB.webhook) or '') == '' then return end
+  redis.call('HSET', jk, JOB.wh_pending, '1')
+  redis.call('ZADD', KEY.webhooks, 'NX', int(NOW), job)
+end
+
+-- Whether an event is POSTed to its job's webhook: a finished result or the job's end
+-- (EventKind::is_webhook_event).
+local function is_webhook_event(kind, fields)
+  if kind == 'job_done' then return true end
+  if kind ~= 'task_done' then return false end
+  for i = 1, #fields - 1, 2 do
+    if fields[i] == EVENT.final then return fields[i + 1] == '1' end
+  end
+  return false
+end
+
 local function event(job, kind, fields)
+  if is_webhook_event(kind, fields) then wake_webhook(job) end
   local args = { 'XADD', KEY.events(job), 'MAXLEN', EVENTS_MAX, '*', EVENT.kind, kind, EVENT.time,
     int(NOW) }
   for i = 1, #fields do args[#args + 1] = fields[i] end
@@ -37,16 +58,40 @@ local function move_task(tid, job, from, to)
   redis.call('HINCRBY', KEY.counts, to, 1)
 end
 
+-- Takes a job out of the rotation of its priority, dropping the level when it empties: none of
+-- its tasks is offered until it joins again (Model::leave_rotation).
+local function leave_rotation(job)
+  local prio = redis.call('HGET', KEY.job(job), JOB.priority)
+  redis.call('ZREM', KEY.rotation(prio), job)
+  if redis.call('ZCARD', KEY.rotation(prio)) == 0 then redis.call('ZREM', KEY.priorities, prio) end
+end
+
+-- Puts a job in the rotation of its priority at its fair-share position, when it has queued
+-- tasks and is not paused (Model::join_rotation).
+local function join_rotation(job)
+  local prio, vt, paused = unpack(redis.call('HMGET', KEY.job(job), JOB.priority, JOB.vt,
+    JOB.paused))
+  if paused == '1' or redis.call('ZCARD', KEY.classes(job)) == 0 then return end
+  redis.call('ZADD', KEY.rotation(prio), 'NX', vt, job)
+  redis.call('ZADD', KEY.priorities, prio, prio)
+  woke = true
+end
+
+-- The reply of a change to job `job` that is not running ({'missing'} or {'ended', state}),
+-- or nil when it is running (Model::running_job).
+local function not_running(job)
+  local state = redis.call('HGET', KEY.job(job), JOB.state)
+  if not state then return { 'missing' } end
+  if state ~= 'running' then return { 'ended', state } end
+end
+
 local function enqueue(tid)
   local job, class, seq, kind, state = unpack(redis.call('HMGET', KEY.task(tid), TASK.job,
     TASK.class, TASK.seq, TASK.kind, TASK.state))
   move_task(tid, job, state, 'queued')
-  local prio, vt = unpack(redis.call('HMGET', KEY.job(job), JOB.priority, JOB.vt))
   redis.call('ZADD', KEY.queue(job, class), seq, tid)
   redis.call('ZADD', KEY.classes(job), RANK[kind], class)
-  redis.call('ZADD', KEY.rotation(prio), 'NX', vt, job)
-  redis.call('ZADD', KEY.priorities, prio, prio)
-  woke = true
+  join_rotation(job)
 end
 
 -- A follow-up planned again by a task that ran again (its output was corrupt): an upscale tile
@@ -199,4 +244,11 @@ local function read_task(tid)
   if #fields == 0 then return false end
   return { fields, redis.call('LRANGE', KEY.errors(tid), 0, -1),
     redis.call('HGETALL', KEY.inputs(tid)) }
+end
+
+-- Whether job `job` exists with its webhook cursor at `from`: the check that lets only the
+-- delivery that read the cursor move it (Model::hook_at).
+local function hook_at(job, from)
+  local state, cursor = unpack(redis.call('HMGET', KEY.job(job), JOB.state, JOB.wh_cursor))
+  return state and (cursor or '') == from
 end

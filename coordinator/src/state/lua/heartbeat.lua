@@ -1,7 +1,8 @@
 -- heartbeat: ARGV[3] task, [4] attempt, [5] worker, [6] lease ms, [7] iteration,
 -- [8] iterations, [9] loss ('' for none), [10] checkpoint JSON ('' for none),
 -- [11] checkpoint iteration, [12] preview stored (0/1).
--- Returns {'ok', deadline}, {'cancelled'} or {'lost'}.
+-- Returns {'ok', deadline}, {'paused', deadline} (renewed, but the job is paused: a render
+-- gives the task back), {'cancelled'} or {'lost'}.
 local function main()
   local tid, attempt, worker, lease_ms = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
   local iteration, iterations, loss = ARGV[7], ARGV[8], ARGV[9]
@@ -28,5 +29,6 @@ local function main()
   if preview == '1' then
     event(job, 'preview', { EVENT.task, tid, EVENT.attempt, attempt, EVENT.iteration, iteration })
   end
+  if redis.call('HGET', KEY.job(job), JOB.paused) == '1' then return { 'paused', deadline } end
   return { 'ok', deadline }
 end

@@ -1,19 +1,32 @@
 -- lease: ARGV[3] worker, [4] lease ms, [5] kinds (comma-separated), [6] models (normalised,
--- comma-separated), [7] device, [8] max pixels (0: any). Returns the leased task (read_task)
--- or nil. Order: priorities high to low; jobs of one priority by fair-share position (new jobs
+-- comma-separated), [7] device, [8] max pixels, [9] max side, [10] max iterations (each 0:
+-- any). Returns the leased task (read_task) or nil. Order: priorities high to low; jobs of one priority by fair-share position (new jobs
 -- first in submission order, then least recently served); a job's queues by kind rank.
 local function main()
   local worker, lease_ms = ARGV[3], tonumber(ARGV[4])
   local kinds, models = {}, {}
   for k in string.gmatch(ARGV[5], '[^,]+') do kinds[k] = true end
   for m in string.gmatch(ARGV[6], '[^,]+') do models[m] = true end
-  local device, max_pixels = ARGV[7], tonumber(ARGV[8])
+  local device = ARGV[7]
+  local limits = { tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]) }
 
-  -- Mirrors Requirements::satisfied_by on a queue name kind|pixels|device|models.
+  -- Whether `needed` fits under `limit` (0: no limit).
+  local function within(needed, limit)
+    return limit == 0 or tonumber(needed) <= limit
+  end
+
+  -- Mirrors Requirements::satisfied_by on a queue name kind|pixels|device|models|side|iterations
+  -- (or kind|pixels|device|models, stored before sides and iterations: neither limits it).
   local function fits(class)
-    local kind, pixels, dev, needed = string.match(class, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
-    if not kind or not kinds[kind] then return false end
-    if max_pixels > 0 and tonumber(pixels) > max_pixels then return false end
+    local parts = {}
+    for part in string.gmatch(class .. '|', '([^|]*)|') do parts[#parts + 1] = part end
+    local kind, pixels, dev, needed = parts[1], parts[2], parts[3], parts[4]
+    local side, iterations = parts[5] or '0', parts[6] or '0'
+    if not kinds[kind] then return false end
+    if not (within(pixels, limits[1]) and within(side, limits[2])
+        and within(iterations, limits[3])) then
+      return false
+    end
     if dev ~= '' and device ~= dev and string.sub(device, 1, #dev + 1) ~= dev .. ':' then
       return false
     end
