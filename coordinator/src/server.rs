@@ -115,6 +115,7 @@ async fn open_backend_waiting(
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let backend = open_backend_waiting(&config, &shutdown).await?;
     let store = ArtifactStore::open(&config.store, config.max_artifact_bytes)?;
+    store.check().await?;
     let auth = match &config.auth_file {
         Some(path) => Some(Arc::new(Auth::load(path)?)),
         None => None,

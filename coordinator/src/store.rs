@@ -11,7 +11,7 @@ use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::prefix::PrefixStore;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 
 use std::sync::Arc;
 use tessera_core::task::{sha256_hex, ArtifactRef};
@@ -62,45 +62,174 @@ fn backend(e: object_store::Error) -> StoreError {
     }
 }
 
+/// Uploads larger than this go up as multipart uploads in parts of this size, so a large
+/// picture or checkpoint is not one request that a dropped connection restarts from zero.
+/// S3 takes parts of 5 MiB and more.
+pub const MULTIPART_ABOVE: usize = 8 << 20;
+
+/// How the S3 client retries a request: a few quick tries, then the error goes back to the
+/// caller (a worker's upload or download, which retries with its own backoff), so an
+/// unreachable endpoint is reported in a second or two instead of after object_store's default
+/// of three minutes per request.
+#[cfg(feature = "s3")]
+fn s3_retry() -> object_store::RetryConfig {
+    object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+/// Opens `s3://bucket/prefix` with the `AWS_*` environment variables, and says where it
+/// lives (the endpoint, for S3-compatible stores) for error messages.
+#[cfg(feature = "s3")]
+fn open_s3(
+    spec: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Arc<dyn ObjectStore>, String), String> {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let builder = vars
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("AWS_"))
+        .filter_map(|(name, value)| Some((name.to_ascii_lowercase().parse().ok()?, value)))
+        .fold(AmazonS3Builder::new(), |b, (key, value)| {
+            b.with_config(key, value)
+        })
+        .with_url(spec)
+        .with_retry(s3_retry());
+    let endpoint = builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_else(|| "AWS".to_string());
+    let store = builder.build().map_err(|e| e.to_string())?;
+    let url = url::Url::parse(spec).map_err(|e| e.to_string())?;
+    let prefix = StorePath::from_url_path(url.path()).map_err(|e| e.to_string())?;
+    Ok((
+        prefixed(Arc::new(store), prefix),
+        format!("{spec} at {endpoint}"),
+    ))
+}
+
+/// Without the `s3` feature, an `s3://` store cannot be opened; says how to get one.
+#[cfg(not(feature = "s3"))]
+fn open_s3(
+    _: &str,
+    _: impl IntoIterator<Item = (String, String)>,
+) -> Result<(Arc<dyn ObjectStore>, String), String> {
+    Err("S3 needs a coordinator built with `--features s3`".to_string())
+}
+
+/// `store` seen from under `prefix` (the store itself for an empty prefix).
+fn prefixed(store: Arc<dyn ObjectStore>, prefix: StorePath) -> Arc<dyn ObjectStore> {
+    if prefix.as_ref().is_empty() {
+        store
+    } else {
+        Arc::new(PrefixStore::new(store, prefix))
+    }
+}
+
+/// What a store's refusal at start means, from the S3 error code in its answer: a missing
+/// bucket and refused credentials are told apart, so the operator knows what to fix.
+fn explain_refusal(error: &str) -> String {
+    let cause = [
+        (
+            "NoSuchBucket",
+            "the bucket does not exist: create it, or fix the bucket in the store URL",
+        ),
+        (
+            "InvalidAccessKeyId",
+            "the store does not know the access key: check AWS_ACCESS_KEY_ID",
+        ),
+        (
+            "SignatureDoesNotMatch",
+            "the secret key is wrong: check AWS_SECRET_ACCESS_KEY",
+        ),
+        (
+            "AccessDenied",
+            "the credentials may not list the bucket: check their policy",
+        ),
+    ]
+    .into_iter()
+    .find(|(code, _)| error.contains(code));
+    match cause {
+        Some((code, what)) => format!("{what} ({code}): {error}"),
+        None => error.to_string(),
+    }
+}
+
 /// The coordinator's artifact store.
 #[derive(Clone, Debug)]
 pub struct ArtifactStore {
     inner: Arc<dyn ObjectStore>,
     max_bytes: u64,
+    /// What errors name: the directory, or the URL with the S3 endpoint.
+    location: Arc<str>,
 }
 
 impl ArtifactStore {
     /// Opens `spec`: a directory path (created if missing), or a URL (`file:///dir`,
     /// `memory://`, or `s3://bucket/prefix` with the `s3` feature, configured by the usual
-    /// `AWS_*` environment variables). Uploads larger than `max_bytes` are refused.
+    /// `AWS_*` environment variables). Uploads larger than `max_bytes` are refused. Nothing is
+    /// asked of the store yet: [`ArtifactStore::check`] does that.
     pub fn open(spec: &str, max_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(spec, max_bytes, std::env::vars())
+    }
+
+    /// [`ArtifactStore::open`] with the `AWS_*` settings taken from `vars` instead of the
+    /// process's environment, so stores of different endpoints can be opened side by side.
+    pub fn open_with(
+        spec: &str,
+        max_bytes: u64,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open {
             spec: spec.to_string(),
             reason,
         };
-        let inner: Arc<dyn ObjectStore> = if spec.contains("://") {
+        let (inner, location): (Arc<dyn ObjectStore>, String) = if spec.starts_with("s3://") {
+            open_s3(spec, vars).map_err(open_error)?
+        } else if spec.contains("://") {
             let url = url::Url::parse(spec).map_err(|e| open_error(e.to_string()))?;
-            let options = std::env::vars()
-                .filter(|(k, _)| k.starts_with("AWS_"))
-                .map(|(k, v)| (k.to_ascii_lowercase(), v));
-            let (store, prefix) = object_store::parse_url_opts(&url, options).map_err(|e| {
-                open_error(format!(
-                    "{e} (S3 needs a coordinator built with `--features s3`)"
-                ))
-            })?;
-            if prefix.as_ref().is_empty() {
-                Arc::from(store)
-            } else {
-                Arc::new(PrefixStore::new(store, prefix))
-            }
+            let (store, prefix) =
+                object_store::parse_url(&url).map_err(|e| open_error(e.to_string()))?;
+            (prefixed(Arc::from(store), prefix), spec.to_string())
         } else {
             std::fs::create_dir_all(spec).map_err(|e| open_error(e.to_string()))?;
             let local =
                 LocalFileSystem::new_with_prefix(spec).map_err(|e| open_error(e.to_string()))?;
             // A deleted upload leaves no empty directory behind.
-            Arc::new(local.with_automatic_cleanup(true))
+            (
+                Arc::new(local.with_automatic_cleanup(true)),
+                spec.to_string(),
+            )
         };
-        Ok(ArtifactStore { inner, max_bytes })
+        Ok(ArtifactStore {
+            inner,
+            max_bytes,
+            location: location.into(),
+        })
+    }
+
+    /// Asks the store for its top level once, so a coordinator whose bucket is missing or whose
+    /// credentials are refused says which at start instead of failing every upload later.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        match self.inner.list_with_delimiter(None).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(StoreError::Open {
+                spec: self.location.to_string(),
+                reason: explain_refusal(&e.to_string()),
+            }),
+        }
+    }
+
+    /// A store failure, naming the store (and for S3 its endpoint) so an operator reading the
+    /// log knows which service is down.
+    fn backend(&self, e: object_store::Error) -> StoreError {
+        match backend(e) {
+            StoreError::Backend(reason) => {
+                StoreError::Backend(format!("{}: {reason}", self.location))
+            }
+            other => other,
+        }
     }
 
     /// Largest upload accepted.
@@ -115,10 +244,23 @@ impl ArtifactStore {
             return Err(StoreError::TooLarge(self.max_bytes));
         }
         let artifact = describe(key, &data);
-        self.inner
-            .put(&StorePath::from(key), PutPayload::from_bytes(data))
-            .await
-            .map_err(backend)?;
+        let path = StorePath::from(key);
+        if data.len() <= MULTIPART_ABOVE {
+            let payload = PutPayload::from_bytes(data);
+            self.inner
+                .put(&path, payload)
+                .await
+                .map_err(|e| self.backend(e))?;
+        } else {
+            let upload = self
+                .inner
+                .put_multipart(&path)
+                .await
+                .map_err(|e| self.backend(e))?;
+            let mut parts = WriteMultipart::new_with_chunk_size(upload, MULTIPART_ABOVE);
+            parts.put(data);
+            parts.finish().await.map_err(|e| self.backend(e))?;
+        }
         Ok(artifact)
     }
 
@@ -135,7 +277,7 @@ impl ArtifactStore {
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
         match self.inner.delete(&StorePath::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(self.backend(e)),
         }
     }
 
@@ -144,16 +286,16 @@ impl ArtifactStore {
         match self.inner.head(&StorePath::from(key)).await {
             Ok(meta) => Ok(meta.size),
             Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound(key.into())),
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(self.backend(e)),
         }
     }
 
     /// The whole content of `key`.
     pub async fn read(&self, key: &str) -> Result<Bytes, StoreError> {
         match self.inner.get(&StorePath::from(key)).await {
-            Ok(r) => r.bytes().await.map_err(backend),
+            Ok(r) => r.bytes().await.map_err(|e| self.backend(e)),
             Err(object_store::Error::NotFound { .. }) => Err(StoreError::NotFound(key.into())),
-            Err(e) => Err(backend(e)),
+            Err(e) => Err(self.backend(e)),
         }
     }
 
@@ -171,10 +313,14 @@ impl ArtifactStore {
             .inner
             .get_opts(&StorePath::from(key), options)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.backend(e))?;
+        let store = self.clone();
         Ok((
             size,
-            Box::pin(got.into_stream().map(|r| r.map_err(backend))),
+            Box::pin(
+                got.into_stream()
+                    .map(move |r| r.map_err(|e| store.backend(e))),
+            ),
         ))
     }
 }

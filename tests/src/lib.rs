@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tempfile::TempDir;
 
+pub mod deploy;
 pub mod follow;
 pub mod hosts;
 pub mod jobs;
 pub mod netns;
 pub mod otlp;
+pub mod prometheus;
 pub mod protocol;
+pub mod s3;
 pub mod scrape;
 pub mod tls;
 
@@ -109,17 +112,7 @@ impl RedisServer {
     }
 
     fn wait_listening(&mut self) -> anyhow::Result<()> {
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("redis-server exited at start: {status}");
-            }
-            if start.elapsed() > START_TIMEOUT {
-                bail!("redis-server did not listen on port {} in time", self.port);
-            }
-            std::thread::yield_now();
-        }
-        Ok(())
+        wait_listening(&mut self.child, self.port, "redis-server")
     }
 
     /// The `redis://` URL of database 0.
@@ -133,6 +126,53 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until `child` (called `name` in errors) accepts connections on loopback `port`;
+/// fails when it exits first or takes longer than a service may to start.
+pub fn wait_listening(child: &mut Child, port: u16, name: &str) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait()? {
+            bail!("{name} exited at start: {status}");
+        }
+        if start.elapsed() > START_TIMEOUT {
+            bail!("{name} did not listen on port {port} in time");
+        }
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
+/// A program the tests need that `scripts/setup.sh` installs under `.deps/` (e.g.
+/// `venv/bin/moto_server`), or an error naming it and how to get it, so a machine without it
+/// fails the test instead of skipping it.
+pub fn dependency(relative: &str) -> anyhow::Result<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../.deps")
+        .join(relative);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: run scripts/setup.sh, which installs it",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A program the tests run from the system's `PATH` (a Debian package), or an error naming it
+/// and the package that has it.
+pub fn system_tool(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .with_context(|| {
+            format!(
+                "{name} is not installed: run scripts/setup.sh, which installs Debian's {package}"
+            )
+        })
 }
 
 /// A Tessera binary built by the same `cargo` invocation as the running test or benchmark:

@@ -31,18 +31,51 @@ pub struct Scrape {
 /// GETs `http://addr{path}` (plain HTTP/1.1, as Prometheus and Kubernetes probes do) and
 /// returns the response's head and body; an answer slower than 30 s is an error.
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(String, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let (head, body) = exchange(addr, request.as_bytes())?;
+    Ok((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One HTTP/1.0 request (so the answer is never chunked) of `method` on `path` with `headers`
+/// and `body`; returns the status code, the head and the body. For the test servers'
+/// own HTTP APIs (Prometheus' queries, an S3 server's buckets).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> anyhow::Result<(u16, String, Vec<u8>)> {
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    let (head, body) = exchange(addr, &bytes)?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("{method} {path} on {addr}: no status in {head:?}"))?;
+    Ok((status, head, body))
+}
+
+/// Sends `request` and reads the whole answer (the server closes the connection), split into
+/// its head and body.
+fn exchange(addr: SocketAddr, request: &[u8]) -> anyhow::Result<(String, Vec<u8>)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
+    stream.write_all(request)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
         .context("an HTTP response has a head")?;
-    Ok((head.to_string(), body.to_string()))
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    Ok((head, response[end + 4..].to_vec()))
 }
 
 impl Scrape {

@@ -189,6 +189,12 @@ pub fn models() -> TempDir {
 /// knows the tiny models; `extra` names its state backend (`--embedded` or `--redis URL`) and
 /// any other flags.
 pub fn coordinator_on(listen: &str, store: &Path, extra: &[&str]) -> Service {
+    Service::start(coordinator_command(listen, store.as_os_str(), extra)).unwrap()
+}
+
+/// The command [`coordinator_on`] runs, for a test that adds to it (e.g. the `AWS_*`
+/// variables of an S3 store); `store` is a directory or a store URL.
+pub fn coordinator_command(listen: &str, store: &std::ffi::OsStr, extra: &[&str]) -> Command {
     let mut command = Command::new(binary("tessera-coordinator").unwrap());
     command
         .args(["--listen", listen, "--store"])
@@ -197,7 +203,7 @@ pub fn coordinator_on(listen: &str, store: &Path, extra: &[&str]) -> Service {
         .args(["--clip-models", "vit", "--vqgan-models", "vq"])
         .args(["--upscale-models", "tiny-sr:4"])
         .env("RUST_LOG", "warn");
-    Service::start(command).unwrap()
+    command
 }
 
 /// A job of `prompts` prompts x 2 seeds, each a 32x32 render of 3 iterations upscaled x4 in
