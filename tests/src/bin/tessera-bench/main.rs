@@ -9,6 +9,12 @@
 //!     cargo build --release -p tessera-coordinator -p tessera-tests
 //!     target/release/tessera-bench coordinator --clients 1,10,100 --tasks 3000
 //!
+//! `tessera-bench hosts` runs the same clients against two coordinators on hosts of their own
+//! (network namespaces, `tessera_tests::hosts`: Redis under Sentinel, HAProxy in front, the
+//! clients on a client host), so each call crosses real links and the balancer; it needs root.
+//!
+//!     target/release/tessera-bench hosts --clients 1,10,100 --tasks 3000
+//!
 //! `tessera-bench farm` measures what the farm adds to real work: for each worker count it
 //! starts a coordinator and that many real `tessera-worker` processes, submits an upscale job
 //! of small pictures (four tile tasks and a stitch per picture, on the real Real-ESRGAN
@@ -24,8 +30,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use tessera_proto::access::Access;
 use tessera_proto::v1;
 use tessera_proto::v1::jobs_client::JobsClient;
+use tessera_tests::hosts::{Farm, FarmSpec};
 use tessera_tests::protocol::ProtocolWorker;
 use tessera_tests::{binary, RedisServer, Service};
 
@@ -49,6 +57,15 @@ enum Target {
         #[arg(long, default_value_t = 3000)]
         tasks: usize,
     },
+    /// Lease/complete throughput and latency through two coordinators on hosts of their own.
+    Hosts {
+        /// Concurrent protocol clients per row.
+        #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
+        clients: Vec<usize>,
+        /// Tasks per row.
+        #[arg(long, default_value_t = 3000)]
+        tasks: usize,
+    },
     /// The farm's overhead around real tasks on real worker processes.
     Farm(farm::FarmBench),
 }
@@ -57,6 +74,7 @@ enum Target {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().target {
         Target::Coordinator { clients, tasks } => bench_coordinator(&clients, tasks).await,
+        Target::Hosts { clients, tasks } => bench_hosts(&clients, tasks),
         Target::Farm(args) => farm::run(&args).await,
     }
 }
@@ -68,8 +86,8 @@ struct Timings {
     finish: Vec<Duration>,
 }
 
-async fn bench_coordinator(clients: &[usize], tasks: usize) -> anyhow::Result<()> {
-    let program = binary("tessera-coordinator")?;
+/// Prints the table's heading.
+fn heading(tasks: usize) {
     println!("{tasks} tasks per row; each client leases, uploads a 16x16 PNG and completes");
     println!(
         "{:>9} {:>8} {:>10} {:>14} {:>14} {:>15} {:>15}",
@@ -81,6 +99,23 @@ async fn bench_coordinator(clients: &[usize], tasks: usize) -> anyhow::Result<()
         "finish p50 ms",
         "finish p99 ms"
     );
+}
+
+/// Prints one row of the table.
+fn row(state: &str, n: usize, tasks: usize, elapsed: Duration, timings: &Timings) {
+    let rate = tasks as f64 / elapsed.as_secs_f64();
+    println!(
+        "{state:>9} {n:>8} {rate:>10.0} {:>14.2} {:>14.2} {:>15.2} {:>15.2}",
+        percentile(&timings.lease, 0.50),
+        percentile(&timings.lease, 0.99),
+        percentile(&timings.finish, 0.50),
+        percentile(&timings.finish, 0.99),
+    );
+}
+
+async fn bench_coordinator(clients: &[usize], tasks: usize) -> anyhow::Result<()> {
+    let program = binary("tessera-coordinator")?;
+    heading(tasks);
     for backend in ["redis", "embedded"] {
         for &n in clients {
             let store = tempfile::TempDir::new()?;
@@ -95,26 +130,37 @@ async fn bench_coordinator(clients: &[usize], tasks: usize) -> anyhow::Result<()
                 None => command.arg("--embedded"),
             };
             let service = Service::start(command)?;
-            let (elapsed, timings) = run_row(&service, n, tasks)
+            let (elapsed, timings) = run_row(&service.url(), n, tasks)
                 .await
                 .with_context(|| format!("{backend} with {n} clients:\n{}", service.log()))?;
-            let rate = tasks as f64 / elapsed.as_secs_f64();
-            println!(
-                "{backend:>9} {n:>8} {rate:>10.0} {:>14.2} {:>14.2} {:>15.2} {:>15.2}",
-                percentile(&timings.lease, 0.50),
-                percentile(&timings.lease, 0.99),
-                percentile(&timings.finish, 0.50),
-                percentile(&timings.finish, 0.99),
-            );
+            row(backend, n, tasks, elapsed, &timings);
         }
+    }
+    Ok(())
+}
+
+/// The rows of `bench_coordinator` on two coordinators behind HAProxy on hosts of their own,
+/// on a Redis under Sentinel: a fresh farm per row, the clients on the client host.
+fn bench_hosts(clients: &[usize], tasks: usize) -> anyhow::Result<()> {
+    heading(tasks);
+    for &n in clients {
+        let spec = FarmSpec {
+            workers: 0,
+            coordinator_flags: vec![],
+            worker_flags: vec![],
+        };
+        let farm = Farm::start(&spec)?;
+        let url = farm.url();
+        let (elapsed, timings) = farm.client.block_on(run_row(&url, n, tasks))??;
+        row("hosts", n, tasks, elapsed, &timings);
     }
     Ok(())
 }
 
 /// Submits one job of `tasks` renders and lets `n` clients work it off; returns the wall time
 /// from the first lease to the last completion and every client's timings.
-async fn run_row(service: &Service, n: usize, tasks: usize) -> anyhow::Result<(Duration, Timings)> {
-    let mut jobs = JobsClient::connect(service.url()).await?;
+async fn run_row(url: &str, n: usize, tasks: usize) -> anyhow::Result<(Duration, Timings)> {
+    let mut jobs = JobsClient::connect(url.to_string()).await?;
     let prompts: String = (0..tasks).map(|i| format!("prompt {i}\n")).collect();
     let spec = v1::JobSpec {
         name: "bench".into(),
@@ -132,7 +178,8 @@ async fn run_row(service: &Service, n: usize, tasks: usize) -> anyhow::Result<(D
         .await?;
     let mut workers = Vec::with_capacity(n);
     for i in 0..n {
-        workers.push(ProtocolWorker::register(service, &format!("bench-{i}")).await);
+        let name = format!("bench-{i}");
+        workers.push(ProtocolWorker::register_at(url, &Access::default(), &name).await);
     }
     let start = Instant::now();
     let handles: Vec<_> = workers
