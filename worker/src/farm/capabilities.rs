@@ -63,30 +63,22 @@ pub fn side_for_memory(memory: Option<u64>) -> u32 {
     side.max(16)
 }
 
-/// The memory of `device` in bytes: the machine's for `cpu` (/proc/meminfo), the GPU's for
-/// `cuda:N` (nvidia-smi); `None` when it cannot be read.
+/// The memory of `device` in bytes, for a GPU (`cuda:N`, read with nvidia-smi); `None` for the
+/// CPU, whose memory the reference figures (GPU memory) do not describe and which the machine
+/// shares with everything else, and when it cannot be read.
 fn device_memory(device: &str) -> Option<u64> {
-    match device.strip_prefix("cuda") {
-        None => {
-            let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        }
-        Some(index) => {
-            let index = index.strip_prefix(':').unwrap_or("0");
-            let output = std::process::Command::new("nvidia-smi")
-                .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
-                .arg(format!("--id={index}"))
-                .output()
-                .ok()?;
-            let mib: u64 = String::from_utf8_lossy(&output.stdout)
-                .trim()
-                .parse()
-                .ok()?;
-            Some(mib * 1024 * 1024)
-        }
-    }
+    let index = device.strip_prefix("cuda")?;
+    let index = index.strip_prefix(':').unwrap_or("0");
+    let output = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=memory.total", "--format=csv,noheader,nounits"])
+        .arg(format!("--id={index}"))
+        .output()
+        .ok()?;
+    let mib: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .ok()?;
+    Some(mib * 1024 * 1024)
 }
 
 #[cfg(test)]

@@ -56,8 +56,9 @@ pub struct FarmArgs {
     /// Largest picture this worker takes, in pixels (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_pixels: u64,
-    /// Longest side of a picture this worker renders (0: no limit). Unset: what the device's
-    /// memory holds for a render, by the reference script's known memory use.
+    /// Longest side of a picture this worker renders (0: no limit). Unset: on a GPU, what its
+    /// memory holds for a render, by the reference script's known memory use; on the CPU, no
+    /// limit.
     #[arg(long, env = "TESSERA_MAX_SIDE")]
     pub max_side: Option<u32>,
     /// Most optimiser iterations a render may run on this worker (0: no limit), e.g. for
