@@ -350,10 +350,10 @@ fn run1_a_worker_partitioned_mid_render_loses_its_lease_and_its_late_report_is_r
     });
     run.client(async {
         let mut client = jobs(&url).await;
-        let second = submit(&mut client, job(4)).await;
+        let second = submit(&mut client, job(2)).await;
         let mut follower = Follower::new(&url, &second);
         follower.until_end().await;
-        check_job(&url, &follower, 48, 8).await;
+        check_job(&url, &follower, 24, 4).await;
     });
     let tasks_after = run.client(async {
         let mut client = jobs(&url).await;
@@ -551,5 +551,96 @@ fn run3_the_redis_primary_killed_sentinel_promotes_and_nothing_acknowledged_is_l
          {seen}; second job {second_seen}",
         promoted_after.as_secs_f64(),
         writing_after.as_secs_f64(),
+    );
+}
+
+/// One thing that goes wrong in the storm.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// A worker host's link goes down until the next fault.
+    CutWorker,
+    KillCoordinator,
+    FailOverRedis,
+}
+
+/// The storm's faults in order: worker cuts throughout, the coordinators killed at a third and
+/// two thirds of the way, Redis failing over in the middle.
+fn storm_schedule(cuts: usize) -> Vec<Fault> {
+    let mut faults = vec![Fault::CutWorker; cuts];
+    faults.insert(cuts / 3, Fault::KillCoordinator);
+    faults.insert(cuts / 2 + 1, Fault::FailOverRedis);
+    faults.insert(2 * cuts / 3 + 2, Fault::KillCoordinator);
+    faults
+}
+
+#[test]
+fn storm_worker_cuts_coordinator_kills_and_a_redis_failover_over_one_job() {
+    let mut dice = Dice::seeded("storm");
+    let full = std::env::var_os("TESSERA_STORM_FULL").is_some();
+    let prompts = if full { 42 } else { 17 };
+    let (tasks, renders) = (prompts * 12, prompts * 2);
+    let mut run = Run::start(4, 2000);
+    let url = run.farm.url();
+    let job_id = run.client(async { submit(&mut jobs(&url).await, job(prompts)).await });
+    let mut follower = Follower::new(&url, &job_id);
+    let faults = storm_schedule(10);
+    let mut cut: Option<usize> = None;
+    let mut failover = Duration::ZERO;
+    for (k, fault) in faults.iter().enumerate() {
+        run.client(follower.until_done((k + 1) * tasks / (faults.len() + 2)));
+        if let Some(worker) = cut.take() {
+            run.farm.workers[worker].host.heal().unwrap();
+        }
+        match fault {
+            Fault::CutWorker => {
+                let worker = dice.roll(run.farm.workers.len());
+                run.farm.workers[worker].host.cut().unwrap();
+                cut = Some(worker);
+            }
+            Fault::KillCoordinator => {
+                let index = dice.roll(run.farm.coordinators.len());
+                run.farm.coordinators[index].kill();
+                run.farm.coordinators[index].restart().unwrap();
+            }
+            Fault::FailOverRedis => {
+                let old = run.farm.primary().unwrap();
+                let index = run
+                    .farm
+                    .redis
+                    .iter()
+                    .position(|r| r.host.ip.to_string() == old);
+                let started = Instant::now();
+                run.farm.redis[index.unwrap()].kill();
+                run.farm.wait_new_primary(&old).unwrap();
+                failover = started.elapsed();
+                run.farm.redis[index.unwrap()].restart().unwrap();
+            }
+        }
+    }
+    if let Some(worker) = cut {
+        run.farm.workers[worker].host.heal().unwrap();
+    }
+    run.client(follower.until_end());
+    let mut seen = run.client(check_job(&url, &follower, tasks, renders));
+    seen.refused = refusals(&run);
+    // The farm-wide gauges agree with the job: every task done, nothing queued.
+    let metrics = run.farm.coordinators[0]
+        .host
+        .addr(tessera_tests::hosts::METRICS_PORT);
+    let scrape = run
+        .farm
+        .client
+        .within(|| tessera_tests::scrape::Scrape::get(metrics))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        scrape.sum("tessera_tasks", &[("state", "done")]),
+        tasks as f64
+    );
+    assert_eq!(scrape.sum("tessera_queue_depth", &[]), 0.0);
+    eprintln!(
+        "storm: {} worker cuts, 2 coordinator kills, 1 Redis failover (promoted in {:.2} s); {seen}",
+        faults.iter().filter(|f| **f == Fault::CutWorker).count(),
+        failover.as_secs_f64(),
     );
 }
