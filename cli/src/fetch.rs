@@ -17,6 +17,9 @@ use crate::output::{artifact_json, print_json, result_state, settings_json};
 
 /// Longest prompt slug in a file name.
 const SLUG_MAX: usize = 40;
+/// Longest sweep label in a file name, which with the slug stays far below the 255 bytes
+/// file systems allow.
+const LABEL_MAX: usize = 120;
 
 /// What a fetch did, file names relative to the directory.
 #[derive(Debug, Default)]
@@ -64,6 +67,12 @@ pub async fn fetch(farm: &mut Farm, job: &str, dir: &Path, json: bool) -> anyhow
             "seed": result.seed,
             "input_name": result.input_name,
             "settings": settings_json(result.settings.as_ref()),
+            "sweep": result
+                .sweep
+                .iter()
+                .map(|v| (v.key.clone(), json!(v.value)))
+                .collect::<serde_json::Map<_, _>>(),
+            "label": result.label,
             "file": file,
             "sha256": result.output.as_ref().map(|o| o.sha256.clone()),
             "output": artifact_json(result.output.as_ref()),
@@ -208,12 +217,14 @@ pub fn part_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// A result's file name: `0003-seed7-a-lighthouse-in-a-storm.png` for a prompt, or
+/// A result's file name: `0003-seed7-a-lighthouse-in-a-storm.png` for a prompt (with its
+/// sweep label when the job sweeps settings: `0003-seed7_lr0.1_cutn64-a-lighthouse.png`), or
 /// `0003-holiday-photo.png` after the input's name for an upscale-only job.
 pub fn file_name(result: &v1::ResultInfo) -> String {
     match (result.prompt_index, result.seed) {
         (Some(prompt), Some(seed)) => {
-            format!("{prompt:04}-seed{seed}-{}.png", slug(&result.prompt))
+            let label = safe_label(&result.label);
+            format!("{prompt:04}-seed{seed}{label}-{}.png", slug(&result.prompt))
         }
         _ => {
             let stem = Path::new(&result.input_name)
@@ -222,6 +233,22 @@ pub fn file_name(result: &v1::ResultInfo) -> String {
                 .unwrap_or_default();
             format!("{:04}-{}.png", result.index, slug(&stem))
         }
+    }
+}
+
+/// `_` and the sweep label for a file name, keeping only ASCII letters, digits, `.`, `-` and
+/// `_` (a coordinator's label already is; this holds whatever one sends), at most
+/// [`LABEL_MAX`] characters; empty without one.
+fn safe_label(label: &str) -> String {
+    let safe: String = label
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(LABEL_MAX)
+        .collect();
+    if safe.is_empty() {
+        safe
+    } else {
+        format!("_{safe}")
     }
 }
 
@@ -269,6 +296,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(file_name(&prompt), "0002-seed7-a-red-fox.png");
+        let swept = v1::ResultInfo {
+            label: "lr0.1_cutn64".into(),
+            ..prompt.clone()
+        };
+        assert_eq!(file_name(&swept), "0002-seed7_lr0.1_cutn64-a-red-fox.png");
+        let hostile = v1::ResultInfo {
+            label: "../../etc/passwd\u{0}x".into(),
+            ..prompt.clone()
+        };
+        assert_eq!(
+            file_name(&hostile),
+            "0002-seed7_....etcpasswdx-a-red-fox.png"
+        );
         let picture = v1::ResultInfo {
             index: 1,
             input_name: "Holiday Photo.JPG".into(),

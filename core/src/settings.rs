@@ -101,6 +101,9 @@ pub struct Setting<T: 'static> {
     /// Its name in the loop's settings, where that differs (kept for the PNGs and checkpoints
     /// already written).
     pub loop_name: &'static str,
+    /// A short name users may type for it in a sweep (`lr`), where one is customary; sweep
+    /// labels in file names use it, so they stay short.
+    pub short: &'static str,
     /// One line for `--help` and the README.
     pub help: &'static str,
     /// The default of a render on its own (`generate.py`'s, but for the size).
@@ -119,6 +122,7 @@ impl<T: SettingValue> Setting<T> {
         Setting {
             name,
             loop_name: name,
+            short: name,
             help,
             default,
             farm_default: default,
@@ -134,6 +138,11 @@ impl<T: SettingValue> Setting<T> {
 
     const fn loop_name(mut self, name: &'static str) -> Self {
         self.loop_name = name;
+        self
+    }
+
+    const fn short(mut self, name: &'static str) -> Self {
+        self.short = name;
         self
     }
 
@@ -225,6 +234,8 @@ pub trait Describe: Sync {
     fn name(&self) -> &'static str;
     /// See [`Setting::loop_name`].
     fn loop_name(&self) -> &'static str;
+    /// See [`Setting::short`].
+    fn short(&self) -> &'static str;
     /// See [`Setting::help`].
     fn help(&self) -> &'static str;
     /// The render default as users write it.
@@ -243,6 +254,9 @@ impl<T: SettingValue + Sync> Describe for Setting<T> {
     }
     fn loop_name(&self) -> &'static str {
         self.loop_name
+    }
+    fn short(&self) -> &'static str {
+        self.short
     }
     fn help(&self) -> &'static str {
         self.help
@@ -323,7 +337,8 @@ pub const LEARNING_RATE: Setting<f64> = Setting::new(
     "Learning rate (step size)",
     0.1,
     Range::Positive,
-);
+)
+.short("lr");
 /// Cutout method.
 pub const CUT_METHOD: Setting<CutMethod> = Setting::new(
     "cut_method",
@@ -452,6 +467,49 @@ pub fn find(name: &str) -> Option<&'static dyn Describe> {
         .find(|s| s.name() == name || s.loop_name() == name)
 }
 
+/// The job setting a user calls `key` in a sweep or prompt file: its name, loop name, short
+/// name or flag spelling (`learning-rate`). `None` for anything else, and for settings a job
+/// cannot carry (a worker's own choices).
+pub fn find_job_setting(key: &str) -> Option<&'static dyn Describe> {
+    let key = key.trim().replace('-', "_");
+    ALL.iter()
+        .copied()
+        .filter(|s| s.surfaces().job)
+        .find(|s| [s.name(), s.loop_name(), s.short()].contains(&key.as_str()))
+}
+
+/// `text` as a value of `setting`, checked against its range: a JSON number or switch for a
+/// settings patch, or the text itself for a choice (checked where choices are resolved). What
+/// a sweep value goes through, so it can never take a value the setting's flag would refuse.
+pub fn parse_text(setting: &dyn Describe, text: &str) -> Result<serde_json::Value, OutOfRange> {
+    let text = text.trim();
+    let refuse = || OutOfRange {
+        field: setting.name(),
+        value: text.to_string(),
+        expected: setting.range().describe(),
+    };
+    let range = setting.range();
+    let number = |n: f64| {
+        if range.admits(n) {
+            Ok(n)
+        } else {
+            Err(refuse())
+        }
+    };
+    Ok(match range {
+        Range::Count { .. } => {
+            let n = text.parse::<u32>().map_err(|_| refuse())?;
+            number(f64::from(n))?;
+            serde_json::Value::from(n)
+        }
+        Range::Positive | Range::NonNegative => {
+            serde_json::Value::from(number(text.parse::<f64>().map_err(|_| refuse())?)?)
+        }
+        Range::Any => serde_json::Value::from(text.parse::<bool>().map_err(|_| refuse())?),
+        Range::Choice => serde_json::Value::from(text),
+    })
+}
+
 /// The help line of setting `name` with its default, for a command line flag: `help [default]`.
 pub fn flag_help(name: &str, farm: bool) -> Option<String> {
     let setting = find(name)?;
@@ -474,11 +532,18 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_every_setting_is_somewhere() {
-        let mut names: Vec<&str> = ALL.iter().flat_map(|s| [s.name(), s.loop_name()]).collect();
+        let mut names: Vec<&str> = ALL
+            .iter()
+            .flat_map(|s| [s.name(), s.loop_name(), s.short()])
+            .collect();
         names.sort();
         names.dedup();
         let distinct_loop_names = ALL.iter().filter(|s| s.name() != s.loop_name()).count();
-        assert_eq!(names.len(), ALL.len() + distinct_loop_names);
+        let distinct_shorts = ALL.iter().filter(|s| s.name() != s.short()).count();
+        assert_eq!(
+            names.len(),
+            ALL.len() + distinct_loop_names + distinct_shorts
+        );
         for s in ALL {
             let where_ = s.surfaces();
             assert!(
@@ -526,5 +591,31 @@ mod tests {
             .ends_with("[affine,perspective,jitter,erasing]"));
         assert!(flag_help("init_noise", false).unwrap().ends_with("[none]"));
         assert_eq!(find("perceptor_model").unwrap().name(), "clip_model");
+    }
+
+    #[test]
+    fn job_settings_are_found_by_any_of_their_names_and_values_checked_by_range() {
+        for key in ["lr", "learning_rate", "learning-rate"] {
+            assert_eq!(find_job_setting(key).unwrap().name(), "learning_rate");
+        }
+        assert!(find_job_setting("precision").is_none(), "a worker's choice");
+        assert!(find_job_setting("nonsense").is_none());
+        assert_eq!(parse_text(&CUTN, "64"), Ok(serde_json::json!(64)));
+        assert_eq!(
+            parse_text(&LEARNING_RATE, "0.10"),
+            Ok(serde_json::json!(0.1))
+        );
+        assert_eq!(
+            parse_text(&OPTIMISER, "adamw"),
+            Ok(serde_json::json!("adamw"))
+        );
+        let error = parse_text(&CUTN, "0").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "setting `cutn` = 0 is out of range: between 1 and 1024"
+        );
+        assert_eq!(parse_text(&CUTN, "many").unwrap_err().value, "many");
+        assert!(parse_text(&LEARNING_RATE, "-1").is_err());
+        assert!(parse_text(&LEARNING_RATE, "inf").is_err());
     }
 }
