@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::webhooks::sign::Secret;
 use serde::Deserialize;
 use tessera_core::job::{Limits, SIZE_MULTIPLE};
 use tessera_proto::access::{bearer_token, token_hash, valid_tenant};
@@ -110,6 +111,10 @@ pub struct TenantLimits {
     pub side: Option<u32>,
     /// Optimiser steps per render.
     pub iterations: Option<u32>,
+    /// The webhook of the tenant's jobs submitted without one.
+    pub webhook: Option<String>,
+    /// The secret the tenant's webhook deliveries are signed with (see [`crate::webhooks`]).
+    pub webhook_secret: Option<Secret>,
 }
 
 impl TenantLimits {
@@ -300,6 +305,16 @@ impl Auth {
     /// A tenant's limits (none set: the farm's).
     pub fn tenant_limits(&self, tenant: &str) -> TenantLimits {
         self.tenants.get(tenant).cloned().unwrap_or_default()
+    }
+
+    /// The secret `tenant`'s webhook deliveries are signed with, when it has its own.
+    pub fn webhook_secret(&self, tenant: &str) -> Option<&Secret> {
+        self.tenants.get(tenant)?.webhook_secret.as_ref()
+    }
+
+    /// The webhook of `tenant`'s jobs submitted without one.
+    pub fn webhook_default(&self, tenant: &str) -> Option<&str> {
+        self.tenants.get(tenant)?.webhook.as_deref()
     }
 }
 

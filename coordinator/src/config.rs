@@ -1,10 +1,16 @@
 //! The coordinator's configuration, from command-line flags and `TESSERA_*` environment
 //! variables (flags win).
 
+use crate::auth::Auth;
 use crate::state::Policy;
+use crate::webhooks::allow::{AllowEntry, AllowList};
+use crate::webhooks::sign::Secret;
+use crate::webhooks::{Retry, Webhooks};
+use anyhow::Context;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use tessera_core::job::{Limits, ModelCatalog, UpscaleModel};
 use tessera_telemetry::LogFormat;
 
@@ -167,6 +173,35 @@ pub struct Config {
     /// Upscale models jobs may use, as NAME:SCALE (comma-separated).
     #[arg(long, env = "TESSERA_UPSCALE_MODELS", value_delimiter = ',', value_parser = parse_upscale_model)]
     pub upscale_models: Vec<UpscaleModel>,
+
+    /// Where job webhooks may point (comma-separated): host names (hooks.example.com),
+    /// patterns (*.example.com), addresses and CIDR ranges (10.0.0.0/8). Empty: any public
+    /// address. Internal addresses (loopback, link-local with the cloud metadata endpoint,
+    /// private ranges) are reached only when an address or CIDR entry covers them.
+    #[arg(long, env = "TESSERA_WEBHOOK_ALLOW", value_delimiter = ',')]
+    pub webhook_allow: Vec<AllowEntry>,
+
+    /// File holding the secret that signs the webhook deliveries of jobs whose tenant has no
+    /// `webhook_secret` in the auth file (and of jobs without a tenant).
+    #[arg(long, env = "TESSERA_WEBHOOK_SECRET_FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+
+    /// Pause after a failed webhook attempt, in milliseconds; it doubles with each further
+    /// failure of the same event, up to five minutes.
+    #[arg(long, env = "TESSERA_WEBHOOK_BACKOFF_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(10..=300_000))]
+    pub webhook_backoff_ms: u64,
+
+    /// How long one webhook event is retried before it is given up, in milliseconds (default
+    /// a day, at most 30 days).
+    #[arg(long, env = "TESSERA_WEBHOOK_RETRY_MS", default_value_t = 86_400_000,
+          value_parser = clap::value_parser!(u64).range(0..=2_592_000_000))]
+    pub webhook_retry_ms: u64,
+
+    /// Longest one webhook attempt may take (connecting, sending, the answer), in milliseconds.
+    #[arg(long, env = "TESSERA_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=300_000))]
+    pub webhook_timeout_ms: u64,
 }
 
 /// A count of at least 1 and at most a billion, for the limits of one job: a limit of 0 would
@@ -237,6 +272,32 @@ impl Config {
         catalog
     }
 
+    /// Where webhooks may go and how they are signed and retried; `auth` holds the tenants'
+    /// own secrets and default URLs.
+    pub fn webhooks(&self, auth: Option<Arc<Auth>>) -> anyhow::Result<Webhooks> {
+        let farm_secret = match &self.webhook_secret_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --webhook-secret-file {}", path.display()))?;
+                let secret = Secret::new(&text);
+                Some(secret.with_context(|| {
+                    format!("--webhook-secret-file {} is empty", path.display())
+                })?)
+            }
+            None => None,
+        };
+        Ok(Webhooks {
+            allow: AllowList::new(self.webhook_allow.clone()),
+            farm_secret,
+            auth,
+            retry: Retry {
+                first_ms: self.webhook_backoff_ms,
+                for_ms: self.webhook_retry_ms,
+                timeout_ms: self.webhook_timeout_ms,
+            },
+        })
+    }
+
     /// How often the reaper runs.
     pub fn reap_ms(&self) -> u64 {
         self.reap_ms
@@ -294,6 +355,8 @@ mod tests {
             ("--max-expiries", "0", "1..=10000"),
             ("--events-max", "0", "1..=100000000"),
             ("--reap-ms", "0", "1..=60000"),
+            ("--webhook-backoff-ms", "0", "10..=300000"),
+            ("--webhook-timeout-ms", "0", "100..=300000"),
         ] {
             let err = Config::try_parse_from(["c", "--embedded", flag, value])
                 .unwrap_err()

@@ -10,3 +10,4 @@ pub mod reaper;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod webhooks;

@@ -31,7 +31,12 @@ pub const FAMILIES: &[&str] = &[
     "tessera_task_duration_seconds",
     "tessera_job_duration_seconds",
     "tessera_state_store_up",
+    "tessera_webhook_deliveries_total",
 ];
+
+/// The outcomes a webhook attempt is counted under: accepted by the receiver, failed (to be
+/// retried), or failed for good (the event given up).
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "dropped"];
 
 /// How long a health check or a scrape waits for the state store before saying it is down: a
 /// store that does not answer must not hold `/healthz` at SERVING nor hang `/metrics` (a
@@ -52,6 +57,11 @@ struct QueueLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabel {
     state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -87,6 +97,7 @@ pub struct Metrics {
     corrupt_artifacts: Counter,
     task_duration: Histograms<KindLabel>,
     job_duration: Histograms<StateLabel>,
+    webhooks: Family<OutcomeLabel, Counter>,
     /// 1 when the last scrape read the farm gauges from the state store, 0 when it did not
     /// answer (the farm gauges then keep the values last read).
     store_up: Gauge,
@@ -111,6 +122,7 @@ impl Metrics {
             corrupt_artifacts: Counter::default(),
             task_duration: Family::new_with_constructor(task_buckets),
             job_duration: Family::new_with_constructor(job_buckets),
+            webhooks: Family::default(),
             store_up: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
@@ -170,6 +182,16 @@ impl Metrics {
             "From submission to end, by final job state",
             metrics.job_duration.clone(),
         );
+        r.register(
+            "tessera_webhook_deliveries",
+            "Webhook delivery attempts by this coordinator, by outcome (delivered, failed and retried, dropped after the retry time)",
+            metrics.webhooks.clone(),
+        );
+        for outcome in WEBHOOK_OUTCOMES {
+            drop(metrics.webhooks.get_or_create(&OutcomeLabel {
+                outcome: outcome.to_string(),
+            }));
+        }
         // Every kind and end state from the start, at zero, so rates and ratios have a series
         // to work on before the first event (families without one are not exposed at all).
         for kind in TaskKind::ALL {
@@ -217,6 +239,14 @@ impl Metrics {
     /// A worker's input was found corrupt or missing in the artifact store.
     pub fn corrupt_artifact(&self) {
         self.corrupt_artifacts.inc();
+    }
+
+    /// A webhook attempt ended with `outcome`, one of [`WEBHOOK_OUTCOMES`].
+    pub fn webhook(&self, outcome: &str) {
+        let label = OutcomeLabel {
+            outcome: outcome.to_string(),
+        };
+        self.webhooks.get_or_create(&label).inc();
     }
 
     /// Observes the job's duration if it has ended.

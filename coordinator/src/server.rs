@@ -12,6 +12,7 @@ use crate::state::embedded::EmbeddedBackend;
 use crate::state::redis::RedisBackend;
 use crate::state::StateBackend;
 use crate::store::ArtifactStore;
+use crate::webhooks::deliver::Deliverer;
 use anyhow::{bail, Context};
 use std::io::Write;
 use std::sync::Arc;
@@ -120,7 +121,13 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Some(path) => Some(Arc::new(Auth::load(path)?)),
         None => None,
     };
+    let webhooks = Arc::new(config.webhooks(auth.clone())?);
     let metrics = Arc::new(Metrics::new(backend.clone(), 3 * config.lease_ms));
+    let deliverer = Arc::new(Deliverer::new(
+        backend.clone(),
+        webhooks.clone(),
+        metrics.clone(),
+    )?);
     let coordinator = Arc::new(Coordinator {
         backend: backend.clone(),
         store,
@@ -133,6 +140,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
         auth: auth.clone(),
+        webhooks,
     });
 
     let (metrics_listener, metrics_address) = bind_metrics(config.metrics_listen).await?;
@@ -161,6 +169,7 @@ pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             config.reap_ms(),
             shutdown.clone(),
         )),
+        tokio::spawn(deliverer.run(shutdown.clone())),
         tokio::spawn(watch_health(
             backend,
             health,

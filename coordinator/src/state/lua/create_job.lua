@@ -2,7 +2,7 @@
 -- [8..10] expected generate / upscale_tile / stitch tasks, [11] unit count,
 -- [12] tenant, [13] its jobs-in-flight limit, [14] its submissions-per-minute limit (0: none),
 -- then (index, JSON) per unit, then the task count and thirteen arguments per task (see
--- create_tasks).
+-- create_tasks), then the job's webhook URL ("" for none).
 -- Returns 1, 0 when the id is taken, -1 when the tenant has its limit of jobs running, -2 when
 -- it has submitted its limit this minute.
 local function main()
@@ -45,6 +45,7 @@ local function main()
     redis.call('HSET', KEY.units(id), ARGV[at], ARGV[at + 1])
     at = at + 2
   end
-  create_tasks(at + 1, tonumber(ARGV[at]))
+  local after = create_tasks(at + 1, tonumber(ARGV[at]))
+  if ARGV[after] ~= '' then redis.call('HSET', jk, JOB.webhook, ARGV[after]) end
   return 1
 end
