@@ -126,11 +126,12 @@ fn long_job() -> v1::JobSpec {
     spec
 }
 
-/// A job for a CLIP model the coordinator offers and no worker has: its two renders stay
-/// queued, so the queue never drains while the test looks at it.
+/// A job for a CLIP model the coordinator offers and no worker has, queued anyway: its two
+/// renders stay queued, so the queue never drains while the test looks at it.
 fn unservable_job() -> v1::JobSpec {
     let mut spec = job(1);
     spec.settings.as_mut().unwrap().clip_model = Some(ABSENT_MODEL.into());
+    spec.queue_anyway = true;
     spec
 }
 
