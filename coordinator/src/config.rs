@@ -68,6 +68,13 @@ pub struct Config {
     #[arg(long, env = "TESSERA_REDIS_MASTER_NAME", requires = "redis_sentinel")]
     pub redis_master_name: Option<String>,
 
+    /// With --redis-sentinel: replicas every state transition must reach before it is
+    /// answered (Redis `WAIT`), so a failover loses nothing acknowledged; 0 answers once the
+    /// primary has it.
+    #[arg(long, env = "TESSERA_REDIS_WAIT_REPLICAS", default_value_t = 0,
+          requires = "redis_sentinel", value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_wait_replicas: u32,
+
     /// With --redis-sentinel: the database number on the primary.
     #[arg(
         long,

@@ -60,6 +60,7 @@ pub async fn open_backend(config: &Config) -> anyhow::Result<Arc<dyn StateBacken
                     &config.redis_sentinel,
                     master,
                     config.redis_db,
+                    config.redis_wait_replicas,
                     &config.redis_prefix,
                 )
                 .await

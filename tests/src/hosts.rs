@@ -251,7 +251,12 @@ impl Farm {
         ]));
         command.extend(args(["--store".into(), self.store.display().to_string()]));
         command.extend(args(["--redis-sentinel".to_string(), self.sentinel_list()]));
-        command.extend(args(["--redis-master-name", MASTER]));
+        command.extend(args([
+            "--redis-master-name",
+            MASTER,
+            "--redis-wait-replicas",
+            "1",
+        ]));
         command.extend(args(flags.iter().cloned()));
         let mut coordinator = Proc::start(host, command, self.log_file(&host.name))?;
         coordinator.wait_log("listening on", 1, READY)?;

@@ -139,15 +139,17 @@ impl RedisBackend {
     }
 
     /// Connects to the primary that the Sentinels at `sentinels` (`host:port` each) name for
-    /// `master` (database `db`), and follows it when Sentinel promotes a replica.
+    /// `master` (database `db`), and follows it when Sentinel promotes a replica; each
+    /// transition is answered once `wait_replicas` replicas have it.
     pub async fn connect_sentinel(
         sentinels: &[String],
         master: &str,
         db: i64,
+        wait_replicas: u32,
         prefix: &str,
     ) -> StateResult<Self> {
         let address = format!("master {master} via Sentinel {}", sentinels.join(","));
-        let link = Link::sentinel(sentinels, master, db, Self::manager_config())
+        let link = Link::sentinel(sentinels, master, db, wait_replicas, Self::manager_config())
             .await
             .map_err(unavailable(&address))?;
         Ok(Self::with_link(link, address, prefix))

@@ -8,13 +8,15 @@
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
-use redis::{Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Arg, Client, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Longest a question to the Sentinels (and the connection to the primary they name) may take,
 /// so a coordinator cut off from them fails its command instead of waiting on them.
 const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest a script's reply waits for its writes to reach the replicas.
+const WAIT_TIMEOUT_MS: u64 = 2_000;
 
 /// Who names the Redis server to talk to.
 enum Source {
@@ -40,6 +42,8 @@ struct Current {
 
 struct Inner {
     source: Source,
+    /// Replicas each script's writes must reach before its reply counts (`WAIT`; 0: none).
+    wait_replicas: u32,
     config: ConnectionManagerConfig,
     current: RwLock<Current>,
 }
@@ -53,15 +57,18 @@ pub struct Link {
 impl Link {
     /// Connects to the server `client` names, for good.
     pub async fn fixed(client: Client, config: ConnectionManagerConfig) -> RedisResult<Link> {
-        Link::open(Source::Fixed, client, config).await
+        Link::open(Source::Fixed, client, config, 0).await
     }
 
     /// Connects to the primary that the Sentinels at `sentinels` (`host:port` each) name for
-    /// `master`, using database `db`, and follows it through failovers.
+    /// `master`, using database `db`, and follows it through failovers. With `wait_replicas`,
+    /// a script's reply is returned only once its writes reached that many replicas (`WAIT`),
+    /// so what was acknowledged survives the primary's death.
     pub async fn sentinel(
         sentinels: &[String],
         master: &str,
         db: i64,
+        wait_replicas: u32,
         config: ConnectionManagerConfig,
     ) -> RedisResult<Link> {
         let urls: Vec<String> = sentinels.iter().map(|s| format!("redis://{s}")).collect();
@@ -74,13 +81,14 @@ impl Link {
             master: master.to_string(),
             node,
         }));
-        Link::open(source, client, config).await
+        Link::open(source, client, config, wait_replicas).await
     }
 
     async fn open(
         source: Source,
         client: Client,
         config: ConnectionManagerConfig,
+        wait_replicas: u32,
     ) -> RedisResult<Link> {
         ensure_tls_provider();
         let conn = client
@@ -88,6 +96,7 @@ impl Link {
             .await?;
         let inner = Inner {
             source,
+            wait_replicas,
             config,
             current: RwLock::new(Current { client, conn }),
         };
@@ -207,12 +216,44 @@ impl LinkConnection {
         }
         result
     }
+
+    /// After a script: waits until its writes (and every earlier one on this connection)
+    /// reached the replicas the link asks for, failing when they did not within
+    /// [`WAIT_TIMEOUT_MS`]; the write stays on the primary, and the caller's retry finds it
+    /// done (the scripts answer a repeated transition as a duplicate).
+    async fn replicated(&mut self, cmd: &Cmd) -> RedisResult<()> {
+        let wanted = self.link.inner.wait_replicas;
+        let script = matches!(
+            cmd.args_iter().next(),
+            Some(Arg::Simple(b"EVALSHA" | b"EVAL"))
+        );
+        if wanted == 0 || !script {
+            return Ok(());
+        }
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(WAIT_TIMEOUT_MS);
+        let acked: u32 = wait.query_async(&mut self.conn).await?;
+        if acked < wanted {
+            let detail = format!("the write reached {acked} of {wanted} replica(s) in time");
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "not replicated",
+                detail,
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl ConnectionLike for LinkConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
-            let result = self.conn.req_packed_command(cmd).await;
+            let mut result = self.conn.req_packed_command(cmd).await;
+            if result.is_ok() {
+                if let Err(e) = self.replicated(cmd).await {
+                    result = Err(e);
+                }
+            }
             LinkConnection::checked(&self.link, result).await
         })
     }
