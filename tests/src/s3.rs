@@ -126,9 +126,7 @@ impl S3Server {
 
     /// The ETag of object `key`: S3 makes a multipart upload's `HASH-PARTS`.
     pub fn etag(&self, key: &str) -> anyhow::Result<String> {
-        let authorization = setup_authorization("s3");
-        let headers = [("Authorization", authorization.as_str())];
-        let (status, head, _) = http_request(self.direct, "HEAD", &object(key), &headers, b"")?;
+        let (status, head, _) = self.s3_request("HEAD", &object(key))?;
         if status != 200 {
             bail!("HEAD {key}: {head}");
         }
@@ -183,11 +181,16 @@ impl S3Server {
         Ok(body)
     }
 
-    /// An S3 request of the test's own, straight to moto; fails unless it answers `wanted`.
-    fn expect(&self, method: &str, path: &str, wanted: u16, what: &str) -> anyhow::Result<String> {
+    /// An S3 request of the test's own, straight to moto (past the relay).
+    fn s3_request(&self, method: &str, path: &str) -> anyhow::Result<(u16, String, Vec<u8>)> {
         let authorization = setup_authorization("s3");
         let headers = [("Authorization", authorization.as_str())];
-        let (status, head, answer) = http_request(self.direct, method, path, &headers, b"")?;
+        http_request(self.direct, method, path, &headers, b"")
+    }
+
+    /// [`S3Server::s3_request`] that fails unless moto answers `wanted`.
+    fn expect(&self, method: &str, path: &str, wanted: u16, what: &str) -> anyhow::Result<String> {
+        let (status, head, answer) = self.s3_request(method, path)?;
         let answer = String::from_utf8_lossy(&answer).into_owned();
         if status != wanted {
             bail!("cannot {what} ({method} {path}): {head}\n{answer}");
