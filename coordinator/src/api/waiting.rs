@@ -161,7 +161,7 @@ mod tests {
             said,
             "waiting for a worker that can run its generate tasks: none of the 1 connected \
              worker(s) offers the models ViT-B/32 and vqgan_imagenet_f16_16384, for pictures of \
-             246016 pixels"
+             246016 pixels with a 496-pixel side and 500 iterations"
         );
         let renderer = worker(
             vec![TaskKind::Generate],
