@@ -140,12 +140,10 @@ async fn receive(State(script): State<Arc<Script>>, headers: HeaderMap, body: By
     }
 }
 
-/// The coordinator flags of a farm whose webhooks may reach loopback, retried quickly.
-fn webhook_flags(state: &Path, secret: &Path) -> Vec<String> {
-    [
-        "--embedded",
-        "--state-dir",
-        state.to_str().unwrap(),
+/// The coordinator flags of a farm with its state in `state`, whose webhooks may reach
+/// loopback, retried quickly.
+fn webhook_flags(state: &[&str], secret: &Path) -> Vec<String> {
+    let webhooks = [
         "--webhook-allow",
         "127.0.0.1",
         "--webhook-secret-file",
@@ -154,21 +152,36 @@ fn webhook_flags(state: &Path, secret: &Path) -> Vec<String> {
         "50",
         "--webhook-timeout-ms",
         "1000",
-    ]
-    .map(String::from)
-    .to_vec()
+    ];
+    state
+        .iter()
+        .chain(&webhooks)
+        .map(|f| f.to_string())
+        .collect()
 }
 
 #[tokio::test]
 async fn every_event_arrives_signed_after_the_coordinator_is_killed_mid_delivery() {
     let dir = TempDir::new().unwrap();
-    let (store, state, secret) = (
-        dir.path().join("store"),
-        dir.path().join("state"),
-        dir.path().join("secret"),
-    );
+    let state = dir.path().join("state");
+    let embedded = ["--embedded", "--state-dir", state.to_str().unwrap()];
+    survive_a_killed_coordinator(&dir, &embedded).await;
+}
+
+#[tokio::test]
+async fn every_event_arrives_signed_after_a_coordinator_on_redis_is_killed_mid_delivery() {
+    let dir = TempDir::new().unwrap();
+    let redis = tessera_tests::RedisServer::start().unwrap();
+    survive_a_killed_coordinator(&dir, &["--redis", &redis.url()]).await;
+}
+
+/// Two failed attempts at the first event, a coordinator killed with SIGKILL during the third
+/// and started again on the same state: the receiver gets every event, each signed, the
+/// retried one with the same id and body, and the job's end last.
+async fn survive_a_killed_coordinator(dir: &TempDir, state: &[&str]) {
+    let (store, secret) = (dir.path().join("store"), dir.path().join("secret"));
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
-    let flags = webhook_flags(&state, &secret);
+    let flags = webhook_flags(state, &secret);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut service = coordinator(&store, &flags, "127.0.0.1:0");
     let mut receiver =

@@ -351,6 +351,21 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_allow_entry_that_is_no_host_address_or_range_refuses_the_start() {
+        let err = Config::try_parse_from(["c", "--embedded", "--webhook-allow", "10.0.0.0/8,a b"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--webhook-allow") && err.contains("'a b' is not"),
+            "{err}"
+        );
+        let config =
+            Config::try_parse_from(["c", "--embedded", "--webhook-allow", "*.acme.io,::1"])
+                .unwrap();
+        assert_eq!(config.webhook_allow.len(), 2);
+    }
+
+    #[test]
     fn limits_of_zero_or_beyond_reason_are_refused_with_their_range() {
         for (flag, value, range) in [
             ("--lease-ms", "0", "100..=86400000"),
