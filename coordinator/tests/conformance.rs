@@ -837,9 +837,9 @@ async fn the_state_survives_a_restart(mut s: Store) {
     assert_eq!(s.job_state("j").await, JobState::Succeeded);
 }
 
-/// The farm's rates: a worker's first finished task only starts its clock; a task leased
-/// ahead is timed from the end of the one before it; classes are kept apart; a class's sums
-/// are halved at the window; the rates survive a restart.
+/// The farm's rates: a worker's first finished task of a class only starts its clock; a task
+/// leased ahead is timed from the end of the one before it; classes are kept apart; a class's
+/// sums are halved at the window; the rates survive a restart.
 async fn rates_time_each_worker_s_tasks_back_to_back_and_forget_slowly(mut s: Store) {
     let sample = |worker: &str, class: &str, amount: u64, started_ms: u64| RateSample {
         worker: worker.into(),
@@ -860,11 +860,15 @@ async fn rates_time_each_worker_s_tasks_back_to_back_and_forget_slowly(mut s: St
     b.record_rate(&sample("w1", "generate 64x64", 10, 1_500), 2_600)
         .await
         .unwrap();
-    // Leased at 5,000, after w1 had been idle.
-    b.record_rate(&sample("w1", "stitch", 4096, 5_000), 5_030)
+    // The first stitch of each worker warms it up: no sample either.
+    b.record_rate(&sample("w1", "stitch", 4096, 3_000), 3_100)
         .await
         .unwrap();
     b.record_rate(&sample("w2", "stitch", 4096, 0), 9_000)
+        .await
+        .unwrap();
+    // Leased at 5,000, after w1 had been idle.
+    b.record_rate(&sample("w1", "stitch", 4096, 5_000), 5_030)
         .await
         .unwrap();
     let rates = b.rates().await.unwrap();

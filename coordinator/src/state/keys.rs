@@ -42,6 +42,7 @@
 //! | `wake` | channel | `KEY.wake` | published on when tasks were queued, to wake waiting leases |
 //! | `rates` | hash | `KEY.rates` | the farm's measured speed per class of work: the `RATE` fields below |
 //! | `rate_clock` | hash | `KEY.rate_clock` | per worker id, when it last finished a task (where its next rate sample starts) |
+//! | `rate_seen` | set | `KEY.rate_seen` | a worker id and a class joined by a vertical bar, for each class the worker finished a task of (its first of a class is no rate sample) |
 //! | `webhooks` | sorted set | `KEY.webhooks` | the webhook outbox: jobs with events to deliver, scored by when they are due (a claim pushes the score to the claim's end) |
 //!
 //! | Hash | Field | Lua | Holds |
@@ -208,10 +209,11 @@ pub(super) const EVENTS: Key = Key::new("events", "events:{job}");
 pub(super) const WAKE: Key = Key::new("wake", "wake");
 pub(super) const RATES: Key = Key::new("rates", "rates");
 pub(super) const RATE_CLOCK: Key = Key::new("rate_clock", "rate_clock");
+pub(super) const RATE_SEEN: Key = Key::new("rate_seen", "rate_seen");
 pub(super) const WEBHOOKS: Key = Key::new("webhooks", "webhooks");
 
 /// Every key family, in the order of the table above.
-const KEYS: [Key; 31] = [
+const KEYS: [Key; 32] = [
     JOB,
     TASK,
     WORKER,
@@ -242,6 +244,7 @@ const KEYS: [Key; 31] = [
     WAKE,
     RATES,
     RATE_CLOCK,
+    RATE_SEEN,
     WEBHOOKS,
 ];
 

@@ -752,9 +752,10 @@ pub struct FarmStats {
 /// A finished task as a sample of the farm's speed ([`tessera_core::rates`]). Its time is
 /// counted from its lease or from its worker's previous finished task, whichever is later: a
 /// task leased ahead waited for the one before it, and counting that wait twice would halve
-/// the farm's apparent speed. A worker's first finished task also loaded its models and is no
-/// sample; it only starts the worker's clock. Both stores keep one clock entry per worker id
-/// that ever finished a task (a number each).
+/// the farm's apparent speed. A worker's first finished task of each class also loaded its
+/// model (and warmed its kernels up) and is no sample; it only starts the worker's clock. Both
+/// stores keep one clock entry per worker id that ever finished a task, and one entry per
+/// worker and class it finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateSample {
     /// The worker that finished it.

@@ -86,6 +86,9 @@ pub struct Model {
     /// Per worker: when it last finished a task, where its next sample's time starts.
     #[serde(default)]
     rate_clock: BTreeMap<String, u64>,
+    /// Pairs of worker and class of work of which the worker has finished a task.
+    #[serde(default)]
+    rate_seen: BTreeSet<(String, String)>,
     /// The webhook outbox: jobs with events to deliver, and when each is due (a claim moves
     /// it to the claim's end).
     #[serde(default)]
@@ -1241,10 +1244,12 @@ impl Model {
 
 impl Model {
     /// Counts `sample` in its class's rate ([`RateSample`] says from when); a worker's first
-    /// finished task only starts its clock. A class that reaches
+    /// finished task of each class only starts its clock. A class that reaches
     /// [`tessera_core::rates::RATE_WINDOW`] samples has its sums halved.
     pub fn record_rate(&mut self, sample: &RateSample, now: u64) {
-        let Some(last) = self.rate_clock.insert(sample.worker.clone(), now) else {
+        let last = self.rate_clock.insert(sample.worker.clone(), now);
+        let seen = (sample.worker.clone(), sample.class.clone());
+        let (Some(last), false) = (last, self.rate_seen.insert(seen)) else {
             return;
         };
         let rate = self.rates.entry(sample.class.clone()).or_default();
