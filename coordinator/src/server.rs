@@ -115,6 +115,7 @@ async fn open_backend_waiting(
 
 /// Serves until `shutdown` is cancelled, then drains and returns.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::state::ensure_tls_provider();
     let backend = open_backend_waiting(&config, &shutdown).await?;
     let store = ArtifactStore::open(&config.store, config.max_artifact_bytes)?;
     store.check().await?;

@@ -121,6 +121,11 @@ impl Drop for Proc {
     }
 }
 
+/// The balancer's log line for coordinator `name` going `state`.
+fn balancer_line(name: &str, state: &str) -> String {
+    format!("coordinators/{name} is {state}")
+}
+
 fn args<I: IntoIterator<Item = S>, S: Into<OsString>>(items: I) -> Vec<OsString> {
     items.into_iter().map(Into::into).collect()
 }
@@ -279,8 +284,16 @@ impl Farm {
     /// Waits until the balancer has said `count` times that coordinator `name` is `state`
     /// (`UP` or `DOWN`: its health check passed or failed `rise`/`fall` times running).
     pub fn wait_balancer(&mut self, name: &str, state: &str, count: usize) -> anyhow::Result<()> {
-        let line = format!("coordinators/{name} is {state}");
-        self.balancer.wait_log(&line, count, READY)
+        self.balancer
+            .wait_log(&balancer_line(name, state), count, READY)
+    }
+
+    /// How many times the balancer has said so far that coordinator `name` is `state`: a
+    /// fault's test counts before the fault and waits for one more, since a coordinator may
+    /// have been marked DOWN already while it started.
+    pub fn balancer_said(&self, name: &str, state: &str) -> usize {
+        let line = balancer_line(name, state);
+        self.balancer.log().matches(&line).count()
     }
 
     /// The farm's address for workers and clients: the load balancer's.

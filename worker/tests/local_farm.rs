@@ -291,6 +291,7 @@ fn a_second_farm_on_one_directory_is_refused_and_the_first_keeps_its_jobs() {
     );
     assert!(stderr.contains(&in_use), "{stderr}");
 
+    // This farm's workers have no generation weights: the job is queued for capacity.
     let submitted = farm.tessera(&[
         "--json",
         "submit",
@@ -299,6 +300,7 @@ fn a_second_farm_on_one_directory_is_refused_and_the_first_keeps_its_jobs() {
         "32x32",
         "--upscale",
         "none",
+        "--queue-anyway",
     ]);
     let job: serde_json::Value = serde_json::from_slice(&submitted.stdout).unwrap();
     let job = job["job_id"].as_str().unwrap().to_string();

@@ -448,11 +448,17 @@ fn run2_a_coordinator_cut_from_redis_and_one_killed_the_other_serves_and_nobody_
             run.farm.redis[1].host.clone(),
         ],
     );
+    let (downs, ups) = (
+        run.farm.balancer_said(&cut_host.name, "DOWN"),
+        run.farm.balancer_said(&cut_host.name, "UP"),
+    );
     let started = Instant::now();
     for r in &redis {
         cut_host.partition_from(r, true).unwrap();
     }
-    run.farm.wait_balancer(&cut_host.name, "DOWN", 1).unwrap();
+    run.farm
+        .wait_balancer(&cut_host.name, "DOWN", downs + 1)
+        .unwrap();
     let out_after = started.elapsed();
     let before = follower.done();
     run.client(follower.until_done(before + 3));
@@ -460,14 +466,19 @@ fn run2_a_coordinator_cut_from_redis_and_one_killed_the_other_serves_and_nobody_
     for r in &redis {
         cut_host.partition_from(r, false).unwrap();
     }
-    run.farm.wait_balancer(&cut_host.name, "UP", 2).unwrap();
+    run.farm
+        .wait_balancer(&cut_host.name, "UP", ups + 1)
+        .unwrap();
 
     // Then the other coordinator is killed outright.
     let killed = 1 - cut;
     let killed_name = run.farm.coordinators[killed].host.name.clone();
+    let downs = run.farm.balancer_said(&killed_name, "DOWN");
     run.farm.coordinators[killed].kill();
     let started = Instant::now();
-    run.farm.wait_balancer(&killed_name, "DOWN", 1).unwrap();
+    run.farm
+        .wait_balancer(&killed_name, "DOWN", downs + 1)
+        .unwrap();
     let killed_out_after = started.elapsed();
     let before = follower.done();
     run.client(follower.until_done(before + 3));

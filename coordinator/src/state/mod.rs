@@ -18,6 +18,8 @@ mod model;
 pub mod redis;
 mod redis_link;
 
+pub(crate) use redis_link::ensure_tls_provider;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -174,11 +174,12 @@ impl Link {
     }
 }
 
-/// The redis crate's TLS (rustls, for `rediss://`) uses the process-wide crypto provider,
-/// which rustls cannot pick by itself when the build holds two (ring, which tonic uses, and
-/// aws-lc, which the S3 client brings): without one, the first TLS connection panics. Installs
-/// ring's unless a provider is installed already.
-fn ensure_tls_provider() {
+/// rustls's process-wide crypto provider, which the redis crate's TLS (`rediss://`) and the
+/// gRPC server's TLS use, cannot be picked by rustls itself when the build holds two (ring,
+/// which tonic uses, and aws-lc, which the S3 and webhook clients bring): without one, the first
+/// TLS connection panics. Installs ring's unless a provider is installed already; called before
+/// any TLS is set up (the server at start, a Redis link when it connects).
+pub(crate) fn ensure_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
