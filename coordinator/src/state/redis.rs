@@ -273,25 +273,45 @@ impl RedisBackend {
         parse_task_reply(value)
     }
 
-    async fn blocking_connection(&self) -> StateResult<MultiplexedConnection> {
+    /// Runs a blocking read on a connection of its own (a blocking XREAD would hold up the
+    /// shared one), kept in a pool for the next. A pooled connection may have died with the
+    /// server it was made to (a Redis restart, a failover), which only its next command finds:
+    /// the read then goes once more on a new connection, so a watcher hears of an outage only
+    /// while Redis is really down.
+    async fn blocking_read(&self, cmd: &redis::Cmd) -> StateResult<Option<StreamReadReply>> {
         let pooled = self
             .blocking
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop();
-        match pooled {
-            Some(c) => Ok(c),
-            None => {
-                let config = AsyncConnectionConfig::new()
-                    .set_response_timeout(None)
-                    .set_connection_timeout(Some(Duration::from_secs(5)));
-                self.link
-                    .client()
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .map_err(unavailable(&self.address))
-            }
+        let was_pooled = pooled.is_some();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => self.blocking_connection().await?,
+        };
+        let mut reply = cmd.query_async(&mut conn).await;
+        if reply.is_err() && was_pooled {
+            conn = self.blocking_connection().await?;
+            reply = cmd.query_async(&mut conn).await;
         }
+        let reply = reply.map_err(unavailable(&self.address))?;
+        self.blocking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+        Ok(reply)
+    }
+
+    /// A new connection for blocking reads: no response timeout, since a read may block.
+    async fn blocking_connection(&self) -> StateResult<MultiplexedConnection> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(5)));
+        self.link
+            .client()
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(unavailable(&self.address))
     }
 
     async fn read_stream(
@@ -317,18 +337,7 @@ impl RedisBackend {
                     .await
                     .map_err(unavailable(&self.address))?
             }
-            Some(_) => {
-                let mut conn = self.blocking_connection().await?;
-                let reply = cmd
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(unavailable(&self.address))?;
-                self.blocking
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(conn);
-                reply
-            }
+            Some(_) => self.blocking_read(&cmd).await?,
         };
         let entries = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
         entries
