@@ -88,8 +88,11 @@ async fn metrics_follow_a_job(state: &[&str]) {
         leased.value("tessera_workers", &[("device", "cpu")]),
         Some(1.0)
     );
+    // One scrape reads the store's gauges before the counters: it may catch the expiry
+    // counted but the store read just before it, so wait for a scrape that has both.
     let expired = scrape_until(&service, |s| {
         s.value("tessera_lease_expiries_total", &[]) == Some(1.0)
+            && s.value("tessera_tasks", &[("state", "queued")]) == Some(2.0)
     })
     .await;
     assert_eq!(
